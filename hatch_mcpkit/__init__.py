@@ -1,0 +1,42 @@
+"""hatch-mcpkit: WebAssembly MCP tool servers, built, shipped through OCI registries and run from Hatch."""
+
+from __future__ import annotations
+
+from hatch_mcpkit.__about__ import __version__
+from hatch_mcpkit.config import Config, load_config
+from hatch_mcpkit.errors import (
+    AuthError,
+    BuildError,
+    BundleError,
+    BundleNotFoundError,
+    CacheError,
+    ConfigError,
+    IntegrityError,
+    McpkitError,
+    ModuleError,
+    Problem,
+    ReferenceError,
+    RegistryError,
+    SandboxError,
+    ToolCallError,
+)
+
+__all__ = [
+    "AuthError",
+    "BuildError",
+    "BundleError",
+    "BundleNotFoundError",
+    "CacheError",
+    "Config",
+    "ConfigError",
+    "IntegrityError",
+    "McpkitError",
+    "ModuleError",
+    "Problem",
+    "ReferenceError",
+    "RegistryError",
+    "SandboxError",
+    "ToolCallError",
+    "__version__",
+    "load_config",
+]

@@ -1,0 +1,120 @@
+"""YAML loading that remembers the line of every key, bounded against bombs.
+
+``load_yaml`` returns plain Python data plus a map from key path (a tuple of
+mapping keys and list indices) to the 1-based line where that value starts,
+so validation can say ``config.yaml:12: mcp.tools[1].name: ...``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from hatch_mcpkit.errors import Problem
+
+__all__ = ["MAX_NODES", "MAX_YAML_BYTES", "KeyPath", "LineMap", "format_path", "load_yaml"]
+
+KeyPath = tuple[str | int, ...]
+LineMap = dict[KeyPath, int]
+
+MAX_YAML_BYTES = 1024 * 1024
+# Aliases let a tiny document describe a huge tree (the "billion laughs"); the
+# walk below counts nodes as it expands them and stops here.
+MAX_NODES = 100_000
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def format_path(path: KeyPath) -> str:
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def load_yaml(text: str, file: str) -> tuple[Any, LineMap, list[Problem]]:
+    """Parse one YAML document; on failure return ``(None, {}, [problem])``."""
+    if len(text.encode("utf-8", "surrogatepass")) > MAX_YAML_BYTES:
+        return None, {}, [Problem(file, "", f"file is larger than {MAX_YAML_BYTES // 1024} KiB; refusing to parse it")]
+    loader = yaml.SafeLoader(text)
+    try:
+        try:
+            node = loader.get_single_node()
+        except yaml.MarkedYAMLError as exc:
+            mark = exc.problem_mark or exc.context_mark
+            line = mark.line + 1 if mark is not None else None
+            what = exc.problem or str(exc)
+            if exc.context:
+                what = f"{exc.context}, {what}"
+            return None, {}, [Problem(file, "", f"invalid YAML: {what}", line)]
+        except yaml.YAMLError as exc:
+            return None, {}, [Problem(file, "", f"invalid YAML: {exc}")]
+        if node is None:
+            return None, {}, [Problem(file, "", "file is empty", 1)]
+        lines: LineMap = {}
+        problems: list[Problem] = []
+        counter = [0]
+        try:
+            data = _walk(loader, node, (), lines, problems, file, counter)
+        except _TooLarge:
+            return None, {}, [
+                Problem(
+                    file,
+                    "",
+                    f"document expands to more than {MAX_NODES} nodes (YAML aliases?); refusing to load it",
+                    node.start_mark.line + 1,
+                )
+            ]
+        return data, lines, problems
+    finally:
+        loader.dispose()
+
+
+def _walk(
+    loader: yaml.SafeLoader,
+    node: yaml.Node,
+    path: KeyPath,
+    lines: LineMap,
+    problems: list[Problem],
+    file: str,
+    counter: list[int],
+) -> Any:
+    counter[0] += 1
+    if counter[0] > MAX_NODES:
+        raise _TooLarge
+    lines.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        loader.flatten_mapping(node)
+        result: dict[Any, Any] = {}
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                problems.append(
+                    Problem(file, format_path(path), "mapping keys must be plain strings", key_node.start_mark.line + 1)
+                )
+                continue
+            key = loader.construct_object(key_node)
+            if not isinstance(key, str):
+                key = str(key)
+            child = (*path, key)
+            if key in result:
+                problems.append(
+                    Problem(file, format_path(child), "duplicate key", key_node.start_mark.line + 1)
+                )
+            lines[child] = key_node.start_mark.line + 1
+            result[key] = _walk(loader, value_node, child, lines, problems, file, counter)
+        return result
+    if isinstance(node, yaml.SequenceNode):
+        return [
+            _walk(loader, item, (*path, index), lines, problems, file, counter) for index, item in enumerate(node.value)
+        ]
+    try:
+        return loader.construct_object(node, deep=True)
+    except yaml.YAMLError as exc:
+        problems.append(Problem(file, format_path(path), f"invalid value: {exc}", node.start_mark.line + 1))
+        return None

@@ -1,0 +1,157 @@
+"""One error hierarchy for everything mcpkit reports to a user.
+
+Every error says what went wrong, where (file, key path, line, reference or
+digest) and, where there is one, what to do about it (``hint``). The command
+line prints ``str(error)`` and exits with ``error.exit_code``; nothing else
+is shown, so a message must stand on its own and must never contain a secret.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+__all__ = [
+    "AuthError",
+    "BuildError",
+    "BundleError",
+    "BundleNotFoundError",
+    "CacheError",
+    "ConfigError",
+    "IntegrityError",
+    "McpkitError",
+    "ModuleError",
+    "Problem",
+    "ReferenceError",
+    "RegistryError",
+    "SandboxError",
+    "ToolCallError",
+]
+
+
+class McpkitError(Exception):
+    """Base class of every error mcpkit raises on purpose."""
+
+    exit_code: int = 1
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        if self.hint:
+            return f"{self.message}\n  hint: {self.hint}"
+        return self.message
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a configuration file.
+
+    ``path`` is the key path (``mcp.tools[1].name``), ``line`` is 1-based or
+    ``None`` when the key does not exist in the file (a missing required key
+    is reported at its parent's line).
+    """
+
+    file: str
+    path: str
+    message: str
+    line: int | None = None
+
+    def __str__(self) -> str:
+        where = self.file if self.line is None else f"{self.file}:{self.line}"
+        key = f" {self.path}:" if self.path else ""
+        return f"{where}:{key} {self.message}"
+
+
+class ConfigError(McpkitError):
+    """config.yaml (or a tool.hatch... table) is invalid; carries every problem found."""
+
+    exit_code = 2
+
+    def __init__(self, problems: Sequence[Problem] | Iterable[Problem], *, hint: str | None = None) -> None:
+        self.problems: list[Problem] = sorted(
+            problems, key=lambda p: (p.file, p.line if p.line is not None else 0, p.path)
+        )
+        count = len(self.problems)
+        head = f"{count} problem{'s' if count != 1 else ''} in configuration:" if count else "invalid configuration"
+        body = "\n".join(f"  {p}" for p in self.problems)
+        super().__init__(f"{head}\n{body}" if body else head, hint=hint)
+
+
+class ReferenceError(McpkitError):  # noqa: A001 - deliberately shadows the builtin inside this package
+    """A bundle reference (oci://, file://, https://, bare name) cannot be understood."""
+
+    exit_code = 2
+
+
+class BuildError(McpkitError):
+    """cargo failed or could not be run."""
+
+
+class ModuleError(McpkitError):
+    """A WebAssembly module is not a valid mcpkit guest (wrong magic, imports, exports)."""
+
+
+class BundleError(McpkitError):
+    """A bundle archive or OCI layout is malformed or cannot be written."""
+
+
+class IntegrityError(McpkitError):
+    """Content does not match the digest or size that names it."""
+
+    def __init__(self, message: str, *, digest: str | None = None, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.digest = digest
+
+
+class RegistryError(McpkitError):
+    """An OCI registry refused a request or could not be reached."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        registry_message: str | None = None,
+        hint: str | None = None,
+    ) -> None:
+        if status is not None:
+            message = f"{message} (HTTP {status}"
+            message += f": {registry_message})" if registry_message else ")"
+        elif registry_message:
+            message = f"{message}: {registry_message}"
+        super().__init__(message, hint=hint)
+        self.status = status
+        self.registry_message = registry_message
+
+
+class AuthError(RegistryError):
+    """The registry refused the credentials (or none were found)."""
+
+
+class CacheError(McpkitError):
+    """The local bundle cache (MCPKIT_HOME) cannot be read or written."""
+
+
+class BundleNotFoundError(CacheError):
+    """No cached bundle matches a name or reference."""
+
+    exit_code = 3
+
+
+class SandboxError(McpkitError):
+    """The wasmtime sandbox could not be set up (bad policy, missing grant, engine error)."""
+
+
+class ToolCallError(McpkitError):
+    """A tool call failed inside the sandbox (trap, exit code, timeout, limits).
+
+    The MCP server turns this into ``isError: true``; it never stops the server.
+    """
+
+    def __init__(self, message: str, *, reason: str, stderr_tail: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.stderr_tail = stderr_tail

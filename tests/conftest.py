@@ -1,0 +1,7 @@
+from __future__ import annotations
+
+pytest_plugins = [
+    "tests.plugins.rust",
+    "tests.plugins.registry",
+    "tests.plugins.runtime",
+]
