@@ -41,7 +41,11 @@ def format_path(path: KeyPath) -> str:
 def load_yaml(text: str, file: str) -> tuple[Any, LineMap, list[Problem]]:
     """Parse one YAML document; on failure return ``(None, {}, [problem])``."""
     if len(text.encode("utf-8", "surrogatepass")) > MAX_YAML_BYTES:
-        return None, {}, [Problem(file, "", f"file is larger than {MAX_YAML_BYTES // 1024} KiB; refusing to parse it")]
+        return (
+            None,
+            {},
+            [Problem(file, "", f"file is larger than {MAX_YAML_BYTES // 1024} KiB; refusing to parse it")],
+        )
     loader = yaml.SafeLoader(text)
     try:
         try:
@@ -63,14 +67,18 @@ def load_yaml(text: str, file: str) -> tuple[Any, LineMap, list[Problem]]:
         try:
             data = _walk(loader, node, (), lines, problems, file, counter)
         except _TooLarge:
-            return None, {}, [
-                Problem(
-                    file,
-                    "",
-                    f"document expands to more than {MAX_NODES} nodes (YAML aliases?); refusing to load it",
-                    node.start_mark.line + 1,
-                )
-            ]
+            return (
+                None,
+                {},
+                [
+                    Problem(
+                        file,
+                        "",
+                        f"document expands to more than {MAX_NODES} nodes (YAML aliases?); refusing to load it",
+                        node.start_mark.line + 1,
+                    )
+                ],
+            )
         return data, lines, problems
     finally:
         loader.dispose()
@@ -95,7 +103,12 @@ def _walk(
         for key_node, value_node in node.value:
             if not isinstance(key_node, yaml.ScalarNode):
                 problems.append(
-                    Problem(file, format_path(path), "mapping keys must be plain strings", key_node.start_mark.line + 1)
+                    Problem(
+                        file,
+                        format_path(path),
+                        "mapping keys must be plain strings",
+                        key_node.start_mark.line + 1,
+                    )
                 )
                 continue
             key = loader.construct_object(key_node)
@@ -111,7 +124,8 @@ def _walk(
         return result
     if isinstance(node, yaml.SequenceNode):
         return [
-            _walk(loader, item, (*path, index), lines, problems, file, counter) for index, item in enumerate(node.value)
+            _walk(loader, item, (*path, index), lines, problems, file, counter)
+            for index, item in enumerate(node.value)
         ]
     try:
         return loader.construct_object(node, deep=True)

@@ -138,8 +138,12 @@ class Auth:
     def resolve(self, environ: Mapping[str, str] | None = None) -> tuple[str | None, str | None]:
         env = os.environ if environ is None else environ
         problems: list[Problem] = []
-        user = expand_vars(self.username, env, "distribution.auth.username", problems) if self.username else None
-        password = expand_vars(self.password, env, "distribution.auth.password", problems) if self.password else None
+        user = (
+            expand_vars(self.username, env, "distribution.auth.username", problems) if self.username else None
+        )
+        password = (
+            expand_vars(self.password, env, "distribution.auth.password", problems) if self.password else None
+        )
         if problems:
             raise ConfigError(problems)
         return user, password
@@ -194,8 +198,14 @@ class Config:
 # --------------------------------------------------------------------------- ${VAR}
 
 
-def expand_vars(value: str, environ: Mapping[str, str], where: str, problems: list[Problem], file: str = "",
-                line: int | None = None) -> str:
+def expand_vars(
+    value: str,
+    environ: Mapping[str, str],
+    where: str,
+    problems: list[Problem],
+    file: str = "",
+    line: int | None = None,
+) -> str:
     """Expand ``${VAR}`` and ``${VAR:-default}``; ``$$`` is a literal ``$``.
 
     An unset variable without default is a problem naming the variable, never
@@ -208,7 +218,14 @@ def expand_vars(value: str, environ: Mapping[str, str], where: str, problems: li
             return "$"
         name, default, bad = match.group(1), match.group(2), match.group(3)
         if name is None:
-            problems.append(Problem(file, where, f"malformed variable reference {text!r} (use ${{NAME}} or ${{NAME:-default}})", line))
+            problems.append(
+                Problem(
+                    file,
+                    where,
+                    f"malformed variable reference {text!r} (use ${{NAME}} or ${{NAME:-default}})",
+                    line,
+                )
+            )
             return text
         if name in environ:
             return environ[name]
@@ -216,7 +233,12 @@ def expand_vars(value: str, environ: Mapping[str, str], where: str, problems: li
             return default
         del bad
         problems.append(
-            Problem(file, where, f"environment variable {name} is not set (give a default with ${{{name}:-value}})", line)
+            Problem(
+                file,
+                where,
+                f"environment variable {name} is not set (give a default with ${{{name}:-value}})",
+                line,
+            )
         )
         return ""
 
@@ -240,7 +262,9 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None 
     return parse_config(raw, p, environ)
 
 
-def parse_config(raw: bytes, path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Config:
+def parse_config(
+    raw: bytes, path: str | os.PathLike[str], environ: Mapping[str, str] | None = None
+) -> Config:
     p = Path(path)
     file = str(p)
     try:
@@ -261,7 +285,9 @@ def parse_config(raw: bytes, path: str | os.PathLike[str], environ: Mapping[str,
 class _Validator:
     """Walks the loaded document, collecting problems instead of stopping at the first."""
 
-    def __init__(self, file: str, lines: LineMap, problems: list[Problem], environ: Mapping[str, str]) -> None:
+    def __init__(
+        self, file: str, lines: LineMap, problems: list[Problem], environ: Mapping[str, str]
+    ) -> None:
         self.file = file
         self.lines = lines
         self.problems = list(problems)
@@ -278,7 +304,9 @@ class _Validator:
     def error(self, path: KeyPath, message: str) -> None:
         self.problems.append(Problem(self.file, format_path(path), message, self.line(path)))
 
-    def mapping(self, value: Any, path: KeyPath, allowed: tuple[str, ...], *, deny: Mapping[str, str] | None = None) -> dict[str, Any] | None:
+    def mapping(
+        self, value: Any, path: KeyPath, allowed: tuple[str, ...], *, deny: Mapping[str, str] | None = None
+    ) -> dict[str, Any] | None:
         if not isinstance(value, dict):
             self.error(path, f"must be a mapping, not {_type_name(value)}")
             return None
@@ -289,16 +317,28 @@ class _Validator:
                 self.error((*path, key), f"unknown key{_suggest(key, allowed)}")
         return value
 
-    def str_(self, m: dict[str, Any], key: str, path: KeyPath, *, required: bool = False, default: str | None = None,
-             pattern: re.Pattern[str] | None = None, what: str = "") -> str | None:
+    def str_(
+        self,
+        m: dict[str, Any],
+        key: str,
+        path: KeyPath,
+        *,
+        required: bool = False,
+        default: str | None = None,
+        pattern: re.Pattern[str] | None = None,
+        what: str = "",
+    ) -> str | None:
         if key not in m or m[key] is None:
             if required:
-                self.error(path if key not in m else (*path, key), f"missing required key {key!r}" if key not in m else f"{key!r} must not be empty")
+                self.error(
+                    path if key not in m else (*path, key),
+                    f"missing required key {key!r}" if key not in m else f"{key!r} must not be empty",
+                )
             return default
         value = m[key]
         kp = (*path, key)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            self.error(kp, f"must be a string, not a number (quote it: {key}: \"{value}\")")
+            self.error(kp, f'must be a string, not a number (quote it: {key}: "{value}")')
             return default
         if not isinstance(value, str):
             self.error(kp, f"must be a string, not {_type_name(value)}")
@@ -320,8 +360,15 @@ class _Validator:
             return None
         return value
 
-    def str_list(self, m: dict[str, Any], key: str, path: KeyPath, *, pattern: re.Pattern[str] | None = None,
-                 what: str = "") -> tuple[str, ...] | None:
+    def str_list(
+        self,
+        m: dict[str, Any],
+        key: str,
+        path: KeyPath,
+        *,
+        pattern: re.Pattern[str] | None = None,
+        what: str = "",
+    ) -> tuple[str, ...] | None:
         if key not in m or m[key] is None:
             return None
         value = m[key]
@@ -349,9 +396,9 @@ class _Validator:
         if "version" not in top:
             self.error((), "missing required key 'version' (use version: \"1.0\")")
         elif isinstance(version, float) and str(version) in SUPPORTED_VERSIONS:
-            self.error(("version",), f"must be the string \"{version}\", not a number (quote it)")
+            self.error(("version",), f'must be the string "{version}", not a number (quote it)')
         elif version not in SUPPORTED_VERSIONS:
-            self.error(("version",), f"unsupported version {version!r}; this mcpkit reads version \"1.0\"")
+            self.error(("version",), f'unsupported version {version!r}; this mcpkit reads version "1.0"')
 
         name, server_version, description = "", "", ""
         if "server" not in top:
@@ -359,8 +406,12 @@ class _Validator:
         else:
             server = self.mapping(top["server"], ("server",), ("name", "version", "description"))
             if server is not None:
-                name = self.str_(server, "name", ("server",), required=True, pattern=SERVER_NAME_RE,
-                                 what="server name") or ""
+                name = (
+                    self.str_(
+                        server, "name", ("server",), required=True, pattern=SERVER_NAME_RE, what="server name"
+                    )
+                    or ""
+                )
                 if len(name) > 128:
                     self.error(("server", "name"), "must be at most 128 characters")
                 server_version = self.str_(server, "version", ("server",), required=True) or ""
@@ -413,14 +464,23 @@ class _Validator:
             name = self.str_(m, "name", tp, required=True, pattern=TOOL_NAME_RE, what="tool name")
             if name is not None:
                 if name in seen:
-                    self.error((*tp, "name"), f"duplicate tool name {name!r} (first defined at mcp.tools[{seen[name]}])")
+                    self.error(
+                        (*tp, "name"),
+                        f"duplicate tool name {name!r} (first defined at mcp.tools[{seen[name]}])",
+                    )
                 else:
                     seen[name] = i
             description = self.str_(m, "description", tp, default="") or ""
             input_schema = self.schema(m, "input_schema", tp, required=True)
             output_schema = self.schema(m, "output_schema", tp, required=False)
-            limits = self.limits(m["limits"], (*tp, "limits"), allow_output=True) if m.get("limits") is not None else Limits()
-            tools.append(Tool(name or "", description, input_schema or {"type": "object"}, output_schema, limits))
+            limits = (
+                self.limits(m["limits"], (*tp, "limits"), allow_output=True)
+                if m.get("limits") is not None
+                else Limits()
+            )
+            tools.append(
+                Tool(name or "", description, input_schema or {"type": "object"}, output_schema, limits)
+            )
         return tuple(tools)
 
     def schema(self, m: dict[str, Any], key: str, path: KeyPath, *, required: bool) -> dict[str, Any] | None:
@@ -485,7 +545,10 @@ class _Validator:
                         if grant is None:
                             continue
                         if grant.guest in guests:
-                            self.error((*ap, i, "guest"), f"guest path {grant.guest} is already granted by {format_path((*ap, guests[grant.guest]))}")
+                            self.error(
+                                (*ap, i, "guest"),
+                                f"guest path {grant.guest} is already granted by {format_path((*ap, guests[grant.guest]))}",
+                            )
                         guests[grant.guest] = i
                         storage.append(grant)
         environment: list[EnvGrant] = []
@@ -503,8 +566,14 @@ class _Validator:
                         g = self.mapping(item, (*ap, i), ("key",))
                         if g is None:
                             continue
-                        key = self.str_(g, "key", (*ap, i), required=True, pattern=ENV_KEY_RE,
-                                        what="environment variable name")
+                        key = self.str_(
+                            g,
+                            "key",
+                            (*ap, i),
+                            required=True,
+                            pattern=ENV_KEY_RE,
+                            what="environment variable name",
+                        )
                         if key:
                             environment.append(EnvGrant(key))
         limits = (
@@ -530,7 +599,10 @@ class _Validator:
             if uri.startswith("fs://"):
                 host = uri[len("fs://") :]
                 if not (host.startswith("/") or host == "~" or host.startswith("~/")):
-                    self.error((*path, "uri"), f"{uri!r}: fs:// grants need an absolute or ~/ path (fs:///abs/path or fs://~/path)")
+                    self.error(
+                        (*path, "uri"),
+                        f"{uri!r}: fs:// grants need an absolute or ~/ path (fs:///abs/path or fs://~/path)",
+                    )
                     ok = False
             elif uri.startswith("bundle:"):
                 rel = uri[len("bundle:") :]
@@ -541,12 +613,18 @@ class _Validator:
                     self.error((*path, "access"), "files shipped in a bundle are read-only; remove write")
                     ok = False
             else:
-                self.error((*path, "uri"), f"{uri!r}: storage grants start with fs:// (host path) or bundle: (shipped files)")
+                self.error(
+                    (*path, "uri"),
+                    f"{uri!r}: storage grants start with fs:// (host path) or bundle: (shipped files)",
+                )
                 ok = False
         if guest is not None:
             gp = PurePosixPath(guest)
             if not gp.is_absolute() or ".." in gp.parts or str(gp) == "/":
-                self.error((*path, "guest"), f"{guest!r}: guest paths are absolute, not '/', and have no '..' (e.g. /data)")
+                self.error(
+                    (*path, "guest"),
+                    f"{guest!r}: guest paths are absolute, not '/', and have no '..' (e.g. /data)",
+                )
                 ok = False
         if not ok or uri is None or guest is None:
             return None
@@ -561,15 +639,21 @@ class _Validator:
             self.check_registry(registry, (*path, "registry"))
         version = self.str_(m, "version", path, default=server_version) or server_version
         if version and not TAG_RE.match(version):
-            self.error((*path, "version") if "version" in m else ("server", "version"),
-                       f"{version!r} cannot be used as an OCI tag (must match {TAG_RE.pattern})")
+            self.error(
+                (*path, "version") if "version" in m else ("server", "version"),
+                f"{version!r} cannot be used as an OCI tag (must match {TAG_RE.pattern})",
+            )
         tags = self.str_list(m, "tags", path, pattern=TAG_RE, what="OCI tag")
         if tags is not None and not tags:
             self.error((*path, "tags"), "at least one tag is needed (or leave tags out to use the version)")
         metadata = Metadata()
         if m.get("metadata") is not None:
             mp = (*path, "metadata")
-            md = self.mapping(m["metadata"], mp, ("authors", "license", "repository", "homepage", "documentation", "keywords"))
+            md = self.mapping(
+                m["metadata"],
+                mp,
+                ("authors", "license", "repository", "homepage", "documentation", "keywords"),
+            )
             if md is not None:
                 metadata = Metadata(
                     authors=self.str_list(md, "authors", mp) or (),
@@ -582,7 +666,10 @@ class _Validator:
         include = self.str_list(m, "include", path) or ()
         for i, item in enumerate(include):
             if PurePosixPath(item).is_absolute() or _unsafe_relative(item):
-                self.error((*path, "include", i), f"{item!r}: include paths are relative to config.yaml and stay inside its folder")
+                self.error(
+                    (*path, "include", i),
+                    f"{item!r}: include paths are relative to config.yaml and stay inside its folder",
+                )
         auth = None
         if m.get("auth") is not None:
             ap = (*path, "auth")
@@ -593,8 +680,14 @@ class _Validator:
                     if val is not None and not isinstance(val, str):
                         self.error((*ap, key), f"must be a string, not {_type_name(val)}")
                     elif isinstance(val, str) and key == "password" and "${" not in val:
-                        self.error((*ap, key), "write the password as ${VARIABLE}: a literal secret in config.yaml would be published in the bundle")
-                auth = Auth(raw_user if isinstance(raw_user, str) else None, raw_pass if isinstance(raw_pass, str) else None)
+                        self.error(
+                            (*ap, key),
+                            "write the password as ${VARIABLE}: a literal secret in config.yaml would be published in the bundle",
+                        )
+                auth = Auth(
+                    raw_user if isinstance(raw_user, str) else None,
+                    raw_pass if isinstance(raw_pass, str) else None,
+                )
         return Distribution(
             registry=registry or "",
             version=version,
@@ -606,7 +699,6 @@ class _Validator:
 
     def check_registry(self, registry: str, kp: KeyPath) -> None:
         from hatch_mcpkit.errors import ReferenceError as RefError
-
         from hatch_mcpkit.reference import parse_repository
 
         try:
@@ -659,8 +751,14 @@ def expand_include(config: Config) -> list[tuple[str, Path]]:
 def _type_name(value: Any) -> str:
     if value is None:
         return "nothing (null)"
-    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean", int: "a number",
-            float: "a number"}.get(type(value), type(value).__name__)
+    return {
+        dict: "a mapping",
+        list: "a list",
+        str: "a string",
+        bool: "a boolean",
+        int: "a number",
+        float: "a number",
+    }.get(type(value), type(value).__name__)
 
 
 def _suggest(key: str, allowed: tuple[str, ...]) -> str:
@@ -670,4 +768,3 @@ def _suggest(key: str, allowed: tuple[str, ...]) -> str:
     if close:
         return f" (did you mean {close[0]!r}?)"
     return f" (expected one of: {', '.join(allowed)})"
-

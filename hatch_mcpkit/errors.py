@@ -75,12 +75,16 @@ class ConfigError(McpkitError):
             problems, key=lambda p: (p.file, p.line if p.line is not None else 0, p.path)
         )
         count = len(self.problems)
-        head = f"{count} problem{'s' if count != 1 else ''} in configuration:" if count else "invalid configuration"
+        head = (
+            f"{count} problem{'s' if count != 1 else ''} in configuration:"
+            if count
+            else "invalid configuration"
+        )
         body = "\n".join(f"  {p}" for p in self.problems)
         super().__init__(f"{head}\n{body}" if body else head, hint=hint)
 
 
-class ReferenceError(McpkitError):  # noqa: A001 - deliberately shadows the builtin inside this package
+class ReferenceError(McpkitError):
     """A bundle reference (oci://, file://, https://, bare name) cannot be understood."""
 
     exit_code = 2

@@ -1,0 +1,631 @@
+"""Bundles as OCI artifacts: the manifest, the image layout, the reproducible tar.
+
+A bundle is ``module.wasm`` + ``config.yaml`` (+ any ``distribution.include``
+files), stored as an OCI image manifest with ``artifactType``
+``application/vnd.mcpkit.bundle.v1``. ``build_bundle`` writes it as
+``<name>-<version>.mcpkit.tar``: an OCI image layout (``oci-layout``,
+``index.json``, ``blobs/sha256/...``) in a tar with fixed owners and mtimes,
+so the same inputs and ``SOURCE_DATE_EPOCH`` give the same bytes.
+``BundleLayout.open`` reads such a tar (or a layout directory) back and
+verifies every blob.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import shutil
+import tarfile
+import tempfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path, PurePosixPath
+from types import TracebackType
+from typing import IO, TYPE_CHECKING, Any
+
+from hatch_mcpkit.errors import BundleError, IntegrityError
+
+if TYPE_CHECKING:
+    from hatch_mcpkit.config import Config
+
+__all__ = [
+    "ARTIFACT_TYPE",
+    "BUNDLE_CONFIG_MEDIA_TYPE",
+    "CONFIG_YAML_MEDIA_TYPE",
+    "INDEX_MEDIA_TYPE",
+    "MANIFEST_MEDIA_TYPE",
+    "TITLE_ANNOTATION",
+    "WASM_MEDIA_TYPE",
+    "BuiltBundle",
+    "BundleLayout",
+    "Descriptor",
+    "Manifest",
+    "archive_name",
+    "build_bundle",
+    "file_digest",
+]
+
+MANIFEST_MEDIA_TYPE = "application/vnd.oci.image.manifest.v1+json"
+INDEX_MEDIA_TYPE = "application/vnd.oci.image.index.v1+json"
+ARTIFACT_TYPE = "application/vnd.mcpkit.bundle.v1"
+BUNDLE_CONFIG_MEDIA_TYPE = "application/vnd.mcpkit.bundle.config.v1+json"
+WASM_MEDIA_TYPE = "application/wasm"
+CONFIG_YAML_MEDIA_TYPE = "application/vnd.mcpkit.config+yaml"
+TITLE_ANNOTATION = "org.opencontainers.image.title"
+REF_NAME_ANNOTATION = "org.opencontainers.image.ref.name"
+KEYWORDS_ANNOTATION = "io.mcpkit.keywords"
+MODULE_TITLE = "module.wasm"
+CONFIG_TITLE = "config.yaml"
+
+# hatchling's reproducible default (2020-02-02) when SOURCE_DATE_EPOCH is unset
+DEFAULT_EPOCH = 1580601600
+ARCHIVE_SUFFIX = ".mcpkit.tar"
+MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+MAX_LAYERS = 1024
+CHUNK = 1024 * 1024
+
+_DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
+_EXTRA_MEDIA_TYPES = {
+    ".json": "application/json",
+    ".md": "text/markdown",
+    ".txt": "text/plain",
+    ".yaml": "application/yaml",
+    ".yml": "application/yaml",
+    ".csv": "text/csv",
+}
+
+
+def _canonical_json(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def file_digest(path: Path) -> tuple[str, int]:
+    """``("sha256:<hex>", size)`` of a file, read in chunks."""
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as fh:
+        while chunk := fh.read(CHUNK):
+            h.update(chunk)
+            size += len(chunk)
+    return f"sha256:{h.hexdigest()}", size
+
+
+def bytes_digest(data: bytes) -> str:
+    return f"sha256:{hashlib.sha256(data).hexdigest()}"
+
+
+# --------------------------------------------------------------------------- manifest model
+
+
+@dataclass(frozen=True)
+class Descriptor:
+    media_type: str
+    digest: str
+    size: int
+    annotations: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def title(self) -> str | None:
+        return self.annotations.get(TITLE_ANNOTATION)
+
+    @property
+    def hex(self) -> str:
+        return self.digest.split(":", 1)[1]
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"mediaType": self.media_type, "digest": self.digest, "size": self.size}
+        if self.annotations:
+            out["annotations"] = dict(self.annotations)
+        return out
+
+    @classmethod
+    def from_json(cls, obj: Any, where: str) -> Descriptor:
+        if not isinstance(obj, dict):
+            raise BundleError(f"{where}: descriptor must be a JSON object")
+        media_type, digest, size = obj.get("mediaType"), obj.get("digest"), obj.get("size")
+        if not isinstance(media_type, str) or not media_type:
+            raise BundleError(f"{where}: missing mediaType")
+        if not isinstance(digest, str) or not _DIGEST_RE.match(digest):
+            raise BundleError(f"{where}: digest {digest!r} is not a sha256 digest (sha256:<64 hex>)")
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise BundleError(f"{where}: size {size!r} is not a non-negative integer")
+        annotations = obj.get("annotations") or {}
+        if not isinstance(annotations, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in annotations.items()
+        ):
+            raise BundleError(f"{where}: annotations must map strings to strings")
+        return cls(media_type, digest, size, annotations)
+
+
+def check_title(title: str | None, where: str) -> str:
+    """A layer title becomes a file name in the cache: it must be a safe relative path."""
+    if not title:
+        raise BundleError(f"{where}: layer has no {TITLE_ANNOTATION} annotation")
+    if len(title) > 255 or any(ord(c) < 32 or c in '\\:*?"<>|' for c in title):
+        raise BundleError(f"{where}: unsafe layer title {title!r}")
+    p = PurePosixPath(title)
+    if p.is_absolute() or any(part in ("", ".", "..") for part in title.split("/")):
+        raise BundleError(
+            f"{where}: layer title {title!r} must be a relative path inside the bundle (no '..', no '/')"
+        )
+    return title
+
+
+@dataclass(frozen=True)
+class Manifest:
+    raw: bytes = field(repr=False)
+    digest: str
+    config: Descriptor
+    layers: tuple[Descriptor, ...]
+    annotations: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def blobs(self) -> tuple[Descriptor, ...]:
+        return (self.config, *self.layers)
+
+    @property
+    def module_layer(self) -> Descriptor:
+        return self.layers[0]
+
+    @property
+    def config_layer(self) -> Descriptor:
+        return self.layers[1]
+
+    @property
+    def extra_layers(self) -> tuple[Descriptor, ...]:
+        return self.layers[2:]
+
+    @property
+    def total_size(self) -> int:
+        return sum(d.size for d in self.blobs) + len(self.raw)
+
+    @classmethod
+    def parse(cls, raw: bytes, where: str) -> Manifest:
+        """Validate an mcpkit bundle manifest; ``where`` names it in errors."""
+        if len(raw) > MAX_MANIFEST_BYTES:
+            raise BundleError(f"{where}: manifest is larger than {MAX_MANIFEST_BYTES // 1024 // 1024} MiB")
+        try:
+            obj = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise BundleError(f"{where}: manifest is not valid JSON ({exc})") from None
+        if not isinstance(obj, dict):
+            raise BundleError(f"{where}: manifest must be a JSON object")
+        if obj.get("schemaVersion") != 2:
+            raise BundleError(f"{where}: unsupported manifest schemaVersion {obj.get('schemaVersion')!r}")
+        media_type = obj.get("mediaType", MANIFEST_MEDIA_TYPE)
+        if media_type != MANIFEST_MEDIA_TYPE:
+            raise BundleError(
+                f"{where}: manifest mediaType is {media_type!r}, expected {MANIFEST_MEDIA_TYPE}"
+            )
+        config = Descriptor.from_json(obj.get("config"), f"{where}: config")
+        artifact_type = obj.get("artifactType")
+        if artifact_type != ARTIFACT_TYPE and config.media_type != BUNDLE_CONFIG_MEDIA_TYPE:
+            raise BundleError(
+                f"{where}: not an mcpkit bundle (artifactType {artifact_type!r}, expected {ARTIFACT_TYPE})",
+                hint="is this a container image or another kind of artifact?",
+            )
+        if config.media_type != BUNDLE_CONFIG_MEDIA_TYPE:
+            raise BundleError(
+                f"{where}: config mediaType is {config.media_type!r}, expected {BUNDLE_CONFIG_MEDIA_TYPE}"
+            )
+        raw_layers = obj.get("layers")
+        if not isinstance(raw_layers, list) or len(raw_layers) < 2:
+            raise BundleError(f"{where}: a bundle has at least two layers (module.wasm, config.yaml)")
+        if len(raw_layers) > MAX_LAYERS:
+            raise BundleError(f"{where}: too many layers ({len(raw_layers)} > {MAX_LAYERS})")
+        layers = tuple(
+            Descriptor.from_json(layer, f"{where}: layers[{i}]") for i, layer in enumerate(raw_layers)
+        )
+        expected = ((WASM_MEDIA_TYPE, MODULE_TITLE), (CONFIG_YAML_MEDIA_TYPE, CONFIG_TITLE))
+        for i, (mt, title) in enumerate(expected):
+            if layers[i].media_type != mt:
+                raise BundleError(
+                    f"{where}: layers[{i}] mediaType is {layers[i].media_type!r}, expected {mt}"
+                )
+            if layers[i].title != title:
+                raise BundleError(f"{where}: layers[{i}] title is {layers[i].title!r}, expected {title!r}")
+        seen = {MODULE_TITLE, CONFIG_TITLE}
+        for i, layer in enumerate(layers[2:], start=2):
+            title = check_title(layer.title, f"{where}: layers[{i}]")
+            folded = title.casefold()
+            if folded in seen or any(s.startswith(folded + "/") or folded.startswith(s + "/") for s in seen):
+                raise BundleError(f"{where}: layers[{i}] title {title!r} collides with another layer")
+            seen.add(folded)
+        annotations = obj.get("annotations") or {}
+        if not isinstance(annotations, dict):
+            raise BundleError(f"{where}: manifest annotations must be an object")
+        return cls(raw, bytes_digest(raw), config, layers, {str(k): str(v) for k, v in annotations.items()})
+
+
+def parse_bundle_config(raw: bytes, where: str, manifest: Manifest | None = None) -> dict[str, Any]:
+    """Read the small config blob; check it agrees with the manifest's layers."""
+    try:
+        obj = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{where}: bundle config blob is not valid JSON ({exc})") from None
+    if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
+        raise BundleError(f"{where}: bundle config blob has no name")
+    if manifest is not None and obj.get("layerDigests") != [d.digest for d in manifest.layers]:
+        raise BundleError(f"{where}: bundle config layerDigests do not match the manifest's layers")
+    return obj
+
+
+# --------------------------------------------------------------------------- building
+
+
+@dataclass(frozen=True)
+class BuiltBundle:
+    path: Path
+    manifest: Manifest
+    name: str
+    version: str
+
+    @property
+    def digest(self) -> str:
+        return self.manifest.digest
+
+
+def archive_name(name: str, version: str) -> str:
+    return f"{name}-{version}{ARCHIVE_SUFFIX}"
+
+
+def _source_date_epoch(explicit: int | None) -> int | None:
+    if explicit is not None:
+        return explicit
+    value = os.environ.get("SOURCE_DATE_EPOCH")
+    if not value:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise BundleError(f"SOURCE_DATE_EPOCH={value!r} is not an integer number of seconds") from None
+
+
+def _extra_media_type(name: str) -> str:
+    return _EXTRA_MEDIA_TYPES.get(PurePosixPath(name).suffix.lower(), "application/octet-stream")
+
+
+def _manifest_annotations(config: Config, epoch: int | None) -> dict[str, str]:
+    version = config.bundle_version
+    ann = {"org.opencontainers.image.title": config.name, "org.opencontainers.image.version": version}
+    if config.description:
+        ann["org.opencontainers.image.description"] = config.description
+    meta = config.distribution.metadata if config.distribution else None
+    if meta is not None:
+        if meta.authors:
+            ann["org.opencontainers.image.authors"] = ", ".join(meta.authors)
+        if meta.license:
+            ann["org.opencontainers.image.licenses"] = meta.license
+        if meta.repository:
+            ann["org.opencontainers.image.source"] = meta.repository
+        if meta.homepage:
+            ann["org.opencontainers.image.url"] = meta.homepage
+        if meta.documentation:
+            ann["org.opencontainers.image.documentation"] = meta.documentation
+        if meta.keywords:
+            ann[KEYWORDS_ANNOTATION] = ",".join(meta.keywords)
+    if epoch is not None:
+        created = datetime.fromtimestamp(epoch, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        ann["org.opencontainers.image.created"] = created
+    return dict(sorted(ann.items()))
+
+
+class _Source:
+    """A blob to write: bytes in memory or a file streamed from disk."""
+
+    def __init__(self, descriptor: Descriptor, data: bytes | None = None, path: Path | None = None) -> None:
+        self.descriptor = descriptor
+        self.data = data
+        self.path = path
+
+    def open(self) -> IO[bytes]:
+        if self.data is not None:
+            return io.BytesIO(self.data)
+        assert self.path is not None
+        return open(self.path, "rb")
+
+
+def build_bundle(
+    config: Config, module: Path, out_dir: Path, *, source_date_epoch: int | None = None
+) -> BuiltBundle:
+    """Write ``out_dir/<name>-<version>.mcpkit.tar`` for a validated config and a checked module.
+
+    The archive appears atomically: on any error nothing is left in ``out_dir``.
+    """
+    epoch = _source_date_epoch(source_date_epoch)
+    version = config.bundle_version
+    sources: list[_Source] = []
+
+    module_digest, module_size = file_digest(module)
+    layers = [Descriptor(WASM_MEDIA_TYPE, module_digest, module_size, {TITLE_ANNOTATION: MODULE_TITLE})]
+    sources.append(_Source(layers[0], path=module))
+    config_bytes = config.raw  # shipped as written: ${VAR} text stays unexpanded
+    layers.append(
+        Descriptor(
+            CONFIG_YAML_MEDIA_TYPE,
+            bytes_digest(config_bytes),
+            len(config_bytes),
+            {TITLE_ANNOTATION: CONFIG_TITLE},
+        )
+    )
+    sources.append(_Source(layers[1], data=config_bytes))
+    for rel, path in config.include_files:
+        check_title(rel, f"{config.path}: distribution.include")
+        digest, size = file_digest(path)
+        desc = Descriptor(_extra_media_type(rel), digest, size, {TITLE_ANNOTATION: rel})
+        layers.append(desc)
+        sources.append(_Source(desc, path=path))
+
+    bundle_config = {
+        "name": config.name,
+        "version": version,
+        "description": config.description,
+        "architecture": "wasm",
+        "os": "wasip1",
+        "tools": [t.name for t in config.tools],
+        "layerDigests": [d.digest for d in layers],
+    }
+    config_blob = _canonical_json(bundle_config)
+    config_desc = Descriptor(BUNDLE_CONFIG_MEDIA_TYPE, bytes_digest(config_blob), len(config_blob))
+    sources.insert(0, _Source(config_desc, data=config_blob))
+
+    manifest_obj = {
+        "schemaVersion": 2,
+        "mediaType": MANIFEST_MEDIA_TYPE,
+        "artifactType": ARTIFACT_TYPE,
+        "config": config_desc.to_json(),
+        "layers": [d.to_json() for d in layers],
+        "annotations": _manifest_annotations(config, epoch),
+    }
+    manifest_raw = _canonical_json(manifest_obj)
+    manifest = Manifest.parse(manifest_raw, "built manifest")
+    sources.insert(
+        0, _Source(Descriptor(MANIFEST_MEDIA_TYPE, manifest.digest, len(manifest_raw)), data=manifest_raw)
+    )
+
+    index = {
+        "schemaVersion": 2,
+        "mediaType": INDEX_MEDIA_TYPE,
+        "manifests": [
+            {
+                "mediaType": MANIFEST_MEDIA_TYPE,
+                "artifactType": ARTIFACT_TYPE,
+                "digest": manifest.digest,
+                "size": len(manifest_raw),
+                "annotations": {REF_NAME_ANNOTATION: version},
+            }
+        ],
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = out_dir / archive_name(config.name, version)
+    _write_tar(target, _canonical_json(index), sources, DEFAULT_EPOCH if epoch is None else epoch)
+    return BuiltBundle(target, manifest, config.name, version)
+
+
+def _tar_info(name: str, size: int, mtime: int, *, directory: bool = False) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.size = 0 if directory else size
+    info.mtime = mtime
+    info.mode = 0o755 if directory else 0o644
+    info.type = tarfile.DIRTYPE if directory else tarfile.REGTYPE
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info
+
+
+def _write_tar(target: Path, index: bytes, sources: list[_Source], mtime: int) -> None:
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    tmp = Path(tmp_name)
+    try:
+        with (
+            os.fdopen(fd, "wb") as raw,
+            tarfile.open(fileobj=raw, mode="w", format=tarfile.USTAR_FORMAT) as tar,
+        ):
+            layout = _canonical_json({"imageLayoutVersion": "1.0.0"})
+            tar.addfile(_tar_info("oci-layout", len(layout), mtime), io.BytesIO(layout))
+            tar.addfile(_tar_info("index.json", len(index), mtime), io.BytesIO(index))
+            tar.addfile(_tar_info("blobs", 0, mtime, directory=True))
+            tar.addfile(_tar_info("blobs/sha256", 0, mtime, directory=True))
+            written: set[str] = set()
+            for src in sorted(sources, key=lambda s: s.descriptor.digest):
+                if src.descriptor.digest in written:  # identical content is stored once
+                    continue
+                written.add(src.descriptor.digest)
+                with src.open() as fh:
+                    tar.addfile(
+                        _tar_info(f"blobs/sha256/{src.descriptor.hex}", src.descriptor.size, mtime), fh
+                    )
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+# --------------------------------------------------------------------------- reading
+
+
+class BundleLayout:
+    """A verified, read-only view of one bundle in an OCI image layout (tar or directory)."""
+
+    def __init__(
+        self,
+        root: Path,
+        manifest: Manifest,
+        bundle_config: dict[str, Any],
+        ref_name: str | None,
+        source: Path,
+        tempdir: tempfile.TemporaryDirectory[str] | None = None,
+    ) -> None:
+        self.root = root
+        self.manifest = manifest
+        self.bundle_config = bundle_config
+        self.ref_name = ref_name
+        self.source = source
+        self._tempdir = tempdir
+
+    # context manager
+    def __enter__(self) -> BundleLayout:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._tempdir is not None:
+            self._tempdir.cleanup()
+            self._tempdir = None
+
+    @property
+    def name(self) -> str:
+        return str(self.bundle_config["name"])
+
+    @property
+    def version(self) -> str:
+        return str(self.bundle_config.get("version", ""))
+
+    def blob_path(self, digest: str) -> Path:
+        return _blob_path(self.root, digest, self.source)
+
+    def open_blob(self, digest: str) -> IO[bytes]:
+        return open(self.blob_path(digest), "rb")
+
+    def read_blob(self, digest: str) -> bytes:
+        return self.blob_path(digest).read_bytes()
+
+    def extract_files(self, dest: Path) -> list[Path]:
+        """Write module.wasm, config.yaml and the extra files under ``dest`` (titles are checked)."""
+        written = []
+        for layer in self.manifest.layers:
+            title = check_title(layer.title, str(self.source))
+            target = dest / title
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(self.blob_path(layer.digest), target)
+            written.append(target)
+        return written
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str]) -> BundleLayout:
+        source = Path(path)
+        if source.is_dir():
+            return cls._from_dir(source, source, None)
+        if not source.is_file():
+            raise BundleError(f"{source}: no such bundle archive or layout directory")
+        tempdir = tempfile.TemporaryDirectory(prefix="mcpkit-layout-")
+        try:
+            _safe_extract(source, Path(tempdir.name))
+            return cls._from_dir(Path(tempdir.name), source, tempdir)
+        except BaseException:
+            tempdir.cleanup()
+            raise
+
+    @classmethod
+    def _from_dir(
+        cls, root: Path, source: Path, tempdir: tempfile.TemporaryDirectory[str] | None
+    ) -> BundleLayout:
+        try:
+            layout = json.loads((root / "oci-layout").read_bytes())
+            index = json.loads((root / "index.json").read_bytes())
+        except FileNotFoundError as exc:
+            raise BundleError(
+                f"{source}: not an OCI image layout ({Path(exc.filename).name} is missing)"
+            ) from None
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise BundleError(f"{source}: invalid OCI layout metadata ({exc})") from None
+        if not isinstance(layout, dict) or layout.get("imageLayoutVersion") != "1.0.0":
+            raise BundleError(f"{source}: unsupported oci-layout (imageLayoutVersion must be 1.0.0)")
+        manifests = index.get("manifests") if isinstance(index, dict) else None
+        if not isinstance(manifests, list) or not manifests:
+            raise BundleError(f"{source}: index.json lists no manifest")
+        bundles = [
+            m
+            for m in manifests
+            if isinstance(m, dict) and m.get("artifactType", ARTIFACT_TYPE) == ARTIFACT_TYPE
+        ]
+        if len(bundles) != 1:
+            raise BundleError(
+                f"{source}: expected exactly one bundle manifest in index.json, found {len(bundles)}"
+            )
+        entry = Descriptor.from_json(bundles[0], f"{source}: index.json manifests[0]")
+        ref_name = entry.annotations.get(REF_NAME_ANNOTATION)
+        raw = _read_verified(_blob_path(root, entry.digest, source), entry, source)
+        manifest = Manifest.parse(raw, str(source))
+        for desc in manifest.blobs:
+            _verify_file(_blob_path(root, desc.digest, source), desc, source)
+        config_raw = _blob_path(root, manifest.config.digest, source).read_bytes()
+        bundle_config = parse_bundle_config(config_raw, str(source), manifest)
+        return cls(root, manifest, bundle_config, ref_name, source, tempdir)
+
+
+def _blob_path(root: Path, digest: str, source: Path) -> Path:
+    if not _DIGEST_RE.match(digest):
+        raise BundleError(f"{source}: not a sha256 digest: {digest!r}")
+    path = root / "blobs" / "sha256" / digest.split(":", 1)[1]
+    if not path.is_file():
+        raise BundleError(f"{source}: blob {digest} is missing")
+    return path
+
+
+def _read_verified(path: Path, desc: Descriptor, source: Path) -> bytes:
+    data = path.read_bytes()
+    if len(data) != desc.size or bytes_digest(data) != desc.digest:
+        raise IntegrityError(
+            f"{source}: blob {desc.digest} does not match its digest or size", digest=desc.digest
+        )
+    return data
+
+
+def _verify_file(path: Path, desc: Descriptor, source: Path) -> None:
+    digest, size = file_digest(path)
+    if size != desc.size:
+        raise IntegrityError(
+            f"{source}: blob {desc.digest} has {size} bytes, the manifest says {desc.size}",
+            digest=desc.digest,
+        )
+    if digest != desc.digest:
+        raise IntegrityError(
+            f"{source}: blob {desc.digest} does not match its digest (got {digest})", digest=desc.digest
+        )
+
+
+def _safe_members(tar: tarfile.TarFile, source: Path) -> Iterator[tarfile.TarInfo]:
+    for member in tar:
+        name = member.name.lstrip("./") if member.name.startswith("./") else member.name
+        parts = PurePosixPath(name).parts
+        if member.name.startswith("/") or ".." in parts:
+            raise BundleError(f"{source}: unsafe path in archive: {member.name!r}")
+        if member.isdir():
+            continue
+        if not member.isfile():
+            raise BundleError(
+                f"{source}: archive entry {member.name!r} is not a regular file (links are refused)"
+            )
+        if name not in ("oci-layout", "index.json") and not (
+            len(parts) == 3
+            and parts[0] == "blobs"
+            and parts[1] == "sha256"
+            and re.fullmatch(r"[0-9a-f]{64}", parts[2])
+        ):
+            continue  # not part of the layout; ignored
+        member.name = name
+        yield member
+
+
+def _safe_extract(source: Path, dest: Path) -> None:
+    try:
+        with tarfile.open(source, mode="r:*") as tar:
+            for member in _safe_members(tar, source):
+                target = dest / member.name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                fh = tar.extractfile(member)
+                assert fh is not None
+                with fh, open(target, "wb") as out:
+                    shutil.copyfileobj(fh, out, CHUNK)
+    except (tarfile.TarError, EOFError) as exc:
+        raise BundleError(f"{source}: not a readable bundle archive ({exc})") from None
