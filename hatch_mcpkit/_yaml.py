@@ -46,7 +46,10 @@ def load_yaml(text: str, file: str) -> tuple[Any, LineMap, list[Problem]]:
             {},
             [Problem(file, "", f"file is larger than {MAX_YAML_BYTES // 1024} KiB; refusing to parse it")],
         )
-    loader = yaml.SafeLoader(text)
+    try:
+        loader = yaml.SafeLoader(text)
+    except yaml.YAMLError as exc:  # e.g. ReaderError: control characters
+        return None, {}, [Problem(file, "", f"invalid YAML: {exc}")]
     try:
         try:
             node = loader.get_single_node()

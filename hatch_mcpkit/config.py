@@ -343,7 +343,10 @@ class _Validator:
         if not isinstance(value, str):
             self.error(kp, f"must be a string, not {_type_name(value)}")
             return default
+        before = len(self.problems)
         value = self.expand(value, kp)
+        if len(self.problems) > before:  # unset variable: already reported
+            return default
         if pattern is not None and not pattern.match(value):
             self.error(kp, f"{value!r} is not a valid {what or key} (must match {pattern.pattern})")
         return value

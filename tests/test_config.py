@@ -1,0 +1,215 @@
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from hatch_mcpkit.config import DEFAULT_LIMITS, Auth, load_config, parse_config
+from hatch_mcpkit.errors import ConfigError
+
+GOOD = """\
+version: "1.0"
+server:
+  name: weather-tool
+  version: 1.0.0
+  description: Weather data
+mcp:
+  tools:
+    - name: get_weather
+      description: Get weather data
+      input_schema:
+        type: object
+        properties: {location: {type: string}}
+        required: [location]
+      output_schema: {type: object, properties: {temperature_c: {type: number}}}
+      limits: {timeout_ms: 5000}
+    - name: convert_temperature
+      input_schema: {type: object}
+policy:
+  storage:
+    allow:
+      - {uri: "bundle:data", guest: /data, access: [read]}
+      - {uri: "fs://~/notes", guest: /notes, access: [read, write]}
+  environment: {allow: [{key: API_KEY}]}
+  limits: {timeout_ms: 8000, memory_mb: 64}
+distribution:
+  registry: ghcr.io/myorg/weather-tool
+  tags: [latest, v1.0.0]
+  metadata: {authors: [Alice], license: MIT, keywords: [weather]}
+  include: [README.md]
+  auth: {username: "${GITHUB_USER}", password: "${GITHUB_TOKEN}"}
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def problems_of(tmp_path: Path, text: str, environ: dict[str, str] | None = None) -> list[tuple[int | None, str, str]]:
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text), environ or {})
+    return [(p.line, p.path, p.message) for p in info.value.problems]
+
+
+def test_good_config_loads_with_defaults(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, GOOD), {})
+    assert config.name == "weather-tool"
+    assert [t.name for t in config.tools] == ["get_weather", "convert_temperature"]
+    weather = config.tools[0]
+    assert config.limits_for(weather).timeout_ms == 5000  # tool wins
+    assert config.limits_for(weather).memory_mb == 64  # policy next
+    assert config.limits_for(weather).max_output_kb == DEFAULT_LIMITS.max_output_kb  # then defaults
+    assert config.limits_for(config.tools[1]).timeout_ms == 8000
+    grants = config.policy.storage
+    assert grants[0].kind == "bundle" and not grants[0].writable
+    assert grants[0].host_path(Path("/b")) == Path("/b/data")
+    assert grants[1].writable and grants[1].host_path(Path("/b")) == Path.home() / "notes"
+    assert config.policy.env_keys == ("API_KEY",)
+    assert config.distribution is not None
+    assert config.distribution.version == "1.0.0"  # defaults to server.version
+    assert config.distribution.tags == ("latest", "v1.0.0")
+    assert config.raw == (tmp_path / "config.yaml").read_bytes()
+
+
+def test_auth_is_expanded_lazily_and_never_shown(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, GOOD), {})  # no GITHUB_TOKEN needed to load
+    assert config.distribution and config.distribution.auth
+    auth = config.distribution.auth
+    assert auth.resolve({"GITHUB_USER": "alice", "GITHUB_TOKEN": "s3cret-token"}) == ("alice", "s3cret-token")
+    assert "s3cret" not in repr(Auth("u", "s3cret-token"))
+    with pytest.raises(ConfigError) as info:
+        auth.resolve({"GITHUB_USER": "alice"})
+    assert "GITHUB_TOKEN is not set" in str(info.value)
+
+
+def test_every_problem_is_reported_with_line_and_key_path(tmp_path: Path) -> None:
+    found = problems_of(
+        tmp_path,
+        """\
+        version: "1.0"
+        server: {name: Weather, version: 1.0.0}
+        mcp:
+          tools:
+            - name: get_weather
+              input_shema: {type: object}
+            - name: get_weather
+              input_schema: {type: objekt}
+            - name: "bad name!"
+              input_schema: {type: object, properties: 3}
+        policy:
+          network: {allow: [example.com]}
+          environment: {allow: [{key: "${UNSET_VAR}"}]}
+        """,
+    )
+    assert (2, "server.name", "'Weather' is not a valid server name (must match ^[a-z0-9][a-z0-9._-]*$)") in found
+    assert (6, "mcp.tools[0].input_shema", "unknown key (did you mean 'input_schema'?)") in found
+    assert any(line == 5 and path == "mcp.tools[0]" and "input_schema" in msg for line, path, msg in found)
+    assert any(line == 7 and path == "mcp.tools[1].name" and "duplicate tool name" in msg for line, path, msg in found)
+    assert any(line == 8 and path.startswith("mcp.tools[1].input_schema") and "invalid JSON Schema" in msg
+               for line, path, msg in found)
+    assert any(line == 9 and path == "mcp.tools[2].name" for line, path, _ in found)
+    assert any(line == 10 and path.startswith("mcp.tools[2].input_schema.properties") for line, path, _ in found)
+    assert any(line == 12 and path == "policy.network" and "WASI preview 1" in msg for line, path, msg in found)
+    assert any(line == 13 and "UNSET_VAR is not set" in msg for line, _, msg in found)
+    assert len(found) >= 9
+
+
+def test_error_text_names_file_and_line(tmp_path: Path) -> None:
+    path = write(tmp_path, 'version: "2.0"\nserver: {name: x, version: "1"}\nmcp: {tools: []}\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(path, {})
+    text = str(info.value)
+    assert f"{path}:1: version: unsupported version '2.0'" in text
+    assert f"{path}:3: mcp.tools: at least one tool is required" in text
+
+
+@pytest.mark.parametrize(
+    ("snippet", "expected"),
+    [
+        ("version: 1.0", 'must be the string "1.0"'),
+        ("server: {name: x, version: 1.0}", "quote it"),
+        ("distribution: {registry: ghcr.io/a/b, auth: {password: hunter2}}", "${VARIABLE}"),
+        ("policy: {storage: {allow: [{uri: 'bundle:data', guest: /d, access: [write]}]}}", "read-only"),
+        ("policy: {storage: {allow: [{uri: 'http://x', guest: /d}]}}", "fs:// (host path) or bundle:"),
+        ("policy: {storage: {allow: [{uri: 'bundle:../up', guest: /d}]}}", "inside the bundle"),
+        ("distribution: {registry: ghcr.io/a/b, include: [../secret]}", "stay inside"),
+        ("distribution: {registry: ghcr.io/a/b, tags: ['bad tag']}", "not a valid OCI tag"),
+        ("distribution: {registry: 'not a registry!'}", "distribution.registry"),
+    ],
+)
+def test_specific_mistakes(tmp_path: Path, snippet: str, expected: str) -> None:
+    base = {
+        "version": 'version: "1.0"',
+        "server": "server: {name: x, version: '1'}",
+        "mcp": "mcp: {tools: [{name: t, input_schema: {type: object}}]}",
+    }
+    key = snippet.split(":", 1)[0]
+    base[key] = snippet
+    text = "\n".join(base.values()) + ("\n" + snippet if key not in ("version", "server", "mcp") else "") + "\n"
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text), {})
+    assert expected in str(info.value)
+
+
+def test_variables_expand_with_defaults_and_escapes(tmp_path: Path) -> None:
+    text = GOOD.replace("Weather data", "${DESC:-from default} costs $$5").replace("ghcr.io/myorg", "${REG}")
+    config = load_config(write(tmp_path, text), {"REG": "registry.example.com/team"})
+    assert config.description == "from default costs $5"
+    assert config.distribution and config.distribution.registry == "registry.example.com/team/weather-tool"
+    assert b"${REG}" in config.raw  # the shipped bytes keep the template
+
+
+def test_yaml_syntax_error_has_a_line(tmp_path: Path) -> None:
+    found = problems_of(tmp_path, 'version: "1.0"\nserver: [unclosed\n')
+    assert found[0][0] is not None and "invalid YAML" in found[0][2]
+
+
+def test_duplicate_keys_are_reported(tmp_path: Path) -> None:
+    found = problems_of(tmp_path, GOOD + "version: '1.0'\n")
+    assert any(path == "version" and msg == "duplicate key" for _, path, msg in found)
+
+
+def test_billion_laughs_is_bounded(tmp_path: Path) -> None:
+    lines = ['a0: &a0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    for i in range(1, 10):
+        prev = f"*a{i - 1}"
+        lines.append(f"a{i}: &a{i} [{', '.join([prev] * 9)}]")
+    found = problems_of(tmp_path, "\n".join(lines) + "\n")
+    assert "refusing to load" in found[0][2]
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="file not found"):
+        load_config(tmp_path / "nope.yaml")
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.text(max_size=400) | st.binary(max_size=400).map(lambda b: b.decode("latin-1")))
+def test_fuzzed_input_never_crashes(text: str) -> None:
+    try:
+        parse_config(text.encode("utf-8", "surrogatepass"), "fuzz.yaml", {})
+    except ConfigError as exc:
+        assert exc.problems and all(p.file == "fuzz.yaml" for p in exc.problems)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=10),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.dictionaries(st.sampled_from(["version", "server", "mcp", "policy", "distribution", "x"]), json_values))
+def test_fuzzed_structures_never_crash(doc: dict[str, object]) -> None:
+    import yaml
+
+    try:
+        parse_config(yaml.safe_dump(doc).encode(), "fuzz.yaml", {})
+    except ConfigError as exc:
+        assert exc.problems
