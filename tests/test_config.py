@@ -50,7 +50,9 @@ def write(tmp_path: Path, text: str) -> Path:
     return path
 
 
-def problems_of(tmp_path: Path, text: str, environ: dict[str, str] | None = None) -> list[tuple[int | None, str, str]]:
+def problems_of(
+    tmp_path: Path, text: str, environ: dict[str, str] | None = None
+) -> list[tuple[int | None, str, str]]:
     with pytest.raises(ConfigError) as info:
         load_config(write(tmp_path, text), environ or {})
     return [(p.line, p.path, p.message) for p in info.value.problems]
@@ -106,15 +108,28 @@ def test_every_problem_is_reported_with_line_and_key_path(tmp_path: Path) -> Non
           environment: {allow: [{key: "${UNSET_VAR}"}]}
         """,
     )
-    assert (2, "server.name", "'Weather' is not a valid server name (must match ^[a-z0-9][a-z0-9._-]*$)") in found
+    assert (
+        2,
+        "server.name",
+        "'Weather' is not a valid server name (must match ^[a-z0-9][a-z0-9._-]*$)",
+    ) in found
     assert (6, "mcp.tools[0].input_shema", "unknown key (did you mean 'input_schema'?)") in found
     assert any(line == 5 and path == "mcp.tools[0]" and "input_schema" in msg for line, path, msg in found)
-    assert any(line == 7 and path == "mcp.tools[1].name" and "duplicate tool name" in msg for line, path, msg in found)
-    assert any(line == 8 and path.startswith("mcp.tools[1].input_schema") and "invalid JSON Schema" in msg
-               for line, path, msg in found)
+    assert any(
+        line == 7 and path == "mcp.tools[1].name" and "duplicate tool name" in msg
+        for line, path, msg in found
+    )
+    assert any(
+        line == 8 and path.startswith("mcp.tools[1].input_schema") and "invalid JSON Schema" in msg
+        for line, path, msg in found
+    )
     assert any(line == 9 and path == "mcp.tools[2].name" for line, path, _ in found)
-    assert any(line == 10 and path.startswith("mcp.tools[2].input_schema.properties") for line, path, _ in found)
-    assert any(line == 12 and path == "policy.network" and "WASI preview 1" in msg for line, path, msg in found)
+    assert any(
+        line == 10 and path.startswith("mcp.tools[2].input_schema.properties") for line, path, _ in found
+    )
+    assert any(
+        line == 12 and path == "policy.network" and "WASI preview 1" in msg for line, path, msg in found
+    )
     assert any(line == 13 and "UNSET_VAR is not set" in msg for line, _, msg in found)
     assert len(found) >= 9
 
@@ -150,7 +165,9 @@ def test_specific_mistakes(tmp_path: Path, snippet: str, expected: str) -> None:
     }
     key = snippet.split(":", 1)[0]
     base[key] = snippet
-    text = "\n".join(base.values()) + ("\n" + snippet if key not in ("version", "server", "mcp") else "") + "\n"
+    text = (
+        "\n".join(base.values()) + ("\n" + snippet if key not in ("version", "server", "mcp") else "") + "\n"
+    )
     with pytest.raises(ConfigError) as info:
         load_config(write(tmp_path, text), {})
     assert expected in str(info.value)
@@ -199,13 +216,17 @@ def test_fuzzed_input_never_crashes(text: str) -> None:
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=10),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
     max_leaves=20,
 )
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.dictionaries(st.sampled_from(["version", "server", "mcp", "policy", "distribution", "x"]), json_values))
+@given(
+    st.dictionaries(st.sampled_from(["version", "server", "mcp", "policy", "distribution", "x"]), json_values)
+)
 def test_fuzzed_structures_never_crash(doc: dict[str, object]) -> None:
     import yaml
 
