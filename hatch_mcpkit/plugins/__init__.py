@@ -1,0 +1,1 @@
+"""Hatch glue: build hook, builder, publisher and environment collector named ``mcpkit``."""

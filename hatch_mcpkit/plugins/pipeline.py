@@ -1,0 +1,231 @@
+"""The one build pipeline behind the build hook and the ``mcpkit`` builder.
+
+config.yaml is validated first (so a bad config fails in milliseconds, before
+cargo), then cargo builds the crate, the module is checked, and the bundle is
+written atomically into the output directory.
+
+``hatch build`` runs each target in its own hatchling process; to run cargo
+once per ``hatch build`` rather than once per target, the pipeline records a
+fingerprint of everything that goes into the bundle (crate sources, config,
+included files, options, SOURCE_DATE_EPOCH) next to cargo's output. When the
+fingerprint and the archive on disk still match, the archive is reused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hatch_mcpkit.__about__ import __version__
+from hatch_mcpkit.bundle import (
+    ARCHIVE_SUFFIX,
+    BuiltBundle,
+    BundleLayout,
+    archive_name,
+    build_bundle,
+    file_digest,
+)
+from hatch_mcpkit.errors import ConfigError, Problem
+
+__all__ = ["BuildOptions", "clean_bundles", "parse_options", "run_pipeline"]
+
+OPTION_KEYS = ("crate", "config", "profile", "features", "cargo-args", "bin")
+SKIP_DIRS = {
+    "target",
+    "dist",
+    ".git",
+    ".hg",
+    ".venv",
+    "venv",
+    "node_modules",
+    "__pycache__",
+    ".mypy_cache",
+    ".ruff_cache",
+    ".pytest_cache",
+    ".tox",
+    ".nox",
+    "build",
+}
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    crate: Path
+    config: Path
+    profile: str = "release"
+    features: tuple[str, ...] = ()
+    cargo_args: tuple[str, ...] = ()
+    bin: str | None = None
+
+
+def parse_options(
+    root: Path, raw: Mapping[str, Any], table: str, file: str = "pyproject.toml"
+) -> BuildOptions:
+    """Validate ``[tool.hatch.build.hooks.mcpkit]``-style options, reporting every problem with its key."""
+    problems: list[Problem] = []
+
+    def err(key: str, message: str) -> None:
+        problems.append(Problem(file, f"{table}.{key}" if key else table, message))
+
+    for key in raw:
+        if key not in OPTION_KEYS and key not in (
+            "dependencies",
+            "require-runtime-dependencies",
+            "require-runtime-features",
+            "enable-by-default",
+            "versions",
+            "hooks",
+            "directory",
+            "path",
+            "only-include",
+            "include",
+            "exclude",
+        ):
+            err(key, f"unknown option (expected one of: {', '.join(OPTION_KEYS)})")
+
+    def string(key: str, default: str | None) -> str | None:
+        value = raw.get(key, default)
+        if value is not None and (not isinstance(value, str) or not value):
+            err(key, f"must be a non-empty string, not {value!r}")
+            return default
+        return value
+
+    def strings(key: str) -> tuple[str, ...]:
+        value = raw.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            err(key, f"must be an array of strings, not {value!r}")
+            return ()
+        return tuple(value)
+
+    crate = Path(root, string("crate", ".") or ".")
+    config_default = "config.yaml"
+    config_text = string("config", None)
+    config = Path(root, config_text) if config_text else crate / config_default
+    profile = string("profile", "release") or "release"
+    features = strings("features")
+    cargo_args = strings("cargo-args")
+    bin_name = string("bin", None)
+    if not problems:
+        if not (crate / "Cargo.toml").is_file():
+            err("crate", f"no Cargo.toml in {crate} (set crate to the folder of your Rust crate)")
+        if not config.is_file():
+            err("config", f"{config} does not exist (set config to your config.yaml)")
+    if problems:
+        raise ConfigError(problems)
+    return BuildOptions(crate.resolve(), config.resolve(), profile, features, cargo_args, bin_name)
+
+
+def _iter_inputs(crate: Path) -> Iterator[Path]:
+    for dirpath, dirnames, filenames in os.walk(crate):
+        dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS and not d.startswith("."))
+        for name in sorted(filenames):
+            yield Path(dirpath, name)
+
+
+def _fingerprint(options: BuildOptions, config_path: Path, include: Sequence[Path]) -> str:
+    h = hashlib.sha256()
+    opts = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(options).items()}
+    h.update(
+        json.dumps(
+            {
+                "mcpkit": __version__,
+                "options": opts,
+                "epoch": os.environ.get("SOURCE_DATE_EPOCH"),
+                "cargo_env": {
+                    k: v for k, v in sorted(os.environ.items()) if k.startswith(("CARGO", "RUSTC"))
+                },
+            },
+            sort_keys=True,
+        ).encode()
+    )
+    for path in [*_iter_inputs(options.crate), config_path, *include]:
+        try:
+            h.update(str(path).encode() + b"\0" + file_digest(path)[0].encode() + b"\n")
+        except OSError:
+            continue
+    return h.hexdigest()
+
+
+def _stamp_path(options: BuildOptions) -> Path:
+    target = Path(os.environ.get("CARGO_TARGET_DIR", options.crate / "target"))
+    if not target.is_absolute():
+        target = options.crate / target
+    return target / "mcpkit" / "build-stamp.json"
+
+
+@dataclass
+class PipelineResult:
+    bundle: BuiltBundle
+    reused: bool = False
+    module: Path | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def run_pipeline(
+    options: BuildOptions,
+    out_dir: Path,
+    *,
+    echo: Callable[[str], None] | None = None,
+) -> PipelineResult:
+    """Validate, compile, check and pack. Raises McpkitError subclasses; writes nothing on failure."""
+    from hatch_mcpkit.cargo import build_crate
+    from hatch_mcpkit.config import load_config
+    from hatch_mcpkit.wasm import check_guest_module
+
+    config = load_config(options.config)  # every problem at once, before cargo runs
+    include = [path for _, path in config.include_files]
+    fingerprint = _fingerprint(options, options.config, include)
+    stamp = _stamp_path(options)
+    target = out_dir / archive_name(config.name, config.bundle_version)
+    reused = _reuse(stamp, fingerprint, target)
+    if reused is not None:
+        return PipelineResult(reused, reused=True)
+
+    module = build_crate(
+        options.crate,
+        profile=options.profile,
+        features=options.features,
+        cargo_args=options.cargo_args,
+        bin_name=options.bin,
+        echo=echo,
+    )
+    check_guest_module(module)
+    built = build_bundle(config, module, out_dir)
+    stamp.parent.mkdir(parents=True, exist_ok=True)
+    digest, _ = file_digest(built.path)
+    tmp = stamp.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"fingerprint": fingerprint, "archive": str(built.path), "sha256": digest}))
+    tmp.replace(stamp)
+    return PipelineResult(built, module=module)
+
+
+def _reuse(stamp: Path, fingerprint: str, target: Path) -> BuiltBundle | None:
+    try:
+        record = json.loads(stamp.read_text())
+    except (OSError, ValueError):
+        return None
+    if (
+        record.get("fingerprint") != fingerprint
+        or record.get("archive") != str(target)
+        or not target.is_file()
+    ):
+        return None
+    if file_digest(target)[0] != record.get("sha256"):
+        return None
+    with BundleLayout.open(target) as layout:
+        return BuiltBundle(target, layout.manifest, layout.name, layout.version)
+
+
+def clean_bundles(directory: Path) -> list[Path]:
+    """Remove ``*.mcpkit.tar`` archives from a build output directory."""
+    removed = []
+    if directory.is_dir():
+        for path in sorted(directory.glob(f"*{ARCHIVE_SUFFIX}")):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed

@@ -1,0 +1,121 @@
+"""Pushing a built bundle: the one path behind ``hatch publish -p mcpkit`` and ``mcpkit bundle push``.
+
+The archive's own blobs and manifest bytes are pushed, so the digest printed
+by ``hatch build`` is the digest in the registry. Where it goes and with which
+tags comes from, in order: the explicit target/tags, the ``distribution``
+section of the config.yaml inside the bundle. Credentials follow the chain in
+:mod:`hatch_mcpkit.auth`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from hatch_mcpkit.bundle import ARCHIVE_SUFFIX, BundleLayout
+from hatch_mcpkit.config import Config, parse_config
+from hatch_mcpkit.errors import BundleError
+
+__all__ = ["PushResult", "find_archives", "push_archive"]
+
+
+@dataclass(frozen=True)
+class PushResult:
+    archive: Path
+    digest: str
+    repository: str  # host/repository
+    tags: tuple[str, ...]
+
+    @property
+    def references(self) -> list[str]:
+        return [f"{self.repository}:{tag}" for tag in self.tags] + [f"{self.repository}@{self.digest}"]
+
+
+def find_archives(paths: Sequence[str | os.PathLike[str]], root: Path) -> list[Path]:
+    """Bundle archives named by ``paths`` (files or folders); ``dist/`` when none are given."""
+    found: list[Path] = []
+    for item in paths or ["dist"]:
+        path = Path(root, item)
+        if path.is_dir():
+            found.extend(sorted(path.glob(f"*{ARCHIVE_SUFFIX}")))
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise BundleError(f"{path}: no such file or folder", hint="run `hatch build` first")
+    if not found:
+        where = ", ".join(str(Path(root, p)) for p in (paths or ["dist"]))
+        raise BundleError(
+            f"no *{ARCHIVE_SUFFIX} bundle in {where}",
+            hint="run `hatch build` (or `hatch build -t mcpkit`) first",
+        )
+    return found
+
+
+def bundle_config_of(layout: BundleLayout, environ: Mapping[str, str] | None = None) -> Config:
+    raw = layout.read_blob(layout.manifest.config_layer.digest)
+    return parse_config(raw, f"{layout.source}!config.yaml", environ)
+
+
+def push_archive(
+    archive: Path,
+    *,
+    target: str | None = None,
+    tags: Sequence[str] = (),
+    username: str | None = None,
+    password: str | None = None,
+    insecure: bool = False,
+    ca_file: str | None = None,
+    environ: Mapping[str, str] | None = None,
+    echo: Callable[[str], None] | None = None,
+) -> PushResult:
+    """Push one ``.mcpkit.tar`` (or layout directory) and apply every tag; idempotent."""
+    from hatch_mcpkit.auth import resolve_credentials
+    from hatch_mcpkit.reference import parse_reference, parse_repository
+    from hatch_mcpkit.registry import RegistryClient
+
+    with BundleLayout.open(archive) as layout:
+        config = bundle_config_of(layout, environ)
+        dist = config.distribution
+        if target:
+            text = target.removeprefix("oci://")
+            has_tag = ":" in text.rsplit("/", 1)[-1] or "@" in text
+            if has_tag:
+                ref = parse_reference(text)
+                if ref.digest:
+                    raise BundleError(
+                        f"{target}: push to a tag, not a digest (the digest comes from the bundle)"
+                    )
+                repo_host, repository = ref.registry, ref.repository
+                push_tags: tuple[str, ...] = tuple(tags) or ((ref.tag,) if ref.tag else ())
+            else:
+                repo = parse_repository(text)
+                repo_host, repository = repo.registry, repo.repository
+                push_tags = tuple(tags)
+        elif dist is not None and dist.registry:
+            repo = parse_repository(dist.registry)
+            repo_host, repository = repo.registry, repo.repository
+            push_tags = tuple(tags)
+        else:
+            raise BundleError(
+                f"{archive}: config.yaml has no distribution.registry and no target was given",
+                hint="add distribution.registry to config.yaml, or pass a target such as oci://ghcr.io/org/tool",
+            )
+        if not push_tags:
+            push_tags = dist.tags if dist is not None else (layout.version or config.server_version,)
+        credentials = resolve_credentials(
+            repo_host,
+            username=username,
+            password=password,
+            config_auth=dist.auth if dist is not None else None,
+            environ=environ,
+        )
+        if echo is not None:
+            who = f" as {credentials.username} ({credentials.source})" if credentials else ""
+            echo(f"pushing {archive.name} to {repo_host}/{repository}{who}")
+        with RegistryClient(repo_host, credentials=credentials, insecure=insecure, ca_file=ca_file) as client:
+            digest = client.push_layout(layout, repository, push_tags)
+        if digest != layout.manifest.digest:  # pragma: no cover - push_layout pushes the layout's bytes
+            raise BundleError(f"registry stored {digest}, expected {layout.manifest.digest}")
+        return PushResult(archive, digest, f"{repo_host}/{repository}", push_tags)
