@@ -55,6 +55,7 @@ from hatch_mcpkit.errors import (
 if TYPE_CHECKING:
     from hatch_mcpkit.config import Config
     from hatch_mcpkit.reference import Reference
+    from hatch_mcpkit.registry import RegistryClient
 
 __all__ = [
     "BundleCache",
@@ -283,13 +284,12 @@ class _LayoutBlobs:
 
 
 class _RegistryBlobs:
-    def __init__(self, client: Any, repository: str) -> None:
+    def __init__(self, client: RegistryClient, repository: str) -> None:
         self.client = client
         self.repository = repository
 
     def read_blob(self, desc: Descriptor) -> bytes:
-        data: bytes = self.client.read_blob(self.repository, desc)
-        return data
+        return self.client.read_blob(self.repository, desc)
 
     def fetch_blob(self, desc: Descriptor, dest: Path) -> None:
         self.client.fetch_blob(self.repository, desc, dest)
@@ -471,6 +471,18 @@ class BundleCache:
             return []
         return [index.by_ref[key]] if key in index.by_ref else []
 
+    def cached_by_name(self, text: str) -> CacheEntry | None:
+        """The cached entry a short ``name``, ``name:tag`` or ``name@digest`` means, if any.
+
+        Full references (with a ``/`` or a scheme) give ``None``: they name a registry, not the cache.
+        """
+        if "/" in text or "://" in text:
+            return None
+        base = re.split(r"[:@]", text, maxsplit=1)[0]
+        if base not in self._load_index().by_name:
+            return None
+        return self.find_entry(text)
+
     def find(self, name_or_ref: str) -> Path:
         """The directory of the one cached bundle matching a name, ``name:tag`` or reference."""
         return self.find_entry(name_or_ref).path
@@ -518,8 +530,9 @@ class BundleCache:
         """
         opts = options or PullOptions()
         source = classify(reference, insecure=opts.insecure)
-        if source.kind == "name":
-            entry = self.find_entry(source.key)
+        cached = self.cached_by_name(reference) if source.kind in ("name", "oci") else None
+        if source.kind == "name" or cached is not None:
+            entry = cached or self.find_entry(source.key)
             if opts.offline or entry.reference.startswith("file:"):
                 return PullResult(entry, changed=False)
             source = classify(entry.reference, insecure=opts.insecure)
@@ -553,13 +566,6 @@ class BundleCache:
     def _pull_oci(self, source: Source, opts: PullOptions) -> PullResult:
         ref = source.oci
         assert ref is not None
-        client = _make_client(ref, opts)
-        manifest: Manifest = client.get_manifest(ref)
-        if ref.digest and manifest.digest != ref.digest:
-            raise IntegrityError(
-                f"{source.key}: the registry returned manifest {manifest.digest}, not the digest asked for",
-                digest=ref.digest,
-            )
         rel = Path(*[_safe_parts([p])[0] for p in ref.cache_parts()])
         meta = {
             "source": "oci",
@@ -567,9 +573,17 @@ class BundleCache:
             "repository": ref.repository,
             "tag": ref.tag,
         }
-        return self._install(
-            manifest=manifest, blobs=_RegistryBlobs(client, ref.repository), reference=source.key, rel=rel, meta=meta
-        )
+        with _make_client(ref, opts) as client:
+            manifest: Manifest = client.get_manifest(ref)
+            if ref.digest and manifest.digest != ref.digest:
+                raise IntegrityError(
+                    f"{source.key}: the registry returned manifest {manifest.digest}, not the digest asked for",
+                    digest=ref.digest,
+                )
+            return self._install(
+                manifest=manifest, blobs=_RegistryBlobs(client, ref.repository), reference=source.key, rel=rel,
+                meta=meta,
+            )
 
     def _pull_file(self, source: Source) -> PullResult:
         assert source.path is not None
@@ -757,7 +771,7 @@ class BundleCache:
         except ImportError:
             return []
         try:
-            precompile(target)
+            precompile(target, environ=_LenientEnviron())
         except Exception as exc:  # precompiling is an optimisation; the server compiles on demand
             return [f"could not precompile {target / MODULE_TITLE}: {exc} (it will be compiled when it runs)"]
         return []
@@ -804,12 +818,12 @@ class BundleCache:
                 continue
 
 
-def _make_client(ref: Reference, opts: PullOptions) -> Any:
+def _make_client(ref: Reference, opts: PullOptions) -> RegistryClient:
     from hatch_mcpkit.auth import resolve_credentials
     from hatch_mcpkit.registry import RegistryClient
 
     credentials = resolve_credentials(ref.registry, username=opts.username, password=opts.password)
-    return RegistryClient(ref.api_host, credentials=credentials, insecure=opts.insecure, ca_file=opts.ca_file)
+    return RegistryClient(ref.registry, credentials=credentials, insecure=opts.insecure, ca_file=opts.ca_file)
 
 
 def _bundle_root(unpacked: Path, where: str) -> Path:
