@@ -4,4 +4,5 @@ pytest_plugins = [
     "tests.plugins.rust",
     "tests.plugins.registry",
     "tests.plugins.runtime",
+    "tests.plugins.hatch",
 ]

@@ -110,11 +110,10 @@ def parse_options(
     features = strings("features")
     cargo_args = strings("cargo-args")
     bin_name = string("bin", None)
-    if not problems:
-        if not (crate / "Cargo.toml").is_file():
-            err("crate", f"no Cargo.toml in {crate} (set crate to the folder of your Rust crate)")
-        if not config.is_file():
-            err("config", f"{config} does not exist (set config to your config.yaml)")
+    if not (crate / "Cargo.toml").is_file():
+        err("crate", f"no Cargo.toml in {crate} (set crate to the folder of your Rust crate)")
+    elif not config.is_file():
+        err("config", f"{config} does not exist (set config to your config.yaml)")
     if problems:
         raise ConfigError(problems)
     return BuildOptions(crate.resolve(), config.resolve(), profile, features, cargo_args, bin_name)
