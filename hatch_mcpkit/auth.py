@@ -1,0 +1,261 @@
+"""Registry credentials: where they come from, in order.
+
+1. explicit -- command-line flags or publisher options (``source="command line"`` or what the
+   caller names);
+2. ``distribution.auth`` in config.yaml, ``${VAR}`` expanded now (``source="config"``);
+3. the environment: ``MCPKIT_REGISTRY_USERNAME`` + ``MCPKIT_REGISTRY_PASSWORD``, or for
+   ``ghcr.io`` ``GITHUB_TOKEN`` with ``GITHUB_ACTOR``/``GITHUB_USER`` (or ``token``) as user
+   (``source="environment"``);
+4. the Docker config (``$DOCKER_CONFIG/config.json`` or ``~/.docker/config.json``): ``auths``
+   (base64 ``auth``, ``username``/``password``, ``identitytoken``), ``credHelpers`` for the
+   registry, then ``credsStore`` (``source="docker config"``). Helpers are run as
+   ``docker-credential-<name> get`` with the server URL on stdin, as Docker does.
+
+The Docker config is only ever read, never written (oras-py's ``login()`` writes it; it is
+not called). :class:`Credentials` never shows its secret in ``repr``/``str``, and no message
+from this module contains one.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import os
+import shutil
+import subprocess
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hatch_mcpkit.errors import AuthError
+
+if TYPE_CHECKING:
+    from hatch_mcpkit.config import Auth
+
+__all__ = [
+    "Credentials",
+    "docker_config_path",
+    "resolve_credentials",
+]
+
+log = logging.getLogger(__name__)
+
+DOCKER_HUB_SERVER = "https://index.docker.io/v1/"
+_DOCKER_HUB_HOSTS = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io"})
+_HELPER_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """A user name with a password/token, or an identity (refresh) token.
+
+    ``source`` says where they came from, for messages ("from the environment").
+    """
+
+    username: str | None
+    password: str | None = field(default=None, repr=False)
+    identity_token: str | None = field(default=None, repr=False)
+    source: str = "explicit"
+
+    def __repr__(self) -> str:
+        secret = "set" if (self.password or self.identity_token) else "none"
+        return f"Credentials(username={self.username!r}, secret={secret}, source={self.source!r})"
+
+    __str__ = __repr__
+
+    @property
+    def has_basic(self) -> bool:
+        return self.username is not None and self.password is not None
+
+    def basic_header(self) -> str:
+        """The ``Authorization: Basic ...`` value (a secret: never log it)."""
+        raw = f"{self.username or ''}:{self.password or ''}".encode()
+        return "Basic " + base64.b64encode(raw).decode("ascii")
+
+
+def _canonical_host(server: str) -> str:
+    """``https://index.docker.io/v1/`` -> ``docker.io``; ``http://host:5000/v2`` -> ``host:5000``."""
+    text = server.strip()
+    if "://" in text:
+        text = text.split("://", 1)[1]
+    text = text.split("/", 1)[0].lower()
+    if text in _DOCKER_HUB_HOSTS:
+        return "docker.io"
+    return text
+
+
+def _server_url(registry: str) -> str:
+    """The server URL Docker hands credential helpers for ``registry``."""
+    return DOCKER_HUB_SERVER if _canonical_host(registry) == "docker.io" else registry
+
+
+def docker_config_path(environ: Mapping[str, str] | None = None) -> Path:
+    env = os.environ if environ is None else environ
+    directory = env.get("DOCKER_CONFIG")
+    if directory:
+        return Path(directory).expanduser() / "config.json"
+    home = env.get("HOME")
+    base = Path(home) if home else Path.home()
+    return base / ".docker" / "config.json"
+
+
+def _from_environment(registry: str, env: Mapping[str, str]) -> Credentials | None:
+    user = env.get("MCPKIT_REGISTRY_USERNAME") or None
+    password = env.get("MCPKIT_REGISTRY_PASSWORD") or None
+    if user and password:
+        return Credentials(user, password, source="environment (MCPKIT_REGISTRY_USERNAME/PASSWORD)")
+    if user or password:
+        missing = "MCPKIT_REGISTRY_PASSWORD" if user else "MCPKIT_REGISTRY_USERNAME"
+        raise AuthError(
+            f"registry credentials for {registry} in the environment are incomplete: {missing} is not set",
+            hint="set both MCPKIT_REGISTRY_USERNAME and MCPKIT_REGISTRY_PASSWORD, or neither",
+        )
+    token = env.get("GITHUB_TOKEN")
+    if token and _canonical_host(registry) == "ghcr.io":
+        actor = env.get("GITHUB_ACTOR") or env.get("GITHUB_USER") or "token"
+        return Credentials(actor, token, source="environment (GITHUB_TOKEN)")
+    return None
+
+
+def _run_helper(helper: str, registry: str, config_file: Path) -> Credentials | None:
+    binary = f"docker-credential-{helper}"
+    exe = shutil.which(binary)
+    if exe is None:
+        raise AuthError(
+            f"{config_file} names credential helper {helper!r} for {registry}, but {binary} is not on PATH",
+            hint=f"install {binary}, or remove it from {config_file}, or pass credentials explicitly",
+        )
+    try:
+        proc = subprocess.run(
+            [exe, "get"],
+            input=_server_url(registry).encode(),
+            capture_output=True,
+            timeout=_HELPER_TIMEOUT,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise AuthError(f"credential helper {binary} failed for {registry}: {type(exc).__name__}") from None
+    if proc.returncode != 0:
+        # "credentials not found in native keychain" is an answer, not a failure.
+        out = (proc.stdout + proc.stderr).decode(errors="replace").lower()
+        if "not found" in out:
+            return None
+        raise AuthError(
+            f"credential helper {binary} failed for {registry} (exit code {proc.returncode})",
+            hint=f"run: echo {_server_url(registry)} | {binary} get",
+        )
+    try:
+        data = json.loads(proc.stdout)
+        username = data.get("Username")
+        secret = data.get("Secret")
+    except (ValueError, AttributeError):
+        raise AuthError(f"credential helper {binary} printed something that is not JSON for {registry}") from None
+    if not isinstance(secret, str) or not secret:
+        return None
+    source = f"docker credential helper {helper!r}"
+    if username == "<token>":
+        return Credentials(None, None, identity_token=secret, source=source)
+    return Credentials(username if isinstance(username, str) else None, secret, source=source)
+
+
+def _from_docker_config(registry: str, config_file: Path) -> Credentials | None:
+    try:
+        text = config_file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        log.warning("cannot read %s: %s", config_file, exc.strerror)
+        return None
+    try:
+        cfg: Any = json.loads(text)
+    except ValueError:
+        raise AuthError(
+            f"{config_file} is not valid JSON", hint="fix or move the file; mcpkit only reads it"
+        ) from None
+    if not isinstance(cfg, dict):
+        return None
+    want = _canonical_host(registry)
+    source = f"docker config ({config_file})"
+
+    helpers = cfg.get("credHelpers")
+    if isinstance(helpers, dict):
+        for key, helper in helpers.items():
+            if isinstance(key, str) and isinstance(helper, str) and _canonical_host(key) == want:
+                creds = _run_helper(helper, registry, config_file)
+                if creds is not None:
+                    return creds
+
+    auths = cfg.get("auths")
+    if isinstance(auths, dict):
+        for key, entry in auths.items():
+            if not (isinstance(key, str) and isinstance(entry, dict) and _canonical_host(key) == want):
+                continue
+            identity = entry.get("identitytoken")
+            encoded = entry.get("auth")
+            username = entry.get("username")
+            password = entry.get("password")
+            if isinstance(encoded, str) and encoded:
+                try:
+                    decoded = base64.b64decode(encoded, validate=False).decode("utf-8")
+                except (binascii.Error, UnicodeDecodeError):
+                    raise AuthError(f"{config_file}: the auth entry for {key!r} is not valid base64") from None
+                username, sep, password = decoded.partition(":")
+                if not sep:
+                    raise AuthError(f"{config_file}: the auth entry for {key!r} has no ':' between user and password")
+            if isinstance(identity, str) and identity:
+                return Credentials(username if isinstance(username, str) else None, None,
+                                   identity_token=identity, source=source)
+            if isinstance(username, str) and isinstance(password, str) and (username or password):
+                return Credentials(username, password, source=source)
+
+    store = cfg.get("credsStore")
+    if isinstance(store, str) and store:
+        return _run_helper(store, registry, config_file)
+    return None
+
+
+def resolve_credentials(
+    registry: str,
+    *,
+    username: str | None = None,
+    password: str | None = None,
+    explicit_source: str = "command line",
+    config_auth: Auth | None = None,
+    environ: Mapping[str, str] | None = None,
+    docker_config: Path | None = None,
+    use_docker_config: bool = True,
+) -> Credentials | None:
+    """The first credentials the chain finds for ``registry`` (host[:port]), or ``None``.
+
+    ``None`` means "anonymous": the registry may still allow pulls. A half-given explicit
+    pair (user without password) is an error rather than a silent fall-through.
+    """
+    env = os.environ if environ is None else environ
+    if username is not None or password is not None:
+        if not username or password is None:
+            missing = "password" if username else "username"
+            raise AuthError(f"credentials for {registry} from the {explicit_source} lack a {missing}")
+        return Credentials(username, password, source=explicit_source)
+
+    if config_auth is not None:
+        user, secret = config_auth.resolve(env)
+        if user or secret:
+            if not user or not secret:
+                missing = "password" if user else "username"
+                raise AuthError(
+                    f"distribution.auth in config.yaml for {registry} has no {missing}",
+                    hint="give both distribution.auth.username and distribution.auth.password",
+                )
+            return Credentials(user, secret, source="config (distribution.auth)")
+
+    creds = _from_environment(registry, env)
+    if creds is not None:
+        return creds
+
+    if use_docker_config:
+        path = docker_config if docker_config is not None else docker_config_path(env)
+        return _from_docker_config(registry, path)
+    return None

@@ -1,0 +1,301 @@
+"""The registry client against real distribution registries (plain, htpasswd, TLS)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from hatch_mcpkit.auth import Credentials, resolve_credentials
+from hatch_mcpkit.bundle import (
+    ARTIFACT_TYPE,
+    BUNDLE_CONFIG_MEDIA_TYPE,
+    CONFIG_YAML_MEDIA_TYPE,
+    MANIFEST_MEDIA_TYPE,
+    TITLE_ANNOTATION,
+    WASM_MEDIA_TYPE,
+    BundleLayout,
+    build_bundle,
+)
+from hatch_mcpkit.config import load_config
+from hatch_mcpkit.errors import AuthError, IntegrityError, RegistryError
+from hatch_mcpkit.reference import parse_reference
+from hatch_mcpkit.registry import RegistryClient
+
+from .plugins.registry import RunningRegistry, free_port
+
+pytestmark = pytest.mark.registry
+
+CONFIG = """\
+version: "1.0"
+server: {name: reg-tool, version: 1.2.3, description: Registry test tool}
+mcp:
+  tools:
+    - {name: echo, input_schema: {type: object}}
+distribution:
+  registry: localhost:5000/test/reg-tool
+  include: [README.md]
+"""
+
+
+def make_bundle(root: Path, module: bytes | None = None) -> Path:
+    """Build a real .mcpkit.tar (random module so blobs differ between tests)."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "config.yaml").write_text(CONFIG)
+    (root / "README.md").write_text("# reg-tool\n")
+    (root / "module.wasm").write_bytes(module if module is not None else b"\0asm\x01\0\0\0" + os.urandom(100_000))
+    built = build_bundle(load_config(root / "config.yaml", {}), root / "module.wasm", root / "dist",
+                         source_date_epoch=1700000000)
+    return built.path
+
+
+@pytest.fixture
+def bundle(tmp_path: Path) -> BundleLayout:
+    layout = BundleLayout.open(make_bundle(tmp_path / "proj"))
+    yield layout
+    layout.close()
+
+
+def _count_uploads(client: RegistryClient) -> list[str]:
+    """Record every upload request the client's session makes (a response hook)."""
+    seen: list[str] = []
+
+    def hook(resp: requests.Response, *args: Any, **kwargs: Any) -> None:
+        if "/blobs/uploads/" in resp.request.url and resp.request.method in ("POST", "PUT", "PATCH"):
+            seen.append(f"{resp.request.method} {resp.status_code}")
+
+    client.session.hooks["response"].append(hook)
+    return seen
+
+
+# --------------------------------------------------------------------------- round trip
+
+
+def test_push_pull_round_trip(registry: RunningRegistry, repo_name: str, bundle: BundleLayout,
+                              tmp_path: Path) -> None:
+    with registry.client() as client:
+        digest = client.push_layout(bundle, repo_name, ["1.2.3", "latest"])
+        assert digest == bundle.manifest.digest  # the digest printed at build time is the registry's
+
+        for tag in ("1.2.3", "latest"):
+            manifest = client.get_manifest(parse_reference(f"{registry.host}/{repo_name}:{tag}"))
+            assert manifest.digest == digest
+            assert manifest.raw == bundle.manifest.raw
+        pinned = client.get_manifest(parse_reference(f"{registry.host}/{repo_name}@{digest}"))
+        assert pinned.digest == digest
+        assert client.resolve(parse_reference(f"{registry.host}/{repo_name}:latest")) == digest
+
+        for desc in bundle.manifest.blobs:
+            dest = tmp_path / "out" / desc.hex
+            client.fetch_blob(repo_name, desc, dest)
+            assert dest.read_bytes() == bundle.read_blob(desc.digest)
+        assert client.read_blob(repo_name, bundle.manifest.config) == bundle.read_blob(bundle.manifest.config.digest)
+        assert client.stats.blobs_downloaded == len(bundle.manifest.blobs) + 1
+
+        assert sorted(client.list_tags(repo_name)) == ["1.2.3", "latest"]
+        assert repo_name in client.catalog()
+
+
+def test_registry_serves_the_bundle_media_types(registry: RunningRegistry, repo_name: str,
+                                                bundle: BundleLayout) -> None:
+    with registry.client() as client:
+        digest = client.push_layout(bundle, repo_name, ["v1"])
+    resp = requests.get(f"{registry.url}/v2/{repo_name}/manifests/v1",
+                        headers={"Accept": MANIFEST_MEDIA_TYPE}, timeout=10)
+    assert resp.status_code == 200
+    assert resp.headers["Content-Type"] == MANIFEST_MEDIA_TYPE
+    assert resp.headers["Docker-Content-Digest"] == digest
+    assert resp.content == bundle.manifest.raw
+    body = resp.json()
+    assert body["artifactType"] == ARTIFACT_TYPE
+    assert body["config"]["mediaType"] == BUNDLE_CONFIG_MEDIA_TYPE
+    assert [(la["mediaType"], la["annotations"][TITLE_ANNOTATION]) for la in body["layers"]] == [
+        (WASM_MEDIA_TYPE, "module.wasm"),
+        (CONFIG_YAML_MEDIA_TYPE, "config.yaml"),
+        ("text/markdown", "README.md"),
+    ]
+    blob = requests.get(f"{registry.url}/v2/{repo_name}/blobs/{body['layers'][0]['digest']}", timeout=10)
+    assert blob.content == bundle.read_blob(body["layers"][0]["digest"])
+
+
+def test_second_push_uploads_no_blobs(registry: RunningRegistry, repo_name: str, bundle: BundleLayout) -> None:
+    with registry.client() as first:
+        uploads = _count_uploads(first)
+        first.push_layout(bundle, repo_name, ["a"])
+        assert first.stats.blobs_uploaded == len(bundle.manifest.blobs)
+        assert len(uploads) == 2 * len(bundle.manifest.blobs)  # POST + PUT per blob
+    with registry.client() as second:
+        uploads = _count_uploads(second)
+        assert second.push_layout(bundle, repo_name, ["a", "b"]) == bundle.manifest.digest
+        assert uploads == []
+        assert second.stats.blobs_uploaded == 0
+        assert second.stats.blobs_skipped == len(bundle.manifest.blobs)
+        assert sorted(second.list_tags(repo_name)) == ["a", "b"]
+
+
+def test_missing_manifest_names_the_reference(registry: RunningRegistry, repo_name: str) -> None:
+    with registry.client() as client, pytest.raises(RegistryError) as info:
+        client.get_manifest(parse_reference(f"{registry.host}/{repo_name}:nope"))
+    assert info.value.status == 404
+    assert f"{repo_name}:nope" in str(info.value)
+    assert info.value.registry_message  # the registry's own errors[0].message
+
+
+# --------------------------------------------------------------------------- integrity
+
+
+def test_tampered_blob_is_refused(registry: RunningRegistry, repo_name: str, bundle: BundleLayout,
+                                  tmp_path: Path) -> None:
+    with registry.client() as client:
+        client.push_layout(bundle, repo_name, ["t"])
+        module = bundle.manifest.module_layer
+        stored = registry.blob_data_path(module.digest)
+        assert stored.is_file(), f"blob storage not found at {stored}"
+        data = bytearray(stored.read_bytes())
+        data[len(data) // 2] ^= 0x01
+        stored.write_bytes(bytes(data))
+
+        out = tmp_path / "pull"
+        out.mkdir()
+        (out / "module.wasm").write_bytes(b"previous good copy")
+        with pytest.raises(IntegrityError) as info:
+            client.fetch_blob(repo_name, module, out / "module.wasm")
+        assert info.value.digest == module.digest
+        assert module.digest in str(info.value)
+        assert sorted(p.name for p in out.iterdir()) == ["module.wasm"]  # no temp file left
+        assert (out / "module.wasm").read_bytes() == b"previous good copy"
+        with pytest.raises(IntegrityError):
+            client.read_blob(repo_name, module, max_size=10**7)
+
+
+# --------------------------------------------------------------------------- failures
+
+
+def test_closed_port_fails_fast() -> None:
+    port = free_port()  # nothing listens here
+    start = time.monotonic()
+    with RegistryClient(f"127.0.0.1:{port}") as client, pytest.raises(RegistryError) as info:
+        client.get_manifest(parse_reference(f"127.0.0.1:{port}/x/y:1"))
+    elapsed = time.monotonic() - start
+    assert elapsed < 10
+    assert f"127.0.0.1:{port}" in str(info.value)
+    assert "cannot reach" in str(info.value)
+
+
+def test_unresponsive_host_fails_within_ten_seconds() -> None:
+    """A listener that never answers: bounded by the connect/read timeouts, not oras' minutes of retries."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(0)
+        host = f"127.0.0.1:{server.getsockname()[1]}"
+        start = time.monotonic()
+        with RegistryClient(host, timeout=(1.0, 1.0)) as client, pytest.raises(RegistryError):
+            client.list_tags("x/y")
+        assert time.monotonic() - start < 10
+
+
+def test_killed_registry_fails_cleanly(registry_factory: Any, tmp_path: Path, bundle: BundleLayout) -> None:
+    reg: RunningRegistry = registry_factory("plain")
+    with reg.client() as client:
+        client.push_layout(bundle, "test/killed", ["1"])
+        reg.kill()
+        start = time.monotonic()
+        with pytest.raises(RegistryError):
+            client.fetch_blob("test/killed", bundle.manifest.module_layer, tmp_path / "m.wasm")
+        assert time.monotonic() - start < 10
+        assert not (tmp_path / "m.wasm").exists()
+        assert [p for p in tmp_path.iterdir() if p.name.endswith(".part")] == []
+
+
+# --------------------------------------------------------------------------- auth and TLS
+
+WRONG = "Wr0ng-s3cret-value-xyz"
+
+
+def test_wrong_credentials_are_refused_quickly(auth_registry: RunningRegistry, repo_name: str,
+                                               bundle: BundleLayout, caplog: pytest.LogCaptureFixture,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    caplog.set_level(logging.DEBUG)
+    bad = Credentials("testuser", WRONG, source="test")
+    start = time.monotonic()
+    with auth_registry.client(credentials=bad) as client, pytest.raises(AuthError) as info:
+        client.push_layout(bundle, repo_name, ["1"])
+    assert time.monotonic() - start < 5
+    assert info.value.status == 401
+    assert "refused" in str(info.value)
+    secret_b64 = base64.b64encode(f"testuser:{WRONG}".encode()).decode()
+    out, err = capsys.readouterr()
+    for text in (str(info.value), repr(info.value), repr(bad), caplog.text, out, err):
+        assert WRONG not in text
+        assert secret_b64 not in text
+
+
+def test_no_credentials_says_how_to_give_them(auth_registry: RunningRegistry) -> None:
+    with auth_registry.client(credentials=None) as client, pytest.raises(AuthError) as info:
+        client.list_tags("test/anything")
+    assert "MCPKIT_REGISTRY_USERNAME" in str(info.value)
+
+
+def test_htpasswd_over_tls(tls_auth_registry: RunningRegistry, repo_name: str, bundle: BundleLayout,
+                           tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                           capsys: pytest.CaptureFixture[str]) -> None:
+    caplog.set_level(logging.DEBUG)
+    assert tls_auth_registry.scheme == "https"
+    with tls_auth_registry.client() as client:
+        assert client.scheme == "https"
+        digest = client.push_layout(bundle, repo_name, ["1"])
+        assert client.get_manifest(parse_reference(f"{tls_auth_registry.host}/{repo_name}:1")).digest == digest
+        client.fetch_blob(repo_name, bundle.manifest.module_layer, tmp_path / "m.wasm")
+        assert (tmp_path / "m.wasm").read_bytes() == bundle.read_blob(bundle.manifest.module_layer.digest)
+    out, err = capsys.readouterr()
+    for text in (caplog.text, out, err):
+        assert "testpass" not in text
+        assert base64.b64encode(b"testuser:testpass").decode() not in text
+
+
+def test_tls_without_the_ca_is_refused(tls_registry: RunningRegistry, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MCPKIT_CA_FILE", raising=False)
+    monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)
+    with RegistryClient(tls_registry.host) as client, pytest.raises(RegistryError) as info:
+        client.list_tags("test/x")
+    assert "TLS verification failed" in str(info.value)
+    # with the CA (through the environment) it works
+    monkeypatch.setenv("MCPKIT_CA_FILE", str(tls_registry.ca_file))
+    with RegistryClient(tls_registry.host) as client, pytest.raises(RegistryError) as info:
+        client.list_tags("test/none-here")
+    assert info.value.status == 404
+
+
+def test_docker_config_credentials(auth_registry: RunningRegistry, repo_name: str, bundle: BundleLayout,
+                                   tmp_path: Path) -> None:
+    docker_dir = tmp_path / "docker"
+    docker_dir.mkdir()
+    token = base64.b64encode(b"testuser:testpass").decode()
+    (docker_dir / "config.json").write_text(json.dumps({"auths": {auth_registry.host: {"auth": token}}}))
+    before = (docker_dir / "config.json").read_bytes()
+    creds = resolve_credentials(auth_registry.host, environ={"DOCKER_CONFIG": str(docker_dir)})
+    assert creds is not None
+    assert creds.source.startswith("docker config")
+    with RegistryClient(auth_registry.host, credentials=creds) as client:
+        assert client.push_layout(bundle, repo_name, ["dc"]) == bundle.manifest.digest
+        assert client.list_tags(repo_name) == ["dc"]
+    assert (docker_dir / "config.json").read_bytes() == before  # read, never written
+
+
+def test_environment_credentials(auth_registry: RunningRegistry, repo_name: str, bundle: BundleLayout,
+                                 tmp_path: Path) -> None:
+    env = {"MCPKIT_REGISTRY_USERNAME": "testuser", "MCPKIT_REGISTRY_PASSWORD": "testpass",
+           "DOCKER_CONFIG": str(tmp_path / "none")}
+    creds = resolve_credentials(auth_registry.host, environ=env)
+    assert creds is not None and creds.source.startswith("environment")
+    with RegistryClient(auth_registry.host, credentials=creds) as client:
+        client.push_layout(bundle, repo_name, ["env"])
+        assert client.resolve(parse_reference(f"{auth_registry.host}/{repo_name}:env")) == bundle.manifest.digest
