@@ -79,7 +79,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TIMEOUT: tuple[float, float] = (5.0, 30.0)  # (connect, seconds without data) 
+DEFAULT_TIMEOUT: tuple[float, float] = (5.0, 30.0)  # (connect, seconds without data)
 RETRY_PAUSES: tuple[float, ...] = (0.2, 0.5)  # 3 tries
 CHUNK = 1024 * 1024
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
