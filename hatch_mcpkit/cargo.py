@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -123,14 +124,14 @@ def build_crate(
         pass  # cargo's default profile
     elif profile:
         cmd += ["--profile", profile]
-    feature_list = _split_features(features)
+    feature_list = _split_features([features] if isinstance(features, str) else features)
     if feature_list:
         cmd += ["--features", ",".join(feature_list)]
     if package:
         cmd += ["--package", package]
     if bin_name:
         cmd += ["--bin", bin_name]
-    cmd += list(cargo_args)
+    cmd += shlex.split(cargo_args) if isinstance(cargo_args, str) else list(cargo_args)
 
     run = _run_cargo(cmd, manifest.parent, environ, out)
     crate = _crate_label(manifest)

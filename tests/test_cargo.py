@@ -135,6 +135,14 @@ def test_features_and_profiles(fixture_crate: Callable[[str], Path]) -> None:
     check_guest_module(dev)
 
 
+def test_features_and_cargo_args_given_as_strings(fixture_crate: Callable[[str], Path]) -> None:
+    crate = fixture_crate("hello")
+    lines: list[str] = []
+    wasm = build_fixture_crate(crate, features="shout", cargo_args="--quiet --offline", echo=lines.append)
+    assert b"HELLO" in wasm.read_bytes()
+    assert not any("Compiling" in line or "Finished" in line for line in lines)  # --quiet reached cargo
+
+
 def test_unknown_feature_is_one_actionable_line(fixture_crate: Callable[[str], Path]) -> None:
     crate = fixture_crate("hello")
     with pytest.raises(BuildError) as info:
