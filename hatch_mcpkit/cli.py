@@ -27,10 +27,10 @@ from hatch_mcpkit.errors import BundleError, McpkitError, ReferenceError
 
 if TYPE_CHECKING:
     from hatch_mcpkit.auth import Credentials
-    from hatch_mcpkit.bundle import BundleLayout, Manifest
+    from hatch_mcpkit.bundle import Manifest
     from hatch_mcpkit.cache import BundleCache, CacheEntry
     from hatch_mcpkit.config import Config
-    from hatch_mcpkit.reference import Reference, Repository
+    from hatch_mcpkit.reference import Reference
 
 __all__ = ["main"]
 
@@ -102,43 +102,17 @@ def _credentials(args: argparse.Namespace, registry: str, config: Config | None 
 # --------------------------------------------------------------------------- push
 
 
-def _split_target(text: str) -> tuple[Repository, str | None, str | None]:
-    """``oci://host/repo[:tag][@digest]`` -> (repository, tag or None, digest or None)."""
-    from hatch_mcpkit.reference import parse_reference, parse_repository
-
-    try:
-        return parse_repository(text), None, None
-    except ReferenceError:
-        ref = parse_reference(text)
-        return ref.repo, ref.tag, ref.digest
-
-
-def _load_config_lenient(path: Path) -> Config:
-    from hatch_mcpkit.cache import check_bundle_config_yaml
-    from hatch_mcpkit.errors import ConfigError, Problem
-
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise ConfigError([Problem(str(path), "", "file not found")],
-                          hint="give --config PATH/config.yaml (or run where config.yaml is)") from None
-    except OSError as exc:
-        raise ConfigError([Problem(str(path), "", f"cannot read file: {exc.strerror}")]) from None
-    return check_bundle_config_yaml(raw, str(path))
-
-
 def _cmd_push(args: argparse.Namespace) -> int:
-    from hatch_mcpkit.bundle import ARCHIVE_SUFFIX, BundleLayout, build_bundle
-    from hatch_mcpkit.registry import RegistryClient
+    from hatch_mcpkit.bundle import ARCHIVE_SUFFIX, build_bundle
+    from hatch_mcpkit.config import load_config
+    from hatch_mcpkit.publish import push_archive
 
-    items: list[str] = list(args.items)
-    target_text: str | None = args.target
     archive: Path | None = None
     module: Path | None = Path(args.module) if args.module else None
     config_path: Path | None = Path(args.config) if args.config else None
-
-    # Sort the positional forms: ARCHIVE [TARGET] | MODULE CONFIG [TARGET] | CONFIG [TARGET] | TARGET
-    for item in items:
+    target: str | None = args.target
+    # The positional forms: ARCHIVE [TARGET] | MODULE CONFIG [TARGET] | CONFIG [TARGET] | TARGET
+    for item in args.items:
         lower = item.lower()
         if lower.endswith(ARCHIVE_SUFFIX) or (Path(item).is_dir() and (Path(item) / "oci-layout").is_file()):
             archive = Path(item)
@@ -146,73 +120,36 @@ def _cmd_push(args: argparse.Namespace) -> int:
             module = Path(item)
         elif lower.endswith((".yaml", ".yml")):
             config_path = Path(item)
-        elif target_text is None:
-            target_text = item
+        elif target is None:
+            target = item
         else:
             raise ReferenceError(f"unexpected argument {item!r}",
                                  hint="mcpkit bundle push [--config config.yaml | ARCHIVE | MODULE CONFIG] [oci://...]")
     if archive is not None and (module is not None or config_path is not None):
         raise McpkitError("give either a .mcpkit.tar archive or a module and config.yaml, not both")
+    tags = list(args.tag or [])
+    if target and tags:  # oci://repo:v1 --tag latest pushes both tags
+        last = target.removeprefix("oci://").rsplit("/", 1)[-1]
+        if ":" in last and "@" not in last:
+            tags.insert(0, last.rsplit(":", 1)[1])
+    password = _read_password(args)
 
     with tempfile.TemporaryDirectory(prefix="mcpkit-push-") as tmp:
-        config: Config | None = None
         if archive is None:
-            if config_path is None:
-                config_path = (module.parent if module is not None else Path.cwd()) / "config.yaml"
-            config = _load_config_lenient(config_path)
-            if module is None:
-                module = config_path.parent / "module.wasm"
             from hatch_mcpkit.wasm import check_guest_module
 
+            if config_path is None:
+                config_path = (module.parent if module is not None else Path.cwd()) / "config.yaml"
+            config = load_config(config_path)
+            module = module or config_path.parent / "module.wasm"
             check_guest_module(module)
             archive = build_bundle(config, module, Path(tmp)).path
-        with BundleLayout.open(archive) as layout:
-            if config is None:
-                config = _load_config_lenient_bytes(layout, archive)
-            repository, tags = _push_target(target_text, args.tag, config, layout)
-            credentials = _credentials(args, repository.registry, config)
-            with RegistryClient(repository.registry, credentials=credentials, insecure=args.insecure,
-                                ca_file=args.ca_file) as client:
-                digest = client.push_layout(layout, repository.repository, tags)
-                stats = client.stats
-    _out(f"digest: {digest}")
-    for tag in tags:
-        _out(f"pushed oci://{repository}:{tag}")
-    _out(f"pushed oci://{repository}@{digest}")
-    if stats.blobs_skipped:
-        _out(f"({stats.blobs_uploaded} blob(s) uploaded, {stats.blobs_skipped} already in the registry)")
+        result = push_archive(archive, target=target, tags=list(dict.fromkeys(tags)), username=args.username,
+                              password=password, insecure=args.insecure, ca_file=args.ca_file)
+    _out(f"digest: {result.digest}")
+    for reference in result.references:
+        _out(f"pushed oci://{reference}")
     return 0
-
-
-def _load_config_lenient_bytes(layout: BundleLayout, where: Path) -> Config:
-    from hatch_mcpkit.cache import check_bundle_config_yaml
-
-    raw = layout.read_blob(layout.manifest.config_layer.digest)
-    return check_bundle_config_yaml(raw, f"{where} config.yaml")
-
-
-def _push_target(target: str | None, extra_tags: Sequence[str] | None, config: Config,
-                 layout: BundleLayout) -> tuple[Repository, list[str]]:
-    from hatch_mcpkit.reference import parse_repository
-
-    dist = config.distribution
-    if target is None:
-        if dist is None:
-            raise McpkitError(
-                f"nowhere to push {layout.name}: config.yaml has no distribution.registry",
-                hint="give a target (mcpkit bundle push ... oci://REGISTRY/REPOSITORY:TAG) "
-                "or set distribution.registry in config.yaml",
-            )
-        repository = parse_repository(dist.registry)
-        tags = list(extra_tags or dist.tags or [dist.version])
-    else:
-        repository, tag, digest = _split_target(target)
-        if digest is not None:
-            raise ReferenceError(f"{target}: push to a tag, not a digest (the digest comes from the content)")
-        tags = ([tag] if tag else []) + list(extra_tags or [])
-        if not tags:
-            tags = list(dist.tags) if dist is not None and dist.tags else [layout.version or "latest"]
-    return repository, list(dict.fromkeys(tags))
 
 
 # --------------------------------------------------------------------------- pull
