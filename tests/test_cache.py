@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import http.server
@@ -137,10 +138,9 @@ class CountingProxy:
         return [p for m, p in self.requests if m == "GET" and "/manifests/" in p]
 
 
-@pytest.fixture
-def counting_proxy(registry) -> Iterator[CountingProxy]:  # type: ignore[no-untyped-def]
-    assert registry.scheme == "http"
-    proxy = CountingProxy(registry.host)
+@contextlib.contextmanager
+def run_counting_proxy(upstream: str) -> Iterator[CountingProxy]:
+    proxy = CountingProxy(upstream)
 
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -177,6 +177,14 @@ def counting_proxy(registry) -> Iterator[CountingProxy]:  # type: ignore[no-unty
     finally:
         proxy.server.shutdown()
         proxy.server.server_close()
+
+
+@pytest.fixture
+def counting_proxy(registry) -> Iterator[CountingProxy]:  # type: ignore[no-untyped-def]
+    """The shared plain registry behind a proxy that counts requests."""
+    assert registry.scheme == "http"
+    with run_counting_proxy(registry.host) as proxy:
+        yield proxy
 
 
 # --------------------------------------------------------------------------- a static web server
