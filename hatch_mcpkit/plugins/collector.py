@@ -4,7 +4,7 @@ Enable it in a project with ``[tool.hatch.env.collectors.mcpkit]``. It adds an
 environment named ``mcpkit`` whose scripts ``pull``, ``run``, ``list``,
 ``push`` and ``inspect`` call ``mcpkit <cmd> {args}``. The scripts run the
 mcpkit installed beside hatch (where this plugin lives), so the environment
-needs no virtualenv and no install; a user's own scripts of the same name win.
+needs nothing installed (its virtualenv stays empty); a user's own scripts of the same name win.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ class McpkitEnvironmentCollector(EnvironmentCollectorInterface):
     def get_initial_config(self) -> dict[str, dict[str, Any]]:
         return {
             self.env_name: {
-                "type": "system",
+                "type": "virtual",
                 "skip-install": True,
                 "detached": True,
                 "scripts": self.scripts(),
@@ -59,6 +59,6 @@ class McpkitEnvironmentCollector(EnvironmentCollectorInterface):
         # underneath so every command exists and the user's definitions still win.
         user_scripts = env.get("scripts") or {}
         env["scripts"] = {**self.scripts(), **user_scripts}
-        env.setdefault("type", "system")
+        env.setdefault("type", "virtual")
         env.setdefault("skip-install", True)
         env.setdefault("detached", True)
