@@ -65,6 +65,8 @@ def child(mode: str, host: str, layout_path: str, repo: str, out: str) -> None:
     from hatch_mcpkit.bundle import BundleLayout
     from hatch_mcpkit.registry import RegistryClient
 
+    import oras.provider  # noqa: F401 - imported before timing: a one-off cost, not transfer
+
     layout = BundleLayout.open(Path(layout_path))
     module = layout.manifest.module_layer
     module_path = layout.blob_path(module.digest)
