@@ -1,0 +1,222 @@
+"""The MCP stdio server, driven as a subprocess by the official ``mcp`` client."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+pytestmark = pytest.mark.cargo
+
+SERVER = [sys.executable, "-m", "hatch_mcpkit"]
+
+
+@asynccontextmanager
+async def session(*args: str, env: dict[str, str] | None = None) -> AsyncIterator[Any]:
+    from mcp import ClientSession, StdioServerParameters
+    from mcp.client.stdio import stdio_client
+
+    params = StdioServerParameters(command=SERVER[0], args=[*SERVER[1:], *args], env=env)
+    with tempfile.TemporaryFile("w+") as errlog:  # the server's stderr, kept out of the test output
+        async with stdio_client(params, errlog=errlog) as (read, write), ClientSession(read, write) as s:
+            await s.initialize()
+            yield s
+
+
+def run(fn: Callable[[], Awaitable[None]]) -> None:
+    anyio.run(fn)
+
+
+def test_initialize_and_list_tools(example_bundle_dir: Path) -> None:
+    async def go() -> None:
+        from mcp import ClientSession, StdioServerParameters
+        from mcp.client.stdio import stdio_client
+
+        params = StdioServerParameters(command=SERVER[0], args=[*SERVER[1:], "server", str(example_bundle_dir)])
+        async with stdio_client(params) as (read, write), ClientSession(read, write) as s:
+            init = await s.initialize()
+            assert init.server_info.name == "weather-tool"
+            assert init.server_info.version == "1.0.0"
+            assert init.capabilities.tools is not None
+            listed = (await s.list_tools()).tools
+            by_name = {t.name: t for t in listed}
+            assert sorted(by_name) == ["convert_temperature", "get_weather"]
+            weather = by_name["get_weather"]
+            assert weather.input_schema["required"] == ["location"]
+            assert weather.output_schema is not None and "temperature_c" in weather.output_schema["properties"]
+            assert by_name["convert_temperature"].output_schema is None
+            assert "Convert a temperature" in (by_name["convert_temperature"].description or "")
+
+    run(go)
+
+
+def test_calls_match_the_module(example_bundle_dir: Path, example_runtime: Any) -> None:
+    async def go() -> None:
+        async with session("server", "--config", str(example_bundle_dir / "config.yaml")) as s:
+            await s.list_tools()  # lets the client validate structuredContent against outputSchema
+            res = await s.call_tool("get_weather", {"location": "Berlin"})
+            direct = example_runtime.call("get_weather", {"location": "Berlin"})
+            assert res.is_error is False
+            assert res.structured_content == direct.structured_content
+            assert res.structured_content["conditions"] == "overcast"
+            assert json.loads(res.content[0].text) == direct.structured_content
+
+            res = await s.call_tool("convert_temperature", {"value": 0, "from": "celsius", "to": "kelvin"})
+            assert res.is_error is False
+            assert res.content[0].text == "0 °C = 273.15 K"
+
+            res = await s.call_tool("get_weather", {"location": "Atlantis"})
+            assert res.is_error is True and "unknown location" in res.content[0].text
+
+    run(go)
+
+
+def test_bad_arguments_are_invalid_params_naming_the_field(example_bundle_dir: Path) -> None:
+    from mcp.shared.exceptions import MCPError
+
+    async def go() -> None:
+        async with session("server", str(example_bundle_dir)) as s:
+            with pytest.raises(MCPError) as info:
+                await s.call_tool("get_weather", {})
+            assert info.value.code == -32602
+            assert "arguments.location: 'location' is a required property" in info.value.message
+            with pytest.raises(MCPError) as info:
+                await s.call_tool("convert_temperature", {"value": "warm", "from": "celsius", "to": "kelvin"})
+            assert info.value.code == -32602
+            assert "arguments.value" in info.value.message and "'number'" in info.value.message
+            with pytest.raises(MCPError) as info:
+                await s.call_tool("get_weather", {"location": "Paris", "units": "metric"})
+            assert "Additional properties are not allowed" in info.value.message
+            with pytest.raises(MCPError) as info:
+                await s.call_tool("get_forecast", {"location": "Paris"})
+            assert info.value.code == -32602
+            assert "Unknown tool" in info.value.message and "get_weather" in info.value.message
+            # and the server still serves
+            res = await s.call_tool("get_weather", {"location": "Paris"})
+            assert res.is_error is False
+
+    run(go)
+
+
+def test_hostile_calls_are_errors_and_the_server_keeps_serving(hostile_bundle_dir: Path) -> None:
+    async def go() -> None:
+        async with session("server", str(hostile_bundle_dir)) as s:
+            for tool, needle in [("spin", "timed out after 1000 ms"), ("membomb", "exceeded memory limit of 32 MiB"),
+                                 ("flood", "output exceeded"), ("trap", "deliberate panic"),
+                                 ("exit_code", "exited with status 3")]:
+                res = await s.call_tool(tool, {})
+                assert res.is_error is True, tool
+                assert needle in res.content[0].text, res.content[0].text
+                ok = await s.call_tool("echo", {"tool": tool})
+                assert ok.is_error is False and json.loads(ok.content[0].text) == {"tool": tool}
+
+    run(go)
+
+
+def test_ping_is_answered_while_a_call_runs_and_cancel_works(hostile_bundle_dir: Path) -> None:
+    async def go() -> None:
+        async with session("run", str(hostile_bundle_dir), "--max-concurrency", "1") as s:
+            outcome: dict[str, Any] = {}
+
+            async def long_call() -> None:
+                outcome["res"] = await s.call_tool("spin", {})
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(long_call)
+                await anyio.sleep(0.15)
+                t0 = time.monotonic()
+                await s.send_ping()
+                outcome["ping_s"] = time.monotonic() - t0
+                tg.cancel_scope.cancel()  # the client abandons the call: notifications/cancelled
+            assert "res" not in outcome
+            assert outcome["ping_s"] < 0.5
+            t0 = time.monotonic()
+            res = await s.call_tool("echo", {"after": "cancel"})
+            assert res.is_error is False
+            assert time.monotonic() - t0 < 0.8  # the cancelled instance does not hold the only slot
+
+    run(go)
+
+
+def _frames(lines: list[bytes]) -> list[dict[str, Any]]:
+    frames = [json.loads(line) for line in lines if line.strip()]
+    for frame in frames:
+        assert frame.get("jsonrpc") == "2.0"
+    return frames
+
+
+def test_stdout_carries_only_protocol(hostile_bundle_dir: Path, tmp_path: Path) -> None:
+    requests = [
+        {"jsonrpc": "2.0", "id": 1, "method": "initialize",
+         "params": {"protocolVersion": "2025-06-18", "capabilities": {},
+                    "clientInfo": {"name": "raw", "version": "0"}}},
+        {"jsonrpc": "2.0", "method": "notifications/initialized"},
+        {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "trap", "arguments": {}}},
+        {"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "flood", "arguments": {}}},
+        {"jsonrpc": "2.0", "id": 4, "method": "tools/call", "params": {"name": "read_file", "arguments": {}}},
+        {"jsonrpc": "2.0", "id": 5, "method": "ping"},
+    ]
+    errlog = open(tmp_path / "stderr.log", "w+b")  # noqa: SIM115
+    proc = subprocess.Popen([*SERVER, "server", str(hostile_bundle_dir), "-vv"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=errlog)
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write("".join(json.dumps(r) + "\n" for r in requests).encode())
+    proc.stdin.flush()
+    lines: list[bytes] = []
+    deadline = time.monotonic() + 30
+    # keep stdin open until every request is answered (EOF aborts requests in flight)
+    while sum(1 for line in lines if b'"id"' in line) < 5 and time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+    proc.stdin.close()
+    lines += proc.stdout.read().splitlines()
+    proc.wait(timeout=30)
+    errlog.seek(0)
+    err = errlog.read()
+    errlog.close()
+    stdout = b"".join(lines)
+    frames = _frames(lines)
+    by_id = {f["id"]: f for f in frames if "id" in f}
+    assert sorted(by_id) == [1, 2, 3, 4, 5]
+    assert by_id[2]["result"]["isError"] is True
+    assert by_id[3]["result"]["isError"] is True
+    assert len(stdout) < 20_000  # none of the 100 MB flood
+    assert by_id[4]["error"]["code"] == -32602
+    assert by_id[5]["result"] == {} or "result" in by_id[5]
+    stderr = err.decode()
+    assert "mcpkit: serving hostile-tool" in stderr and "mcpkit: policy:" in stderr
+
+
+def test_errors_before_the_protocol_go_to_stderr(tmp_path: Path) -> None:
+    proc = subprocess.run([*SERVER, "server", str(tmp_path / "missing")], capture_output=True, timeout=60,
+                          check=False)
+    assert proc.returncode != 0
+    assert proc.stdout == b""
+    assert b"missing" in proc.stderr and b"no such file" in proc.stderr
+    proc = subprocess.run([*SERVER, "server", "--from-bundle", "no-such-bundle", "--home", str(tmp_path)],
+                          capture_output=True, timeout=60, check=False)
+    assert proc.returncode != 0 and proc.stdout == b""
+    assert b"no-such-bundle" in proc.stderr
+
+
+def test_fs_grant_warns_at_launch(hostile_bundle_dir: Path, tmp_path: Path) -> None:
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    proc = subprocess.run(
+        [*SERVER, "server", str(hostile_bundle_dir), "--allow-dir", f"{notes}:/notes:rw", "--quiet"],
+        input=b"", capture_output=True, timeout=60, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert f"may read and write {notes}".encode() in proc.stderr
+    assert b"policy:" not in proc.stderr  # --quiet hides the rest
