@@ -23,7 +23,7 @@ def test_collector_adds_the_mcpkit_environment(run_hatch: HatchRunner, example_c
     scripts = env["scripts"]
     assert isinstance(scripts, dict)
     assert set(scripts) >= {"pull", "run", "list", "push", "inspect"}
-    assert all(cmd == [cmd[0]] and cmd[0].endswith(f"-m hatch_mcpkit {name} {{args}}") for name, cmd in scripts.items())
+    assert all(cmd == [cmd[0]] and cmd[0].rstrip().endswith(f"-m hatch_mcpkit {name}") for name, cmd in scripts.items())
 
 
 def test_user_scripts_win_and_ours_remain(run_hatch: HatchRunner, example_copy: Path) -> None:
@@ -42,4 +42,5 @@ def test_hatch_run_mcpkit_list(run_hatch: HatchRunner, example_copy: Path, tmp_p
     assert f"no bundles cached in {home / 'bundles'}" in res.stdout
     res = run_hatch(["run", "mcpkit:inspect", "no-such-bundle"], example_copy, env={"MCPKIT_HOME": str(home)})
     assert res.returncode != 0
+    assert "no-such-bundle" in res.stdout  # {args} reached mcpkit
     assert "Traceback" not in res.stdout
