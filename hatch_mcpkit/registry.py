@@ -147,6 +147,13 @@ def _registry_message(response: requests.Response) -> str | None:
     return None
 
 
+def _covers(have: str, want: str) -> bool:
+    """Scope ``have`` grants everything ``want`` asks (same resource, a superset of actions)."""
+    h_res, _, h_act = have.rpartition(":")
+    w_res, _, w_act = want.rpartition(":")
+    return h_res == w_res and set(w_act.split(",")) <= set(h_act.split(","))
+
+
 def _speaks_plain_http(exc: BaseException) -> bool:
     """An SSL error that means the server answered the TLS handshake in plain HTTP."""
     text = str(exc).lower()
@@ -285,8 +292,8 @@ class RegistryClient:
                 f"registry {self.host} wants credentials sent to a plain-HTTP token service ({realm}); refusing"
             )
         scopes = [scope]
-        if challenge.scope and challenge.scope not in scopes:
-            scopes.extend(s for s in challenge.scope.split(" ") if s and s not in scopes)
+        if challenge.scope:  # what the registry says it needs, unless ours already covers it
+            scopes.extend(s for s in challenge.scope.split(" ") if s and not _covers(scope, s))
         self._tokens[scope] = self._fetch_token(realm, challenge.service, scopes)
 
     def _fetch_token(self, realm: str, service: str | None, scopes: list[str]) -> str:

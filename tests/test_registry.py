@@ -299,3 +299,42 @@ def test_environment_credentials(auth_registry: RunningRegistry, repo_name: str,
     with RegistryClient(auth_registry.host, credentials=creds) as client:
         client.push_layout(bundle, repo_name, ["env"])
         assert client.resolve(parse_reference(f"{auth_registry.host}/{repo_name}:env")) == bundle.manifest.digest
+
+
+# --------------------------------------------------------------------------- bearer tokens
+
+
+def test_bearer_tokens_carry_the_scope_each_request_needs(token_registry: Any, repo_name: str,
+                                                          bundle: BundleLayout) -> None:
+    reg, tokens = token_registry
+    ref = parse_reference(f"{reg.host}/{repo_name}:1")
+    with reg.client() as client:
+        # a pull first: the client now holds a pull-only token ...
+        with pytest.raises(RegistryError) as info:
+            client.get_manifest(ref)
+        assert info.value.status == 404
+        assert tokens.requests[-1] == ("testuser", [f"repository:{repo_name}:pull"])
+        # ... and a push must not reuse it: it asks for pull,push
+        assert client.push_layout(bundle, repo_name, ["1"]) == bundle.manifest.digest
+        assert ("testuser", [f"repository:{repo_name}:pull,push"]) in tokens.requests
+        assert client.get_manifest(ref).digest == bundle.manifest.digest
+        assert client.list_tags(repo_name) == ["1"]
+        # tokens are cached per scope: two token requests for all of the above
+        assert len(tokens.requests) == 2
+
+    # anonymous: pull works with an anonymous pull token, push is refused
+    with RegistryClient(reg.host) as anon:
+        assert anon.get_manifest(ref).digest == bundle.manifest.digest
+        with pytest.raises(AuthError):
+            anon.push_layout(bundle, "test/anon-push", ["x"])
+    assert (None, [f"repository:{repo_name}:pull"]) in tokens.requests
+
+
+def test_bearer_token_with_wrong_password(token_registry: Any, repo_name: str) -> None:
+    reg, _tokens = token_registry
+    bad = Credentials("testuser", WRONG, source="test")
+    with RegistryClient(reg.host, credentials=bad) as client, pytest.raises(AuthError) as info:
+        client.list_tags(repo_name)
+    assert info.value.status == 401
+    assert "bad credentials" in str(info.value)
+    assert WRONG not in str(info.value)

@@ -356,3 +356,142 @@ def repo_name(request: pytest.FixtureRequest) -> str:
     while "--" in base:
         base = base.replace("--", "-")
     return f"test/{base[:60].strip('-')}-{uuid.uuid4().hex[:8]}"
+
+
+# --------------------------------------------------------------------------- bearer tokens
+
+
+@dataclass
+class TokenService:
+    """A small JWT issuer for distribution's ``auth: token`` mode (RS256, x5c header).
+
+    Grants what is asked for to ``testuser``/``testpass``; anonymous callers get ``pull`` only.
+    ``requests`` records (user or None, [scopes]) per token request.
+    """
+
+    realm: str
+    cert_path: Path
+    requests: list[tuple[str | None, list[str]]]
+    _shutdown: Callable[[], None]
+
+    def stop(self) -> None:
+        self._shutdown()
+
+
+def start_token_service(work: Path, service: str = "test-registry", issuer: str = "test-issuer") -> TokenService:
+    import datetime
+    import http.server
+    import json
+    import threading
+    import urllib.parse
+    from base64 import b64decode, b64encode, urlsafe_b64encode
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import padding, rsa
+    from cryptography.x509.oid import NameOID
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=2))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path = work / "token-cert.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    x5c = b64encode(cert.public_bytes(serialization.Encoding.DER)).decode()
+    log: list[tuple[str | None, list[str]]] = []
+
+    def b64url(data: bytes) -> str:
+        return urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    def make_token(user: str | None, scopes: list[str]) -> str:
+        access = []
+        for scope in scopes:
+            kind, _, rest = scope.partition(":")
+            resource, _, actions = rest.rpartition(":")
+            wanted = [a for a in actions.split(",") if a]
+            granted = wanted if user == USERNAME else [a for a in wanted if a == "pull"]
+            access.append({"type": kind, "name": resource, "actions": granted})
+        t = int(time.time())
+        header = {"typ": "JWT", "alg": "RS256", "x5c": [x5c]}
+        claims = {"iss": issuer, "sub": user or "", "aud": service, "exp": t + 300, "nbf": t - 10, "iat": t,
+                  "jti": uuid.uuid4().hex, "access": access}
+        signing_input = f"{b64url(json.dumps(header).encode())}.{b64url(json.dumps(claims).encode())}"
+        signature = key.sign(signing_input.encode(), padding.PKCS1v15(), hashes.SHA256())
+        return f"{signing_input}.{b64url(signature)}"
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
+            user: str | None = None
+            header = self.headers.get("Authorization", "")
+            if header.startswith("Basic "):
+                name, _, password = b64decode(header[6:]).decode().partition(":")
+                if (name, password) != (USERNAME, PASSWORD):
+                    self.send_response(401)
+                    self.send_header("Content-Type", "application/json")
+                    self.end_headers()
+                    self.wfile.write(b'{"errors":[{"code":"UNAUTHORIZED","message":"bad credentials"}]}')
+                    return
+                user = name
+            scopes = query.get("scope", [])
+            log.append((user, scopes))
+            body = json.dumps({"token": make_token(user, scopes), "expires_in": 300}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+
+    def shutdown() -> None:
+        server.shutdown()
+        server.server_close()
+
+    return TokenService(f"http://127.0.0.1:{server.server_address[1]}/token", cert_path, log, shutdown)
+
+
+@pytest.fixture
+def token_registry(tmp_path: Path) -> Iterator[tuple[RunningRegistry, TokenService]]:
+    """A binary registry in bearer-token mode with its token service; fresh per test."""
+    binary = registry_binary()
+    need(binary, "docker-registry binary (apt-get install docker-registry; see .ci/setup-registry.sh)")
+    assert binary is not None
+    tokens = start_token_service(tmp_path)
+    storage = tmp_path / "data"
+    storage.mkdir()
+    port = free_port()
+    config = tmp_path / "config.yml"
+    config.write_text(
+        _config_yaml(f"127.0.0.1:{port}", str(storage), tls=None, htpasswd=None)
+        + f"auth: {{token: {{realm: {tokens.realm}, service: test-registry, issuer: test-issuer, "
+          f"rootcertbundle: {tokens.cert_path}}}}}\n"
+    )
+    log_path = tmp_path / "registry.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([binary, "serve", str(config)], stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL)
+    try:
+        _wait_ready(f"http://127.0.0.1:{port}", None, time.monotonic() + _STARTUP_TIMEOUT,
+                    lambda: proc.poll() is None)
+        reg = RunningRegistry(host=f"127.0.0.1:{port}", scheme="http", storage_dir=storage, kind="binary",
+                              username=USERNAME, password=PASSWORD, log_path=log_path,
+                              _stop=lambda: (proc.terminate(), proc.wait()) and None,
+                              _kill=lambda: (proc.kill(), proc.wait()) and None)
+        yield reg, tokens
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait()
+        tokens.stop()
