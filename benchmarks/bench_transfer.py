@@ -60,12 +60,11 @@ def _reset_peak() -> None:
 
 
 def child(mode: str, host: str, layout_path: str, repo: str, out: str) -> None:
+    import oras.provider  # imported before timing: a one-off cost, not transfer
     import requests
 
     from hatch_mcpkit.bundle import BundleLayout
     from hatch_mcpkit.registry import RegistryClient
-
-    import oras.provider  # noqa: F401 - imported before timing: a one-off cost, not transfer
 
     layout = BundleLayout.open(Path(layout_path))
     module = layout.manifest.module_layer

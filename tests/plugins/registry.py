@@ -429,7 +429,7 @@ def start_token_service(work: Path, service: str = "test-registry", issuer: str 
         def log_message(self, *args: Any) -> None:
             pass
 
-        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        def do_GET(self) -> None:
             query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
             user: str | None = None
             header = self.headers.get("Authorization", "")
@@ -485,10 +485,16 @@ def token_registry(tmp_path: Path) -> Iterator[tuple[RunningRegistry, TokenServi
     try:
         _wait_ready(f"http://127.0.0.1:{port}", None, time.monotonic() + _STARTUP_TIMEOUT,
                     lambda: proc.poll() is None)
+        def stop() -> None:
+            proc.terminate()
+            proc.wait()
+
+        def kill() -> None:
+            proc.kill()
+            proc.wait()
+
         reg = RunningRegistry(host=f"127.0.0.1:{port}", scheme="http", storage_dir=storage, kind="binary",
-                              username=USERNAME, password=PASSWORD, log_path=log_path,
-                              _stop=lambda: (proc.terminate(), proc.wait()) and None,
-                              _kill=lambda: (proc.kill(), proc.wait()) and None)
+                              username=USERNAME, password=PASSWORD, log_path=log_path, _stop=stop, _kill=kill)
         yield reg, tokens
     finally:
         if proc.poll() is None:
