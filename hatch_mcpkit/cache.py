@@ -490,10 +490,10 @@ class BundleCache:
     def find_entry(self, name_or_ref: str) -> CacheEntry:
         matches = self._matches(name_or_ref)
         if not matches:
+            what = name_or_ref if "/" in name_or_ref else "oci://REGISTRY/REPOSITORY:TAG"
             raise BundleNotFoundError(
                 f"no cached bundle matches {name_or_ref!r} (cache: {self.bundles_dir})",
-                hint=f"pull it first: mcpkit bundle pull oci://REGISTRY/REPOSITORY:TAG"
-                f"{'' if '/' not in name_or_ref else ' (' + name_or_ref + ')'}; `mcpkit bundle list` shows the cache",
+                hint=f"pull it first: mcpkit bundle pull {what}; `mcpkit bundle list` shows the cache",
             )
         if len({e.digest for e in matches}) > 1:
             listing = "\n".join(f"    {e.reference}  ({e.digest[:19]})" for e in matches)
@@ -672,9 +672,6 @@ class BundleCache:
             and (target / CONFIG_TITLE).is_file()
         )
 
-    def _entry_for(self, target: Path, reference: str, digest: str, name: str) -> CacheEntry:
-        return CacheEntry(name=name, reference=reference, digest=digest, path=target, pulled_at=_now())
-
     def _install(self, *, manifest: Manifest, blobs: _BlobSource, reference: str, rel: Path,
                  meta: dict[str, Any]) -> PullResult:
         target = self.bundles_dir / rel
@@ -727,7 +724,7 @@ class BundleCache:
                 if self._current(target, manifest.digest):  # another process finished the same pull first
                     return self._ensure_indexed(target, reference, manifest)
                 self._swap_in(staged, target, work)
-                entry = self._entry_for(target, reference, manifest.digest, name)
+                entry = CacheEntry(name, reference, manifest.digest, target, metadata["pulled_at"])
                 dropped = self._update_index(add=entry)
                 warnings = self._precompile(target)
             self._discard_orphans(dropped)
@@ -741,7 +738,7 @@ class BundleCache:
         if existing is not None and existing.path == target and existing.digest == manifest.digest:
             return PullResult(existing, changed=False)
         meta = json.loads((target / METADATA).read_bytes())
-        entry = self._entry_for(target, reference, manifest.digest, str(meta.get("name", "")))
+        entry = CacheEntry(str(meta.get("name", "")), reference, manifest.digest, target, _now())
         dropped = self._update_index(add=entry)
         self._discard_orphans(dropped)
         return PullResult(entry, changed=False)
