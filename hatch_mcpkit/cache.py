@@ -635,7 +635,6 @@ class BundleCache:
                 hint="use https://, or pass --insecure if you really trust this network",
             )
         self.downloads_dir.mkdir(parents=True, exist_ok=True)
-        self._sweep_downloads()
         with tempfile.TemporaryDirectory(prefix="http-", dir=self.downloads_dir) as tmp:
             archive = Path(tmp) / "bundle.tar.gz"
             hexdigest = download(source.url, archive, max_bytes=MAX_DOWNLOAD_BYTES, ca_file=opts.ca_file,
