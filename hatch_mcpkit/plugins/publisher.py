@@ -22,6 +22,8 @@ from hatch_mcpkit.errors import McpkitError
 from hatch_mcpkit.publish import find_archives, push_archive
 
 OPTIONS = ("registry", "tags", "username", "password", "insecure", "ca-file", "disable")
+# hatch passes these to every publisher; they are not ours to validate
+HATCH_OPTIONS = ("no_prompt", "initialize_auth")
 
 
 def _truthy(value: Any) -> bool:
@@ -34,7 +36,8 @@ class McpkitPublisher(PublisherInterface):
     PLUGIN_NAME = "mcpkit"
 
     def _options(self, cli: dict[str, Any]) -> dict[str, Any]:
-        merged: dict[str, Any] = {**self.plugin_config, **self.project_config, **cli}
+        ours = {k: v for k, v in cli.items() if k not in HATCH_OPTIONS}
+        merged: dict[str, Any] = {**self.plugin_config, **self.project_config, **ours}
         unknown = sorted(k for k in merged if k.replace("_", "-") not in OPTIONS)
         if unknown:
             self.app.abort(
