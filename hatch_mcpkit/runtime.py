@@ -648,7 +648,14 @@ class Runtime:
         )
 
     def close(self) -> None:
+        """Stop the epoch ticker and wait for wasmtime to release this process's output callbacks.
+
+        wasmtime calls the stdout/stderr callbacks' finalizers from its own worker threads,
+        a little after a store is dropped; one still pending when Python shuts down aborts
+        the process, so a server waits here (briefly) before it exits.
+        """
         self._finalizer()
+        _drain_output_callbacks()
 
     def __enter__(self) -> Runtime:
         return self
@@ -881,6 +888,18 @@ class Runtime:
         if errors:
             return f"{tool.name} returned output that does not match its output_schema: " + "; ".join(errors)
         return None
+
+
+def _drain_output_callbacks(timeout: float = 2.0) -> None:
+    from wasmtime import _wasi
+
+    handles = getattr(getattr(_wasi, "CUSTOM_OUTPUTS", None), "handles", None)
+    if handles is None:
+        return
+    end = time.monotonic() + timeout
+    while handles and time.monotonic() < end:
+        time.sleep(0.002)
+    time.sleep(0.005)  # let the finalizing thread leave the interpreter
 
 
 def _json_path(root: str, parts: Iterable[Any]) -> str:
