@@ -29,7 +29,7 @@ import shutil
 import tempfile
 import time
 import urllib.parse
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -43,6 +43,7 @@ from hatch_mcpkit.bundle import (
     Manifest,
     parse_bundle_config,
 )
+from hatch_mcpkit.config import PlaceholderEnviron
 from hatch_mcpkit.errors import (
     BundleError,
     BundleNotFoundError,
@@ -295,27 +296,7 @@ class _RegistryBlobs:
         self.client.fetch_blob(self.repository, desc, dest)
 
 
-class _LenientEnviron(Mapping[str, str]):
-    """The real environment, with a placeholder for every unset variable.
-
-    config.yaml is checked at pull time for structure; ``${VAR}`` values
-    belong to the machine that runs the bundle and are checked there.
-    """
-
-    def __init__(self) -> None:
-        self._env = os.environ
-
-    def __getitem__(self, key: str) -> str:
-        return self._env.get(key, f"/unset-{key}")
-
-    def __contains__(self, key: object) -> bool:
-        return True
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._env)
-
-    def __len__(self) -> int:
-        return len(self._env)
+_LenientEnviron = PlaceholderEnviron
 
 
 def check_bundle_config_yaml(raw: bytes, label: str) -> Config:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -27,6 +27,7 @@ __all__ = [
     "EnvGrant",
     "Limits",
     "Metadata",
+    "PlaceholderEnviron",
     "Policy",
     "StorageGrant",
     "Tool",
@@ -134,15 +135,20 @@ class Auth:
 
     username: str | None = None
     password: str | None = field(default=None, repr=False)
+    file: str = field(default="", compare=False)
 
     def resolve(self, environ: Mapping[str, str] | None = None) -> tuple[str | None, str | None]:
         env = os.environ if environ is None else environ
         problems: list[Problem] = []
         user = (
-            expand_vars(self.username, env, "distribution.auth.username", problems) if self.username else None
+            expand_vars(self.username, env, "distribution.auth.username", problems, self.file)
+            if self.username
+            else None
         )
         password = (
-            expand_vars(self.password, env, "distribution.auth.password", problems) if self.password else None
+            expand_vars(self.password, env, "distribution.auth.password", problems, self.file)
+            if self.password
+            else None
         )
         if problems:
             raise ConfigError(problems)
@@ -245,6 +251,30 @@ def expand_vars(
     if "$" not in value:
         return value
     return VAR_RE.sub(repl, value)
+
+
+class PlaceholderEnviron(Mapping[str, str]):
+    """An environment in which every variable is set: unset ones read as ``/unset-NAME``.
+
+    For checking a bundle's config.yaml where its ``${VAR}`` values belong to another machine
+    (pulling, pushing): the structure is validated, a missing variable is not an error.
+    ``distribution.auth`` is never expanded with it (``Auth.resolve`` takes the real one).
+    """
+
+    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
+        self._env = os.environ if environ is None else environ
+
+    def __getitem__(self, key: str) -> str:
+        return self._env.get(key, f"/unset-{key}")
+
+    def __contains__(self, key: object) -> bool:
+        return True
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._env)
+
+    def __len__(self) -> int:
+        return len(self._env)
 
 
 # --------------------------------------------------------------------------- loading
@@ -690,6 +720,7 @@ class _Validator:
                 auth = Auth(
                     raw_user if isinstance(raw_user, str) else None,
                     raw_pass if isinstance(raw_pass, str) else None,
+                    file=self.file,
                 )
         return Distribution(
             registry=registry or "",

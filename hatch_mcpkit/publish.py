@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hatch_mcpkit.bundle import ARCHIVE_SUFFIX, BundleLayout
-from hatch_mcpkit.config import Config, parse_config
+from hatch_mcpkit.config import Config, PlaceholderEnviron, parse_config
 from hatch_mcpkit.errors import BundleError
 
 __all__ = ["PushResult", "find_archives", "push_archive"]
@@ -55,7 +55,9 @@ def find_archives(paths: Sequence[str | os.PathLike[str]], root: Path) -> list[P
 
 def bundle_config_of(layout: BundleLayout, environ: Mapping[str, str] | None = None) -> Config:
     raw = layout.read_blob(layout.manifest.config_layer.digest)
-    return parse_config(raw, f"{layout.source}!config.yaml", environ)
+    # ${VAR}s in the bundle belong to the machines that will run it: check structure only.
+    # distribution.auth stays a template here and is expanded with the real environment later.
+    return parse_config(raw, f"{layout.source}!config.yaml", PlaceholderEnviron(environ))
 
 
 def push_archive(
@@ -104,11 +106,15 @@ def push_archive(
             )
         if not push_tags:
             push_tags = dist.tags if dist is not None else (layout.version or config.server_version,)
+        # distribution.auth belongs to distribution.registry's host, not to wherever else we push
+        config_auth = None
+        if dist is not None and dist.auth is not None and parse_repository(dist.registry).registry == repo_host:
+            config_auth = dist.auth
         credentials = resolve_credentials(
             repo_host,
             username=username,
             password=password,
-            config_auth=dist.auth if dist is not None else None,
+            config_auth=config_auth,
             environ=environ,
         )
         if echo is not None:
