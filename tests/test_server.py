@@ -220,3 +220,25 @@ def test_fs_grant_warns_at_launch(hostile_bundle_dir: Path, tmp_path: Path) -> N
     assert proc.returncode == 0, proc.stderr
     assert f"may read and write {notes}".encode() in proc.stderr
     assert b"policy:" not in proc.stderr  # --quiet hides the rest
+
+
+def test_cached_bundle_by_name_and_archive_path(hostile_bundle_dir: Path, tmp_path: Path) -> None:
+    from hatch_mcpkit.bundle import build_bundle
+    from hatch_mcpkit.cache import BundleCache
+    from hatch_mcpkit.config import load_config
+
+    home = tmp_path / "home"
+    BundleCache(home).pull(str(hostile_bundle_dir))
+    built = build_bundle(load_config(hostile_bundle_dir / "config.yaml"), hostile_bundle_dir / "module.wasm",
+                         tmp_path / "dist")
+
+    async def go() -> None:
+        for args in (("server", "--from-bundle", "hostile-tool", "--home", str(home)),
+                     ("run", "hostile-tool", "--offline", "--home", str(home)),
+                     ("run", str(built.path))):
+            async with session(*args) as s:
+                res = await s.call_tool("read_file", {"path": "/data/hello.txt"})
+                assert res.is_error is False, (args, res.content)
+                assert res.content[0].text == "hello from the bundle\n"
+
+    run(go)
