@@ -20,6 +20,7 @@ one consistent entry (per-entry ``flock`` + re-check under the lock).
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -709,6 +710,14 @@ class BundleCache:
                 warnings = self._precompile(target)
             self._discard_orphans(dropped)
             return PullResult(entry, changed=True, warnings=tuple(warnings))
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                raise CacheError(
+                    f"{reference}: not enough space to install it under {self.home} ({exc.strerror})",
+                    hint="free some space or set MCPKIT_HOME to a larger disk, then pull again; "
+                    "the previous copy is untouched",
+                ) from None
+            raise
         finally:
             shutil.rmtree(work, ignore_errors=True)
 
