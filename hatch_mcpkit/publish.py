@@ -101,7 +101,7 @@ def push_archive(
             push_tags = tuple(tags)
         else:
             raise BundleError(
-                f"{archive}: config.yaml has no distribution.registry and no target was given",
+                f"{archive.name}: its config.yaml has no distribution.registry and no target was given",
                 hint="add distribution.registry to config.yaml, or pass a target such as oci://ghcr.io/org/tool",
             )
         if not push_tags:
