@@ -47,7 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     for title, script, quick_args in BENCHMARKS:
         print(f"## {title} ({script})\n", flush=True)
         started = time.monotonic()
-        res = subprocess.run([sys.executable, str(HERE / script), *(quick_args if args.quick else [])], check=False)
+        res = subprocess.run(
+            [sys.executable, str(HERE / script), *(quick_args if args.quick else [])], check=False
+        )
         print(f"\n({script}: {time.monotonic() - started:.1f} s, exit {res.returncode})\n", flush=True)
         failed += res.returncode != 0
     return 1 if failed else 0
