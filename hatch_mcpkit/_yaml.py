@@ -62,6 +62,8 @@ def load_yaml(text: str, file: str) -> tuple[Any, LineMap, list[Problem]]:
             return None, {}, [Problem(file, "", f"invalid YAML: {what}", line)]
         except yaml.YAMLError as exc:
             return None, {}, [Problem(file, "", f"invalid YAML: {exc}")]
+        except RecursionError:
+            return None, {}, [Problem(file, "", "document is nested too deeply; refusing to load it")]
         if node is None:
             return None, {}, [Problem(file, "", "file is empty", 1)]
         lines: LineMap = {}
@@ -69,6 +71,8 @@ def load_yaml(text: str, file: str) -> tuple[Any, LineMap, list[Problem]]:
         counter = [0]
         try:
             data = _walk(loader, node, (), lines, problems, file, counter)
+        except RecursionError:
+            return None, {}, [Problem(file, "", "document is nested too deeply; refusing to load it")]
         except _TooLarge:
             return (
                 None,
