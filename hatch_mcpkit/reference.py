@@ -99,6 +99,8 @@ def _check_host(host: str, text: str) -> None:
     elif host.endswith(":"):
         raise ReferenceError(f"empty port in registry {host!r} of reference {text!r}")
     if name.startswith("["):
+        if not name.endswith("]"):
+            raise ReferenceError(f"unclosed '[' in registry {host!r} of reference {text!r}")
         try:
             ipaddress.IPv6Address(name[1:-1])
         except ValueError:
@@ -351,7 +353,13 @@ def classify(text: str, *, cwd: Path | None = None) -> OciRef | FileRef | HttpsR
     """
     if not isinstance(text, str) or not text.strip():
         raise ReferenceError("empty reference")
-    text = text.strip()
+    try:
+        return _classify(text.strip(), cwd)
+    except (ValueError, RuntimeError) as exc:  # a broken [IPv6] URL, a NUL byte, ~unknown-user
+        raise ReferenceError(f"invalid reference {text!r}: {exc}") from None
+
+
+def _classify(text: str, cwd: Path | None) -> OciRef | FileRef | HttpsRef | NameRef:
     lower = text.lower()
     if lower.startswith("oci://"):
         return OciRef(parse_reference(text))
