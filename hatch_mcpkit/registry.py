@@ -215,11 +215,27 @@ class RegistryClient:
         )
         self.session: requests.Session = self._oras.session
         self.session.headers["User-Agent"] = USER_AGENT
+        self.session.get_redirect_target = self._checked_redirect
         self._tokens: dict[str, str] = {}
         self._basic = False  # the registry asked for HTTP basic auth
 
     def __repr__(self) -> str:
         return f"RegistryClient({self.host!r}, scheme={self.scheme!r}, credentials={self._credentials!r})"
+
+    def _checked_redirect(self, response: requests.Response) -> str | None:
+        """Where a redirect leads, refusing plain HTTP off loopback (unless insecure)."""
+        import requests
+
+        target = requests.Session.get_redirect_target(self.session, response)
+        if target:
+            parts = urlsplit(urljoin(response.url, target))
+            if parts.scheme != "https" and not (self.insecure or is_loopback(parts.netloc.rsplit("@", 1)[-1])):
+                response.close()
+                raise RegistryError(
+                    f"registry {self.host} redirected to plain HTTP at {parts.scheme}://{parts.netloc}; refusing",
+                    hint="pass --insecure if you really trust this network",
+                )
+        return target
 
     def close(self) -> None:
         self.session.close()
