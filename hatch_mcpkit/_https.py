@@ -20,11 +20,25 @@ TIMEOUT = 60.0
 
 
 class _NoRedirectToHttp(urllib.request.HTTPRedirectHandler):
-    """Follow redirects, but never from https down to plain http."""
+    """Follow redirects, but never from https down to plain http, nor to plain http off loopback."""
+
+    def __init__(self, insecure: bool = False) -> None:
+        super().__init__()
+        self.insecure = insecure
 
     def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[no-untyped-def]
         if req.full_url.lower().startswith("https://") and not newurl.lower().startswith("https://"):
             raise RegistryError(f"{req.full_url}: refusing a redirect from https to {newurl}")
+        if not newurl.lower().startswith("https://") and not self.insecure:
+            from urllib.parse import urlsplit
+
+            from hatch_mcpkit.reference import is_loopback
+
+            if not is_loopback(urlsplit(newurl).netloc.rsplit("@", 1)[-1]):
+                raise RegistryError(
+                    f"{req.full_url}: refusing a redirect to plain HTTP off this machine ({newurl})",
+                    hint="use https://, or pass --insecure if you really trust this network",
+                )
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
@@ -38,7 +52,7 @@ def download(url: str, dest: Path, *, max_bytes: int, ca_file: str | None = None
     if insecure:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
-    opener = urllib.request.build_opener(urllib.request.HTTPSHandler(context=context), _NoRedirectToHttp())
+    opener = urllib.request.build_opener(urllib.request.HTTPSHandler(context=context), _NoRedirectToHttp(insecure))
     request = urllib.request.Request(url, headers={"User-Agent": f"mcpkit/{__version__}"})
     h = hashlib.sha256()
     written = 0
