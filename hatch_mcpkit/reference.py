@@ -329,7 +329,7 @@ def _classify_http(text: str) -> HttpsRef:
     if parts.scheme == "http" and not is_loopback(parts.netloc.rsplit("@", 1)[-1]):
         raise ReferenceError(
             f"refusing plain HTTP for {text!r}: only loopback hosts may use http://",
-            hint="use https://",
+            hint="use https://, or pass --insecure if you really trust this network",
         )
     pin: str | None = None
     if parts.fragment:
