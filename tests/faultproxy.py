@@ -5,7 +5,7 @@ registry writes upload ``Location`` URLs that point back at the proxy) and recor
 are added with :meth:`FaultProxy.add`; the first active fault whose method and path match a
 request is applied to it, ``times`` times (``None``: every time):
 
-``status``      answer ``status`` without asking the registry (500 for the first N requests)
+``status``      answer ``status`` (with ``headers``) without asking the registry (500 for the first N requests)
 ``drop``        close the connection without an answer
 ``truncate``    send the true headers, then only the first ``size`` bytes of the body, then close
 ``lie_length``  declare ``Content-Length`` + ``delta`` and close after the real body
@@ -156,6 +156,8 @@ class FaultProxy:
                     data = (b'{"errors":[{"code":"UNAVAILABLE","message":"injected fault"}]}'
                             if method != "HEAD" else b"")
                     self.send_response(fault.status)
+                    for k, v in fault.headers.items():
+                        self.send_header(k, v)
                     self.send_header("Content-Type", "application/json")
                     self.send_header("Content-Length", str(len(data)))
                     self.end_headers()
