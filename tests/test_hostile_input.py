@@ -308,3 +308,50 @@ def test_pathological_yaml_is_bounded(tmp_path: Path, text: str, message: str) -
     assert time.monotonic() - start < 10
     assert str(path) in str(info.value)
     assert message in str(info.value)
+
+
+# --------------------------------------------------------------------------- hostile modules, many times over
+
+
+def _rss_kib() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+@pytest.mark.cargo
+@pytest.mark.parametrize(
+    ("tool", "args", "reason"),
+    [
+        ("spawn_work", {}, "trap"),  # tries threads and processes, then recurses without bound
+        ("no_stdin", {"blob": "z" * 200_000}, None),  # never reads a payload bigger than the pipe buffer
+        ("membomb", {}, "memory"),
+    ],
+)
+def test_two_hundred_hostile_calls_leak_no_threads_or_memory(hostile_bundle_dir: Path, tool: str,
+                                                              args: dict[str, Any], reason: str | None) -> None:
+    import gc
+    import threading as th
+
+    from hatch_mcpkit.runtime import Runtime
+    from tests.plugins.runtime import HOSTILE_ENV
+
+    with Runtime.from_dir(hostile_bundle_dir, environ=HOSTILE_ENV) as rt:
+        for _ in range(20):  # warm up: engine, ticker, allocator arenas
+            rt.call(tool, args)
+        gc.collect()  # a trap's traceback holds its store (and stdin fd) until the cycle collector runs
+        threads, fds = th.active_count(), len(list(Path("/proc/self/fd").iterdir()))
+        rss = _rss_kib()
+        start = time.monotonic()
+        for _ in range(200):
+            result = rt.call(tool, args)
+            assert result.reason == reason, result.text
+        elapsed = time.monotonic() - start
+        gc.collect()
+        grown = _rss_kib() - rss
+        assert th.active_count() <= threads, [t.name for t in th.enumerate()]
+        assert len(list(Path("/proc/self/fd").iterdir())) <= fds + 2, "file descriptors leak per call"
+        assert grown < 64 * 1024, f"RSS grew by {grown} KiB over 200 calls"
+        assert elapsed < 60
+        assert rt.call("echo", {"still": "ok"}).reason is None
