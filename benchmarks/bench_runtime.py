@@ -72,7 +72,7 @@ sys.stdout.write(b"".join(out).decode())
 
 def pct(samples: list[float], p: float) -> float:
     s = sorted(samples)
-    return s[min(len(s) - 1, int(round(p / 100 * (len(s) - 1))))]
+    return s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))]
 
 
 def timeit(fn: Callable[[], Any], n: int, warmup: int = 20) -> list[float]:
