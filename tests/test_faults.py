@@ -164,9 +164,10 @@ def private_registry(tmp_path: Path) -> Iterator[dict[str, Any]]:
 
     def restart() -> RunningRegistry:
         holder["reg"].kill()
-        holder["reg"] = start_binary_registry("plain", work)  # same storage, new port
-        proxy.upstream = holder["reg"].host
-        return holder["reg"]
+        fresh = start_binary_registry("plain", work)  # same storage, new port
+        holder["reg"] = fresh
+        proxy.upstream = fresh.host
+        return fresh
 
     holder["restart"] = restart
     try:
