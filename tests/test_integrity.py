@@ -7,6 +7,7 @@ written outside MCPKIT_HOME.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
 import json
@@ -31,6 +32,9 @@ from tests.faultproxy import (  # noqa: F401 - fault_proxy_fixture provides the 
     push_project,
     snapshot,
 )
+
+# stands for an absolute path inside the test's own tmp_path (never a shared one like /tmp/x)
+ABS_PLACEHOLDER = "@ABSOLUTE-PATH@"
 
 pytestmark = pytest.mark.registry
 
@@ -184,7 +188,7 @@ def test_manifest_with_wrong_layer_size_is_refused(tmp_path: Path, registry: Any
 
 @pytest.mark.parametrize(
     "title",
-    ["../../x", "/tmp/mcpkit-escape-abs", "data/../../x", "..", "./README.md", "a//b", "metadata.json",
+    ["../../x", ABS_PLACEHOLDER, "data/../../x", "..", "./README.md", "a//b", "metadata.json",
      "module.cwasm", ".mcpkit/evil", "c:\\x", "MODULE.WASM"],
 )
 def test_layer_title_cannot_escape_or_overwrite(tmp_path: Path, registry: Any, repo_name: str, home: Path,
@@ -193,11 +197,12 @@ def test_layer_title_cannot_escape_or_overwrite(tmp_path: Path, registry: Any, r
     m = push_project(registry, make_project(tmp_path / "a"), tmp_path / "da", repo_name, "v1")
     manifest = json.loads(m.raw)
     assert manifest["layers"][2]["annotations"][TITLE_ANNOTATION] == "README.md"
-    manifest["layers"][2]["annotations"][TITLE_ANNOTATION] = title
+    escape = tmp_path / "outside" / "escape-abs"  # an absolute path of this test's own
+    manifest["layers"][2]["annotations"][TITLE_ANNOTATION] = title.replace(ABS_PLACEHOLDER, str(escape))
     _put_raw_manifest(registry, repo_name, "evil", manifest)
     with pytest.raises(BundleError, match="title"):
         BundleCache().pull(registry.ref(repo_name, "evil"))
-    assert not Path("/tmp/mcpkit-escape-abs").exists()
+    assert not escape.exists()
     assert outside_files(tmp_path, home) == []
     assert not (tmp_path / "x").exists() and not (home.parent / "x").exists()
     assert not (home / "bundles" / "registry.json").exists()
@@ -256,7 +261,7 @@ def _member(name: str, kind: bytes = tarfile.REGTYPE, link: str = "", size: int 
 @pytest.mark.parametrize(
     "members",
     [
-        [_member("/tmp/mcpkit-escape-abs")],
+        [_member(ABS_PLACEHOLDER)],
         [_member("a/../../../escape")],
         [_member("hard", tarfile.LNKTYPE, "/etc/passwd")],
         [_member("hard", tarfile.LNKTYPE, "module.wasm")],
@@ -271,10 +276,15 @@ def _member(name: str, kind: bytes = tarfile.REGTYPE, link: str = "", size: int 
 def test_https_archive_with_unsafe_members_is_refused(home: Path, tmp_path: Path, web: tuple[str, Path],
                                                       members: list[tarfile.TarInfo]) -> None:
     base, root = web
+    escape = tmp_path / "outside" / "escape-abs"  # an absolute path of this test's own
+    members = [copy.copy(m) for m in members]
+    for info in members:
+        if info.name == ABS_PLACEHOLDER:
+            info.name = str(escape)
     _archive(root / "evil.tar.gz", members)
     with pytest.raises(BundleError, match=r"unsafe path|not a regular file|twice"):
         BundleCache().pull(f"{base}/evil.tar.gz")
-    assert not Path("/tmp/mcpkit-escape-abs").exists()
+    assert not escape.exists()
     assert outside_files(tmp_path, home) == []
     assert not (home / "cache" / "escape").exists() and not (home / "escape").exists()
     assert listing(home / "cache" / "downloads") == []
