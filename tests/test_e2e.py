@@ -35,13 +35,13 @@ def mcpkit(args: list[str], env: dict[str, str], cwd: Path | None = None) -> sub
     )
 
 
-async def _call_tools(env: dict[str, str], server_args: list[str]) -> dict[str, Any]:
+async def _call_tools(env: dict[str, str], server_args: list[str], command: str, cwd: Path | None) -> dict[str, Any]:
     from mcp import ClientSession, StdioServerParameters
     from mcp.client.stdio import stdio_client
 
-    exe = shutil.which("mcpkit")
-    assert exe
-    params = StdioServerParameters(command=exe, args=server_args, env=env)
+    exe = shutil.which(command)
+    assert exe, f"{command} is not on PATH"
+    params = StdioServerParameters(command=exe, args=server_args, env=env, cwd=cwd)
     out: dict[str, Any] = {}
     async with stdio_client(params) as (read, write), ClientSession(read, write) as session:
         init = await session.initialize()
@@ -58,8 +58,9 @@ async def _call_tools(env: dict[str, str], server_args: list[str]) -> dict[str, 
     return out
 
 
-def call_tools(env: dict[str, str], server_args: list[str]) -> dict[str, Any]:
-    return asyncio.run(asyncio.wait_for(_call_tools(env, server_args), 120))
+def call_tools(env: dict[str, str], server_args: list[str], command: str = "mcpkit",
+               cwd: Path | None = None) -> dict[str, Any]:
+    return asyncio.run(asyncio.wait_for(_call_tools(env, server_args, command, cwd), 120))
 
 
 def check_answers(answers: dict[str, Any]) -> None:
@@ -125,6 +126,8 @@ def test_hatch_workflow(
     answers = call_tools(env, ["server", "--from-bundle", "weather-tool"])
     assert answers["server"] == "weather-tool"
     check_answers(answers)
+    # the same server through hatch's script: only protocol reaches stdout
+    check_answers(call_tools(env, ["run", "mcpkit:run", "weather-tool"], command="hatch", cwd=example_copy))
 
     by_digest = run_hatch(
         ["run", "mcpkit:pull", f"oci://{target}@{digest}"], example_copy, env={"MCPKIT_HOME": str(home)}
