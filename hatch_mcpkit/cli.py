@@ -400,7 +400,7 @@ def _delegate(argv: list[str]) -> int:
 
 def _add_registry_options(p: argparse.ArgumentParser, *, credentials: bool = True) -> None:
     p.add_argument("--insecure", action="store_true",
-                   help="allow plain HTTP to a registry or host that is not loopback, and skip TLS checks")
+                   help="allow plain HTTP to a registry or host that is not loopback (TLS is never skipped: use --ca-file for a private CA)")
     p.add_argument("--ca-file", metavar="PEM", help="trust this CA certificate bundle for TLS (a private registry)")
     if credentials:
         p.add_argument("--username", "-u", metavar="USER",
