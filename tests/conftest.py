@@ -9,6 +9,7 @@ pytest_plugins = [
     "tests.plugins.registry",
     "tests.plugins.runtime",
     "tests.plugins.hatch",
+    "tests.faultproxy",  # the fault_proxy fixture
 ]
 
 _ENV_FILES = ("registry-env.sh",)

@@ -25,12 +25,11 @@ from hatch_mcpkit.cache import BundleCache
 from hatch_mcpkit.errors import RegistryError
 from hatch_mcpkit.reference import parse_reference
 from hatch_mcpkit.registry import RegistryClient
-from tests.faultproxy import (  # noqa: F401 - fault_proxy_fixture provides the fault_proxy fixture
+from tests.faultproxy import (
     Fault,
     FaultProxy,
     build_layout,
     check_cache_consistent,
-    fault_proxy_fixture,
     listing,
     make_project,
     push_project,

@@ -22,11 +22,10 @@ import requests
 from hatch_mcpkit.bundle import MANIFEST_MEDIA_TYPE, TITLE_ANNOTATION
 from hatch_mcpkit.cache import BundleCache
 from hatch_mcpkit.errors import BundleError, IntegrityError, McpkitError, RegistryError
-from tests.faultproxy import (  # noqa: F401 - fault_proxy_fixture provides the fault_proxy fixture
+from tests.faultproxy import (
     Fault,
     FaultProxy,
     check_cache_consistent,
-    fault_proxy_fixture,
     listing,
     make_project,
     push_project,

@@ -27,11 +27,10 @@ import pytest
 from hatch_mcpkit.cache import BundleCache
 from hatch_mcpkit.errors import AuthError, McpkitError, ReferenceError, RegistryError
 from hatch_mcpkit.registry import RegistryClient
-from tests.faultproxy import (  # noqa: F401 - fault_proxy_fixture provides the fault_proxy fixture
+from tests.faultproxy import (
     Fault,
     FaultProxy,
     build_layout,
-    fault_proxy_fixture,
     make_project,
 )
 
