@@ -8,7 +8,7 @@ from typing import Any
 from hatchling.builders.hooks.plugin.interface import BuildHookInterface
 
 from hatch_mcpkit.errors import McpkitError
-from hatch_mcpkit.plugins.pipeline import clean_bundles, parse_options, run_pipeline
+from hatch_mcpkit.plugins.pipeline import PipelineResult, clean_bundles, parse_options, run_pipeline
 
 TABLE = "tool.hatch.build.hooks.mcpkit"
 
@@ -19,7 +19,7 @@ def report(app: Any, exc: McpkitError) -> None:
     raise SystemExit(getattr(exc, "exit_code", 1))
 
 
-def announce(app: Any, result: Any, root: Path) -> None:
+def announce(app: Any, result: PipelineResult, root: Path) -> None:
     bundle = result.bundle
     try:
         shown = bundle.path.relative_to(root)

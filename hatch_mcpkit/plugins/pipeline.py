@@ -17,7 +17,7 @@ import hashlib
 import json
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -157,12 +157,10 @@ def _stamp_path(options: BuildOptions) -> Path:
     return target / "mcpkit" / "build-stamp.json"
 
 
-@dataclass
+@dataclass(frozen=True)
 class PipelineResult:
     bundle: BuiltBundle
-    reused: bool = False
-    module: Path | None = None
-    notes: list[str] = field(default_factory=list)
+    reused: bool = False  # the archive on disk already matched the inputs; cargo did not run
 
 
 def run_pipeline(
@@ -200,7 +198,7 @@ def run_pipeline(
     tmp = stamp.with_suffix(".tmp")
     tmp.write_text(json.dumps({"fingerprint": fingerprint, "archive": str(built.path), "sha256": digest}))
     tmp.replace(stamp)
-    return PipelineResult(built, module=module)
+    return PipelineResult(built)
 
 
 def _reuse(stamp: Path, fingerprint: str, target: Path) -> BuiltBundle | None:
