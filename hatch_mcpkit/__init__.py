@@ -12,13 +12,14 @@ from hatch_mcpkit.errors import (
     CacheError,
     ConfigError,
     IntegrityError,
+    InvalidReferenceError,
     McpkitError,
     ModuleError,
     Problem,
-    ReferenceError,
     RegistryError,
     SandboxError,
     ToolCallError,
+    UsageError,
 )
 
 __all__ = [
@@ -30,13 +31,14 @@ __all__ = [
     "Config",
     "ConfigError",
     "IntegrityError",
+    "InvalidReferenceError",
     "McpkitError",
     "ModuleError",
     "Problem",
-    "ReferenceError",
     "RegistryError",
     "SandboxError",
     "ToolCallError",
+    "UsageError",
     "__version__",
     "load_config",
 ]

@@ -50,8 +50,8 @@ from hatch_mcpkit.errors import (
     BundleNotFoundError,
     CacheError,
     IntegrityError,
+    InvalidReferenceError,
     McpkitError,
-    ReferenceError,
 )
 
 if TYPE_CHECKING:
@@ -239,7 +239,7 @@ def classify(text: str, *, insecure: bool = False) -> Source:
     try:
         path = path.resolve(strict=True)
     except (FileNotFoundError, RuntimeError):
-        raise ReferenceError(
+        raise InvalidReferenceError(
             f"{path}: no such file or directory",
             hint="give module.wasm (with config.yaml beside it), a .mcpkit.tar archive or a bundle directory",
         ) from None
@@ -612,7 +612,7 @@ class BundleCache:
         parsed = urllib.parse.urlsplit(source.url)
         netloc = parsed.netloc.rsplit("@", 1)[-1]
         if parsed.scheme == "http" and not (is_loopback(netloc) or opts.insecure):
-            raise ReferenceError(
+            raise InvalidReferenceError(
                 f"{source.url}: plain http is only used for loopback hosts",
                 hint="use https://, or pass --insecure if you really trust this network",
             )

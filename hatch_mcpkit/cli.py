@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hatch_mcpkit.__about__ import __version__
-from hatch_mcpkit.errors import BundleError, McpkitError, ReferenceError
+from hatch_mcpkit.errors import BundleError, InvalidReferenceError, McpkitError
 
 if TYPE_CHECKING:
     from hatch_mcpkit.auth import Credentials
@@ -123,7 +123,7 @@ def _cmd_push(args: argparse.Namespace) -> int:
         elif target is None:
             target = item
         else:
-            raise ReferenceError(f"unexpected argument {item!r}",
+            raise InvalidReferenceError(f"unexpected argument {item!r}",
                                  hint="mcpkit bundle push [--config config.yaml | ARCHIVE | MODULE CONFIG] [oci://...]")
     if archive is not None and (module is not None or config_path is not None):
         raise McpkitError("give either a .mcpkit.tar archive or a module and config.yaml, not both")
@@ -233,7 +233,7 @@ def _list_registry(args: argparse.Namespace) -> int:
     host, _, namespace = body.partition("/")
     namespace = namespace.strip("/")
     if not host:
-        raise ReferenceError(f"{text!r}: give a registry host, e.g. --registry ghcr.io/myorg")
+        raise InvalidReferenceError(f"{text!r}: give a registry host, e.g. --registry ghcr.io/myorg")
     registry = parse_repository(f"{host}/{namespace}").registry if namespace else host
     credentials = _credentials(args, registry)
     listing: dict[str, list[str]] = {}

@@ -732,7 +732,7 @@ class _Validator:
         )
 
     def check_registry(self, registry: str, kp: KeyPath) -> None:
-        from hatch_mcpkit.errors import ReferenceError as RefError
+        from hatch_mcpkit.errors import InvalidReferenceError as RefError
         from hatch_mcpkit.reference import parse_repository
 
         try:

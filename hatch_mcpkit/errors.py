@@ -19,13 +19,14 @@ __all__ = [
     "CacheError",
     "ConfigError",
     "IntegrityError",
+    "InvalidReferenceError",
     "McpkitError",
     "ModuleError",
     "Problem",
-    "ReferenceError",
     "RegistryError",
     "SandboxError",
     "ToolCallError",
+    "UsageError",
 ]
 
 
@@ -84,8 +85,14 @@ class ConfigError(McpkitError):
         super().__init__(f"{head}\n{body}" if body else head, hint=hint)
 
 
-class ReferenceError(McpkitError):
+class InvalidReferenceError(McpkitError):
     """A bundle reference (oci://, file://, https://, bare name) cannot be understood."""
+
+    exit_code = 2
+
+
+class UsageError(McpkitError):
+    """A command line that asks for something impossible (nothing to serve, conflicting options)."""
 
     exit_code = 2
 

@@ -13,7 +13,7 @@ directory), :class:`HttpsRef` (an archive over HTTPS, optionally pinned with
 ``#sha256=<hex>``) or :class:`NameRef` (a bundle name to look up in the local cache).
 
 Validation follows the OCI distribution spec grammar; every error is a
-:class:`~hatch_mcpkit.errors.ReferenceError` that quotes the reference and says what is wrong.
+:class:`~hatch_mcpkit.errors.InvalidReferenceError` that quotes the reference and says what is wrong.
 This module imports only the standard library.
 """
 
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from hatch_mcpkit.errors import ReferenceError
+from hatch_mcpkit.errors import InvalidReferenceError
 
 __all__ = [
     "DOCKER_HUB",
@@ -95,24 +95,24 @@ def _check_host(host: str, text: str) -> None:
     name, port = _split_port(host)
     if port is not None:
         if not port.isdigit() or not 0 < int(port) < 65536:
-            raise ReferenceError(f"invalid port {port!r} in registry {host!r} of reference {text!r}")
+            raise InvalidReferenceError(f"invalid port {port!r} in registry {host!r} of reference {text!r}")
     elif host.endswith(":"):
-        raise ReferenceError(f"empty port in registry {host!r} of reference {text!r}")
+        raise InvalidReferenceError(f"empty port in registry {host!r} of reference {text!r}")
     if name.startswith("["):
         if not name.endswith("]"):
-            raise ReferenceError(f"unclosed '[' in registry {host!r} of reference {text!r}")
+            raise InvalidReferenceError(f"unclosed '[' in registry {host!r} of reference {text!r}")
         try:
             ipaddress.IPv6Address(name[1:-1])
         except ValueError:
-            raise ReferenceError(f"invalid IPv6 address {name!r} in reference {text!r}") from None
+            raise InvalidReferenceError(f"invalid IPv6 address {name!r} in reference {text!r}") from None
         return
     if ":" in name:
-        raise ReferenceError(
+        raise InvalidReferenceError(
             f"invalid registry {host!r} in reference {text!r}",
             hint="write an IPv6 registry address in brackets, e.g. [::1]:5000",
         )
     if not _HOSTNAME_RE.match(name) or len(name) > 253:
-        raise ReferenceError(
+        raise InvalidReferenceError(
             f"invalid registry host name {name!r} in reference {text!r}: use letters, digits, '-' and '.'"
         )
 
@@ -145,13 +145,13 @@ def _strip_scheme(text: str) -> str:
         return text[len("oci://") :]
     if "://" in text:
         scheme = text.split("://", 1)[0]
-        raise ReferenceError(f"unsupported scheme {scheme!r} in OCI reference {text!r}: use oci:// or no scheme")
+        raise InvalidReferenceError(f"unsupported scheme {scheme!r} in OCI reference {text!r}: use oci:// or no scheme")
     return text
 
 
 def _split_registry(name: str, text: str) -> tuple[str, str]:
     if not name:
-        raise ReferenceError(f"empty repository name in reference {text!r}")
+        raise InvalidReferenceError(f"empty repository name in reference {text!r}")
     first, sep, rest = name.partition("/")
     if sep and _looks_like_host(first):
         registry, repository = first, rest
@@ -161,32 +161,32 @@ def _split_registry(name: str, text: str) -> tuple[str, str]:
     if registry in _DOCKER_HUB_ALIASES and "/" not in repository:
         repository = f"library/{repository}"
     if not repository:
-        raise ReferenceError(f"missing repository after registry {registry!r} in reference {text!r}")
+        raise InvalidReferenceError(f"missing repository after registry {registry!r} in reference {text!r}")
     for component in repository.split("/"):
         if not component:
-            raise ReferenceError(f"empty path component in repository {repository!r} of reference {text!r}")
+            raise InvalidReferenceError(f"empty path component in repository {repository!r} of reference {text!r}")
         if not _PATH_COMPONENT_RE.match(component):
-            raise ReferenceError(
+            raise InvalidReferenceError(
                 f"invalid repository path component {component!r} in reference {text!r}",
                 hint="repository names use lowercase letters, digits and single '.', '_', '__' or '-' separators",
             )
     if len(registry) + 1 + len(repository) > _MAX_NAME_LENGTH:
-        raise ReferenceError(f"repository name in reference {text!r} is longer than {_MAX_NAME_LENGTH} characters")
+        raise InvalidReferenceError(f"repository name in reference {text!r} is longer than {_MAX_NAME_LENGTH} characters")
     return registry, repository
 
 
 def parse_repository(text: str) -> Repository:
     """Parse ``[oci://]host[:port]/path`` (no tag, no digest), as in ``distribution.registry``."""
     if not isinstance(text, str) or not text.strip():
-        raise ReferenceError("empty registry repository: write e.g. ghcr.io/myorg/my-tool")
+        raise InvalidReferenceError("empty registry repository: write e.g. ghcr.io/myorg/my-tool")
     body = _strip_scheme(text.strip())
     if "@" in body:
-        raise ReferenceError(
+        raise InvalidReferenceError(
             f"{text!r} names a digest; distribution.registry is a repository such as ghcr.io/myorg/my-tool"
         )
     last = body.rsplit("/", 1)[-1]
     if ":" in last and "/" in body:
-        raise ReferenceError(
+        raise InvalidReferenceError(
             f"{text!r} includes a tag; give the repository only and list tags under distribution.tags"
         )
     registry, repository = _split_registry(body, text)
@@ -254,11 +254,11 @@ class Reference:
 def _check_digest(digest: str, text: str) -> None:
     algorithm, sep, hexpart = digest.partition(":")
     if not sep:
-        raise ReferenceError(f"invalid digest {digest!r} in reference {text!r}: expected sha256:<64 hex digits>")
+        raise InvalidReferenceError(f"invalid digest {digest!r} in reference {text!r}: expected sha256:<64 hex digits>")
     if algorithm != "sha256":
-        raise ReferenceError(f"unsupported digest algorithm {algorithm!r} in reference {text!r}: only sha256 is supported")
+        raise InvalidReferenceError(f"unsupported digest algorithm {algorithm!r} in reference {text!r}: only sha256 is supported")
     if not _HEX64_RE.match(hexpart):
-        raise ReferenceError(
+        raise InvalidReferenceError(
             f"invalid sha256 digest in reference {text!r}: expected 64 lowercase hex digits, got {len(hexpart)}"
             + (" characters" if hexpart and not re.fullmatch(r"[0-9a-fA-F]*", hexpart) else "")
         )
@@ -267,11 +267,11 @@ def _check_digest(digest: str, text: str) -> None:
 def parse_reference(text: str) -> Reference:
     """Parse ``[oci://]host[:port]/repository[:tag][@sha256:<hex>]`` (Docker Hub rules apply)."""
     if not isinstance(text, str) or not text.strip():
-        raise ReferenceError("empty reference: write e.g. oci://ghcr.io/org/tool:1.0")
+        raise InvalidReferenceError("empty reference: write e.g. oci://ghcr.io/org/tool:1.0")
     original = text
     body = _strip_scheme(text.strip())
     if any(c.isspace() for c in body):
-        raise ReferenceError(f"reference {original!r} contains white space")
+        raise InvalidReferenceError(f"reference {original!r} contains white space")
     digest: str | None = None
     if "@" in body:
         body, digest = body.split("@", 1)
@@ -282,7 +282,7 @@ def parse_reference(text: str) -> Reference:
     if colon > slash:
         body, tag = body[:colon], body[colon + 1 :]
         if not _TAG_RE.match(tag):
-            raise ReferenceError(
+            raise InvalidReferenceError(
                 f"invalid tag {tag!r} in reference {original!r}",
                 hint="tags are up to 128 letters, digits, '_', '.' or '-', not starting with '.' or '-'",
             )
@@ -325,9 +325,9 @@ class NameRef:
 def _classify_http(text: str) -> HttpsRef:
     parts = urlsplit(text)
     if not parts.hostname:
-        raise ReferenceError(f"missing host in URL {text!r}")
+        raise InvalidReferenceError(f"missing host in URL {text!r}")
     if parts.scheme == "http" and not is_loopback(parts.netloc.rsplit("@", 1)[-1]):
-        raise ReferenceError(
+        raise InvalidReferenceError(
             f"refusing plain HTTP for {text!r}: only loopback hosts may use http://",
             hint="use https://, or pass --insecure if you really trust this network",
         )
@@ -335,28 +335,28 @@ def _classify_http(text: str) -> HttpsRef:
     if parts.fragment:
         key, sep, value = parts.fragment.partition("=")
         if key != "sha256" or not sep:
-            raise ReferenceError(f"unsupported fragment {parts.fragment!r} in {text!r}: use #sha256=<64 hex digits>")
+            raise InvalidReferenceError(f"unsupported fragment {parts.fragment!r} in {text!r}: use #sha256=<64 hex digits>")
         value = value.lower()
         if not _HEX64_RE.match(value):
-            raise ReferenceError(f"invalid #sha256= pin in {text!r}: expected 64 hex digits")
+            raise InvalidReferenceError(f"invalid #sha256= pin in {text!r}: expected 64 hex digits")
         pin = value
     url = text.split("#", 1)[0]
     return HttpsRef(url, pin)
 
 
 def classify(text: str, *, cwd: Path | None = None) -> OciRef | FileRef | HttpsRef | NameRef:
-    """Tell what kind of reference ``text`` is; raise ReferenceError when it is none.
+    """Tell what kind of reference ``text`` is; raise InvalidReferenceError when it is none.
 
     Without a scheme: an existing path, or anything that looks like one (``/``, ``./``,
     ``../``, ``~``, a ``.wasm``/``.tar``/``.yaml`` suffix), is a file; a plain name such as
     ``weather-tool`` is a cache name; anything else is parsed as an OCI reference.
     """
     if not isinstance(text, str) or not text.strip():
-        raise ReferenceError("empty reference")
+        raise InvalidReferenceError("empty reference")
     try:
         return _classify(text.strip(), cwd)
     except (ValueError, RuntimeError) as exc:  # a broken [IPv6] URL, a NUL byte, ~unknown-user
-        raise ReferenceError(f"invalid reference {text!r}: {exc}") from None
+        raise InvalidReferenceError(f"invalid reference {text!r}: {exc}") from None
 
 
 def _classify(text: str, cwd: Path | None) -> OciRef | FileRef | HttpsRef | NameRef:
@@ -366,14 +366,14 @@ def _classify(text: str, cwd: Path | None) -> OciRef | FileRef | HttpsRef | Name
     if lower.startswith("file://"):
         parts = urlsplit(text)
         if parts.netloc not in ("", "localhost"):
-            raise ReferenceError(f"file:// reference {text!r} names host {parts.netloc!r}; only local files work")
+            raise InvalidReferenceError(f"file:// reference {text!r} names host {parts.netloc!r}; only local files work")
         if not parts.path:
-            raise ReferenceError(f"file:// reference {text!r} has no path")
+            raise InvalidReferenceError(f"file:// reference {text!r} has no path")
         return FileRef(Path(unquote(parts.path)))
     if lower.startswith(("https://", "http://")):
         return _classify_http(text)
     if "://" in text:
-        raise ReferenceError(
+        raise InvalidReferenceError(
             f"unsupported scheme {text.split('://', 1)[0]!r} in {text!r}: use oci://, file://, https:// or a path"
         )
     base = cwd or Path.cwd()

@@ -55,7 +55,7 @@ from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import urlencode, urljoin, urlsplit
 
 from hatch_mcpkit.bundle import MANIFEST_MEDIA_TYPE, Descriptor, Manifest
-from hatch_mcpkit.errors import AuthError, IntegrityError, ReferenceError, RegistryError
+from hatch_mcpkit.errors import AuthError, IntegrityError, InvalidReferenceError, RegistryError
 from hatch_mcpkit.reference import (
     DOCKER_HUB_API,
     Reference,
@@ -729,8 +729,8 @@ class RegistryClient:
         for tag in tags:
             try:
                 parse_reference(f"{self.host}/{repository}:{tag}")
-            except ReferenceError as exc:
-                raise ReferenceError(f"invalid tag {tag!r} for {self._where(repository)}") from exc
+            except InvalidReferenceError as exc:
+                raise InvalidReferenceError(f"invalid tag {tag!r} for {self._where(repository)}") from exc
         manifest = layout.manifest
         for desc in manifest.blobs:
             if self.blob_exists(repository, desc, push=True):

@@ -25,7 +25,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hatch_mcpkit.errors import McpkitError, ReferenceError, SandboxError, ToolCallError
+from hatch_mcpkit.errors import InvalidReferenceError, McpkitError, ToolCallError, UsageError
 
 if TYPE_CHECKING:
     from mcp.server.lowlevel import Server
@@ -146,7 +146,7 @@ def _local_target(path: Path) -> _Target | None:
     if path.is_dir():
         if (path / "config.yaml").is_file():
             return _Target(path, path / "module.wasm", path / "config.yaml", str(path))
-        raise ReferenceError(f"{path} is not a bundle directory: it has no config.yaml",
+        raise InvalidReferenceError(f"{path} is not a bundle directory: it has no config.yaml",
                              hint="a bundle directory holds module.wasm and config.yaml")
     if not path.is_file():
         return None
@@ -162,7 +162,7 @@ def _local_target(path: Path) -> _Target | None:
         with BundleLayout.open(path) as layout:
             layout.extract_files(dest)
         return _Target(dest, dest / "module.wasm", dest / "config.yaml", str(path), [tmp])
-    raise ReferenceError(f"{path}: not a bundle (expected a directory, config.yaml, module.wasm or .mcpkit.tar)")
+    raise InvalidReferenceError(f"{path}: not a bundle (expected a directory, config.yaml, module.wasm or .mcpkit.tar)")
 
 
 def _looks_local(text: str) -> bool:
@@ -182,7 +182,7 @@ def _resolve(args: argparse.Namespace) -> _Target:
         if args.config:
             cfg = Path(args.config).expanduser()
             if not cfg.is_file():
-                raise ReferenceError(f"--config {cfg}: no such file",
+                raise InvalidReferenceError(f"--config {cfg}: no such file",
                                      hint="give the path of a config.yaml with module.wasm beside it")
             return _Target(cfg.parent, cfg.parent / "module.wasm", cfg, str(cfg))
         if args.from_bundle:
@@ -191,10 +191,10 @@ def _resolve(args: argparse.Namespace) -> _Target:
         if args.path:
             target = _local_target(Path(args.path))
             if target is None:
-                raise ReferenceError(f"{args.path}: no such file or directory",
+                raise InvalidReferenceError(f"{args.path}: no such file or directory",
                                      hint="to serve a cached bundle by name use --from-bundle NAME")
             return target
-        raise SandboxError("nothing to serve", hint="use --from-bundle NAME, --config PATH/config.yaml or a PATH")
+        raise UsageError("nothing to serve", hint="use --from-bundle NAME, --config PATH/config.yaml or a PATH")
 
     ref: str = args.reference
     if ref.startswith("file://"):
@@ -202,14 +202,14 @@ def _resolve(args: argparse.Namespace) -> _Target:
 
         target = _local_target(Path(unquote(urlsplit(ref).path)))
         if target is None:
-            raise ReferenceError(f"{ref}: no such file or directory")
+            raise InvalidReferenceError(f"{ref}: no such file or directory")
         return target
     if _looks_local(ref) or Path(ref).exists():
         target = _local_target(Path(ref))
         if target is not None:
             return target
         if _looks_local(ref):
-            raise ReferenceError(f"{ref}: no such file or directory")
+            raise InvalidReferenceError(f"{ref}: no such file or directory")
     from hatch_mcpkit.cache import PullOptions
     from hatch_mcpkit.errors import BundleNotFoundError
 
@@ -234,7 +234,7 @@ def open_runtime(args: argparse.Namespace) -> Iterator[Runtime]:
     target = _resolve(args)
     try:
         if not target.module.is_file():
-            raise ReferenceError(f"{target.label}: {target.module} is missing",
+            raise InvalidReferenceError(f"{target.label}: {target.module} is missing",
                                  hint="a bundle needs module.wasm beside config.yaml")
         config = load_config(target.config)
         grants = [parse_allow_dir(spec) for spec in args.allow_dir]

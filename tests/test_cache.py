@@ -29,7 +29,7 @@ from hatch_mcpkit.errors import (
     CacheError,
     ConfigError,
     IntegrityError,
-    ReferenceError,
+    InvalidReferenceError,
 )
 
 # A minimal valid WASI-style command module: no imports, exports `_start`.
@@ -523,7 +523,7 @@ def test_https_archive_with_unsafe_members_is_refused(home: Path, web: tuple[str
 
 
 def test_plain_http_is_only_for_loopback(home: Path) -> None:
-    with pytest.raises(ReferenceError, match="loopback"):
+    with pytest.raises(InvalidReferenceError, match="loopback"):
         BundleCache().pull("http://example.com/bundle.tar.gz")
 
 

@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hatch_mcpkit.errors import ConfigError, ReferenceError
+from hatch_mcpkit.errors import ConfigError, InvalidReferenceError
 from hatch_mcpkit.reference import classify, parse_reference, parse_repository
 
 json_scalars = (st.none() | st.booleans() | st.integers(min_value=-(2**70), max_value=2**70)
@@ -229,7 +229,7 @@ def test_reference_parsing_only_ever_raises_reference_error(text: str) -> None:
     for parse in (parse_reference, parse_repository):
         try:
             parsed = parse(text)
-        except ReferenceError as exc:
+        except InvalidReferenceError as exc:
             assert str(exc), "the message says what is wrong"
             continue
         registry = parsed.registry
@@ -248,7 +248,7 @@ def test_reference_parsing_only_ever_raises_reference_error(text: str) -> None:
 def test_classify_only_ever_raises_reference_error(text: str) -> None:
     try:
         classify(text, cwd=Path("/nonexistent-mcpkit-cwd"))
-    except ReferenceError as exc:
+    except InvalidReferenceError as exc:
         assert str(exc)
 
 
@@ -265,7 +265,7 @@ def test_classify_only_ever_raises_reference_error(text: str) -> None:
     ],
 )
 def test_hostile_registry_hosts_and_references_are_refused(text: str) -> None:
-    with pytest.raises(ReferenceError) as info:
+    with pytest.raises(InvalidReferenceError) as info:
         parse_reference(text)
     assert "reference" in str(info.value) or "registry" in str(info.value)
 

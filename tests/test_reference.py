@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from hatch_mcpkit.errors import ReferenceError
+from hatch_mcpkit.errors import InvalidReferenceError
 from hatch_mcpkit.reference import (
     FileRef,
     HttpsRef,
@@ -84,7 +84,7 @@ BAD = [
 
 @pytest.mark.parametrize(("text", "message"), BAD)
 def test_parse_bad(text: str, message: str) -> None:
-    with pytest.raises(ReferenceError) as info:
+    with pytest.raises(InvalidReferenceError) as info:
         parse_reference(text)
     assert message in str(info.value)
     if text:
@@ -103,7 +103,7 @@ def test_cache_parts() -> None:
 def test_with_digest() -> None:
     ref = parse_reference("ghcr.io/org/tool:1.0").with_digest(f"sha256:{HEX}")
     assert str(ref) == f"ghcr.io/org/tool:1.0@sha256:{HEX}"
-    with pytest.raises(ReferenceError):
+    with pytest.raises(InvalidReferenceError):
         ref.with_digest("sha256:nothex")
 
 
@@ -132,7 +132,7 @@ def test_parse_repository(text: str, registry: str, repository: str) -> None:
     ],
 )
 def test_parse_repository_bad(text: str, message: str) -> None:
-    with pytest.raises(ReferenceError, match=message):
+    with pytest.raises(InvalidReferenceError, match=message):
         parse_repository(text)
 
 
@@ -179,5 +179,5 @@ def test_classify(tmp_path: Path) -> None:
     ],
 )
 def test_classify_bad(text: str, message: str) -> None:
-    with pytest.raises(ReferenceError, match=message):
+    with pytest.raises(InvalidReferenceError, match=message):
         classify(text)

@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 from hatch_mcpkit.cache import BundleCache
-from hatch_mcpkit.errors import AuthError, McpkitError, ReferenceError, RegistryError
+from hatch_mcpkit.errors import AuthError, InvalidReferenceError, McpkitError, RegistryError
 from hatch_mcpkit.registry import RegistryClient
 from tests.faultproxy import (
     Fault,
@@ -196,7 +196,7 @@ def test_plain_http_registry_client_is_refused_before_connecting(loopback_only: 
 def test_plain_http_archive_is_refused_before_connecting(url: str, loopback_only: list[str], tmp_path: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MCPKIT_HOME", str(tmp_path / "home"))
-    with pytest.raises(ReferenceError, match="loopback") as info:
+    with pytest.raises(InvalidReferenceError, match="loopback") as info:
         BundleCache().pull(url)
     assert "https" in str(info.value)
     assert loopback_only == []
