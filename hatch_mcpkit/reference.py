@@ -29,6 +29,7 @@ from hatch_mcpkit.errors import InvalidReferenceError
 
 __all__ = [
     "DOCKER_HUB",
+    "DOCKER_HUB_ALIASES",
     "DOCKER_HUB_API",
     "FileRef",
     "HttpsRef",
@@ -45,7 +46,7 @@ __all__ = [
 
 DOCKER_HUB = "docker.io"
 DOCKER_HUB_API = "registry-1.docker.io"
-_DOCKER_HUB_ALIASES = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io"})
+DOCKER_HUB_ALIASES = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io"})  # the one table
 
 _LABEL = r"(?:[A-Za-z0-9]|[A-Za-z0-9][A-Za-z0-9-]*[A-Za-z0-9])"
 _HOSTNAME_RE = re.compile(rf"^{_LABEL}(?:\.{_LABEL})*$")
@@ -134,7 +135,7 @@ class Repository:
 
     @property
     def api_host(self) -> str:
-        return DOCKER_HUB_API if self.registry in _DOCKER_HUB_ALIASES else self.registry
+        return DOCKER_HUB_API if self.registry in DOCKER_HUB_ALIASES else self.registry
 
     def __str__(self) -> str:
         return f"{self.registry}/{self.repository}"
@@ -158,7 +159,7 @@ def _split_registry(name: str, text: str) -> tuple[str, str]:
         _check_host(registry, text)
     else:
         registry, repository = DOCKER_HUB, name
-    if registry in _DOCKER_HUB_ALIASES and "/" not in repository:
+    if registry in DOCKER_HUB_ALIASES and "/" not in repository:
         repository = f"library/{repository}"
     if not repository:
         raise InvalidReferenceError(f"missing repository after registry {registry!r} in reference {text!r}")
@@ -211,7 +212,7 @@ class Reference:
 
     @property
     def api_host(self) -> str:
-        return DOCKER_HUB_API if self.registry in _DOCKER_HUB_ALIASES else self.registry
+        return DOCKER_HUB_API if self.registry in DOCKER_HUB_ALIASES else self.registry
 
     @property
     def repo(self) -> Repository:
