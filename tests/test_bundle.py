@@ -15,51 +15,31 @@ from hatch_mcpkit.bundle import (
     CONFIG_YAML_MEDIA_TYPE,
     TITLE_ANNOTATION,
     WASM_MEDIA_TYPE,
+    BuiltBundle,
     BundleLayout,
     Manifest,
-    build_bundle,
 )
-from hatch_mcpkit.config import load_config
 from hatch_mcpkit.errors import BundleError, IntegrityError
 
 from ._support import need
+from .builders import DEMO_FILES, EPOCH, build_archive, config_yaml, make_project, tiny_module
 
-CONFIG = """\
-version: "1.0"
-server: {name: demo-tool, version: 2.1.0, description: A demo}
-mcp:
-  tools:
-    - {name: echo, input_schema: {type: object}}
-    - {name: add, input_schema: {type: object}}
-distribution:
-  registry: localhost:5000/demo/demo-tool
-  metadata:
-    authors: [Alice <a@example.com>, Bob]
-    license: MIT
-    repository: https://example.com/demo
-    keywords: [demo, test]
-  include: [README.md, data]
-  auth: {username: "${DEMO_USER}", password: "${DEMO_TOKEN}"}
-"""
-MODULE = b"\0asm\x01\0\0\0" + bytes(range(256)) * 8
+MODULE = tiny_module(bytes(range(256)) * 8)
 
 
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
-    root = tmp_path / "proj"
-    (root / "data" / "nested").mkdir(parents=True)
-    (root / "config.yaml").write_text(CONFIG)
-    (root / "README.md").write_text("# demo\n")
-    (root / "data" / "a.json").write_text('{"a": 1}\n')
-    (root / "data" / "nested" / "b.txt").write_text("b\n")
-    (root / "module.wasm").write_bytes(MODULE)
-    return root
+    config = config_yaml(
+        "demo-tool", "2.1.0", description="A demo", tools=("echo", "add"),
+        registry="localhost:5000/demo/demo-tool", include=("README.md", "data"),
+        metadata={"authors": ["Alice <a@example.com>", "Bob"], "license": "MIT",
+                  "repository": "https://example.com/demo", "keywords": ["demo", "test"]},
+        auth=("${DEMO_USER}", "${DEMO_TOKEN}"))
+    return make_project(tmp_path / "proj", config=config, module=MODULE, files={"README.md": "# demo\n", **DEMO_FILES})
 
 
-def build(root: Path, out: Path, epoch: int | None = 1700000000):
-    return build_bundle(
-        load_config(root / "config.yaml", {}), root / "module.wasm", out, source_date_epoch=epoch
-    )
+def build(root: Path, out: Path, epoch: int | None = EPOCH) -> BuiltBundle:
+    return build_archive(root, out, epoch=epoch)
 
 
 def test_layout_matches_the_contract(project: Path, tmp_path: Path) -> None:

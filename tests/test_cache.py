@@ -31,75 +31,27 @@ from hatch_mcpkit.errors import (
     IntegrityError,
     InvalidReferenceError,
 )
-
-# A minimal valid WASI-style command module: no imports, exports `_start`.
-TINY_WASM = (
-    b"\0asm\x01\0\0\0"
-    + bytes.fromhex("010401600000")  # type section: () -> ()
-    + bytes.fromhex("03020100")  # function section
-    + b"\x07\x0a\x01\x06_start\x00\x00"  # export "_start"
-    + bytes.fromhex("0a040102000b")  # code: empty body
+from tests.builders import (
+    DEMO_SECRET,
+    build_layout,
+    bundle_files,
+    demo_environ,
+    listing,
+    make_demo_project,
+    snapshot,
 )
-SECRET = "s3cr3t-token-never-stored"
-
-CONFIG = """\
-version: "1.0"
-server: {{name: {name}, version: {version}, description: A demo tool}}
-mcp:
-  tools:
-    - {{name: echo, input_schema: {{type: object}}}}
-    - {{name: add, input_schema: {{type: object}}}}
-policy:
-  storage:
-    allow:
-      - {{uri: "fs://${{MCPKIT_TEST_UNSET_DIR}}", guest: /notes, access: [read]}}
-      - {{uri: "bundle:data", guest: /data}}
-distribution:
-  registry: 127.0.0.1:5000/demo/{name}
-  include: [README.md, data]
-  auth: {{username: demo, password: "${{MCPKIT_TEST_TOKEN}}"}}
-"""
-
-
-def write_project(root: Path, *, name: str = "demo-tool", version: str = "1.0.0", marker: bytes = b"") -> Path:
-    """module.wasm + config.yaml + README.md + data/ under ``root``; ``marker`` changes the module bytes."""
-    (root / "data" / "nested").mkdir(parents=True, exist_ok=True)
-    (root / "config.yaml").write_text(CONFIG.format(name=name, version=version))
-    (root / "README.md").write_text(f"# {name}\n")
-    (root / "data" / "a.json").write_text('{"a": 1}\n')
-    (root / "data" / "nested" / "b.txt").write_text("b\n")
-    # a custom section carries the marker, so the module stays valid
-    custom = b"\x00" + bytes([len(marker) + 2]) + b"\x01m" + marker if marker else b""
-    (root / "module.wasm").write_bytes(TINY_WASM + custom)
-    return root
-
-
-def build(root: Path, out: Path) -> BundleLayout:
-    config = load_config(root / "config.yaml", {"MCPKIT_TEST_UNSET_DIR": "/tmp", "MCPKIT_TEST_TOKEN": SECRET})
-    built = build_bundle(config, root / "module.wasm", out, source_date_epoch=1_700_000_000)
-    return BundleLayout.open(built.path)
-
-
-def bundle_files(root: Path) -> dict[str, bytes]:
-    """Relative path -> bytes of every file the bundle ships."""
-    names = ["module.wasm", "config.yaml", "README.md", "data/a.json", "data/nested/b.txt"]
-    return {n: (root / n).read_bytes() for n in names}
-
-
-def tree(path: Path) -> list[str]:
-    return sorted(p.relative_to(path).as_posix() for p in path.rglob("*")) if path.exists() else []
 
 
 def assert_no_secret(home: Path) -> None:
     for p in home.rglob("*"):
         if p.is_file():
-            assert SECRET.encode() not in p.read_bytes(), p
+            assert DEMO_SECRET.encode() not in p.read_bytes(), p
 
 
 @pytest.fixture
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.delenv("MCPKIT_TEST_UNSET_DIR", raising=False)
-    monkeypatch.setenv("MCPKIT_TEST_TOKEN", SECRET)
+    monkeypatch.setenv("MCPKIT_TEST_TOKEN", DEMO_SECRET)
     h = tmp_path / "mcpkit-home"
     monkeypatch.setenv("MCPKIT_HOME", str(h))
     return h
@@ -107,7 +59,7 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
-    return write_project(tmp_path / "proj")
+    return make_demo_project(tmp_path / "proj")
 
 
 def push(registry, layout: BundleLayout, repository: str, *tags: str) -> str:  # type: ignore[no-untyped-def]
@@ -256,13 +208,13 @@ def test_file_pull_installs_lookup_and_remove(home: Path, project: Path) -> None
     assert cache.entries() == []
     with pytest.raises(BundleNotFoundError, match="mcpkit bundle pull"):
         cache.find("demo-tool")
-    assert tree(home / "cache" / "downloads") == []
+    assert listing(home / "cache" / "downloads") == []
 
 
 def test_changed_local_module_replaces_its_entry(home: Path, project: Path) -> None:
     cache = BundleCache()
     first = cache.pull(str(project))  # a directory with module.wasm + config.yaml
-    write_project(project, marker=b"v2")
+    make_demo_project(project, marker=b"v2")
     second = cache.pull(str(project))
     assert second.changed and second.digest != first.digest
     assert not first.path.exists(), "the old content of the same reference is gone"
@@ -270,7 +222,7 @@ def test_changed_local_module_replaces_its_entry(home: Path, project: Path) -> N
 
 
 def test_mcpkit_tar_archive_pull_keeps_the_build_digest(home: Path, project: Path, tmp_path: Path) -> None:
-    with build(project, tmp_path / "dist") as layout:
+    with build_layout(project, tmp_path / "dist", demo_environ()) as layout:
         digest = layout.manifest.digest
         archive = layout.source
     result = BundleCache().pull(str(archive))
@@ -280,8 +232,8 @@ def test_mcpkit_tar_archive_pull_keeps_the_build_digest(home: Path, project: Pat
 
 def test_ambiguous_name_lists_candidates_and_name_tag_resolves(home: Path, tmp_path: Path) -> None:
     cache = BundleCache()
-    a = cache.pull(str(write_project(tmp_path / "a")))
-    b = cache.pull(str(write_project(tmp_path / "b", marker=b"other")))
+    a = cache.pull(str(make_demo_project(tmp_path / "a")))
+    b = cache.pull(str(make_demo_project(tmp_path / "b", marker=b"other")))
     with pytest.raises(CacheError, match="matches 2 cached bundles") as err:
         cache.find("demo-tool")
     assert a.entry.reference in str(err.value) and b.entry.reference in str(err.value)
@@ -313,7 +265,7 @@ def test_offline_uses_only_the_cache(home: Path) -> None:
 
 @pytest.mark.registry
 def test_oci_round_trip(home: Path, project: Path, tmp_path: Path, registry, repo_name: str) -> None:  # type: ignore[no-untyped-def]
-    with build(project, tmp_path / "dist") as layout:
+    with build_layout(project, tmp_path / "dist", demo_environ()) as layout:
         digest = push(registry, layout, repo_name, "v1")
         assert digest == layout.manifest.digest
         layers = [(d.title, d.digest, d.size) for d in layout.manifest.layers]
@@ -334,7 +286,7 @@ def test_oci_round_trip(home: Path, project: Path, tmp_path: Path, registry, rep
     assert row["reference"] == meta["reference"] and row["digest"] == digest
     assert row["pulled_at"].endswith("Z")
     assert_no_secret(home)
-    assert tree(home / "cache" / "downloads") == []
+    assert listing(home / "cache" / "downloads") == []
 
     # by digest: its own entry, named sha256-<hex>
     by_digest = cache.pull(f"{registry.host}/{repo_name}@{digest}")
@@ -358,7 +310,7 @@ def test_oci_round_trip_with_the_example_crate(home: Path, tmp_path: Path, examp
     assert result.digest == built.digest
     for rel in ("module.wasm", "config.yaml", "README.md"):
         assert (result.path / rel).read_bytes() == (example_bundle_dir / rel).read_bytes()
-    assert tree(result.path / "data") == tree(example_bundle_dir / "data")
+    assert listing(result.path / "data") == listing(example_bundle_dir / "data")
     meta = json.loads((result.path / "metadata.json").read_bytes())
     try:
         import wasmtime  # noqa: F401
@@ -372,7 +324,7 @@ def test_oci_round_trip_with_the_example_crate(home: Path, tmp_path: Path, examp
 @pytest.mark.registry
 def test_repull_of_unchanged_tag_fetches_only_the_manifest(home: Path, project: Path, tmp_path: Path, registry,
                                                           counting_proxy: CountingProxy, repo_name: str) -> None:  # type: ignore[no-untyped-def]
-    with build(project, tmp_path / "dist") as layout:
+    with build_layout(project, tmp_path / "dist", demo_environ()) as layout:
         push(registry, layout, repo_name, "v1")
         blob_count = len(layout.manifest.blobs)
     ref = f"oci://{counting_proxy.host}/{repo_name}:v1"
@@ -390,15 +342,15 @@ def test_repull_of_unchanged_tag_fetches_only_the_manifest(home: Path, project: 
 @pytest.mark.registry
 def test_tampered_blob_fails_and_keeps_the_previous_entry(home: Path, tmp_path: Path, registry,
                                                           repo_name: str) -> None:  # type: ignore[no-untyped-def]
-    good = write_project(tmp_path / "good")
-    with build(good, tmp_path / "dist-good") as layout:
+    good = make_demo_project(tmp_path / "good")
+    with build_layout(good, tmp_path / "dist-good", demo_environ()) as layout:
         push(registry, layout, repo_name, "v1")
     cache = BundleCache()
     before = cache.pull(registry.ref(repo_name, "v1"))
-    snapshot = {rel: (before.path / rel).read_bytes() for rel in tree(before.path) if (before.path / rel).is_file()}
+    kept = snapshot(before.path)
 
-    newer = write_project(tmp_path / "newer", marker=b"newer")
-    with build(newer, tmp_path / "dist-newer") as layout:
+    newer = make_demo_project(tmp_path / "newer", marker=b"newer")
+    with build_layout(newer, tmp_path / "dist-newer", demo_environ()) as layout:
         push(registry, layout, repo_name, "v1")
         module = layout.manifest.module_layer
     blob = registry.blob_data_path(module.digest)
@@ -409,17 +361,16 @@ def test_tampered_blob_fails_and_keeps_the_previous_entry(home: Path, tmp_path: 
     with pytest.raises(IntegrityError) as err:
         cache.pull(registry.ref(repo_name, "v1"))
     assert module.digest in str(err.value)
-    after = {rel: (before.path / rel).read_bytes() for rel in tree(before.path) if (before.path / rel).is_file()}
-    assert after == snapshot, "the previous good copy is untouched"
+    assert snapshot(before.path) == kept, "the previous good copy is untouched"
     assert sorted(p.name for p in before.path.parent.iterdir()) == ["v1"], "no partial entry beside it"
-    assert tree(home / "cache" / "downloads") == []
+    assert listing(home / "cache" / "downloads") == []
     assert [e.digest for e in cache.entries()] == [before.digest]
 
 
 @pytest.mark.registry
 def test_concurrent_pulls_of_the_same_reference(home: Path, project: Path, tmp_path: Path, registry,
                                                 repo_name: str) -> None:  # type: ignore[no-untyped-def]
-    with build(project, tmp_path / "dist") as layout:
+    with build_layout(project, tmp_path / "dist", demo_environ()) as layout:
         digest = push(registry, layout, repo_name, "v1")
     go = tmp_path / "go"
     code = (
@@ -445,7 +396,7 @@ def test_concurrent_pulls_of_the_same_reference(home: Path, project: Path, tmp_p
     assert entry.digest == digest
     assert bundle_files(entry.path) == bundle_files(project)
     assert json.loads((entry.path / "metadata.json").read_bytes())["digest"] == digest
-    assert tree(home / "cache" / "downloads") == []
+    assert listing(home / "cache" / "downloads") == []
     assert sorted(p.name for p in entry.path.parent.iterdir()) == ["v1"]
 
 
@@ -455,7 +406,7 @@ def test_layer_digests_must_match_the_bundle_config(home: Path, project: Path, t
     """A manifest whose config blob lists other layers is refused before anything is installed."""
     from hatch_mcpkit.bundle import BUNDLE_CONFIG_MEDIA_TYPE, MANIFEST_MEDIA_TYPE, Descriptor
 
-    with build(project, tmp_path / "dist") as layout, registry.client() as client:
+    with build_layout(project, tmp_path / "dist", demo_environ()) as layout, registry.client() as client:
         push(registry, layout, repo_name, "v1")
         config = dict(layout.bundle_config)
         config["layerDigests"] = list(reversed(config["layerDigests"]))
@@ -470,7 +421,7 @@ def test_layer_digests_must_match_the_bundle_config(home: Path, project: Path, t
     with pytest.raises(BundleError, match="layerDigests"):
         BundleCache().pull(registry.ref(repo_name, "bad"))
     assert BundleCache().entries() == []
-    assert tree(home / "cache" / "downloads") == []
+    assert listing(home / "cache" / "downloads") == []
 
 
 # --------------------------------------------------------------------------- https:// (and http on loopback)
@@ -482,7 +433,7 @@ def test_https_archive_with_pin(home: Path, project: Path, web: tuple[str, Path]
     cache = BundleCache()
     with pytest.raises(IntegrityError, match="pins"):
         cache.pull(f"{base}/bundle.tar.gz#sha256={'0' * 64}")
-    assert cache.entries() == [] and tree(home / "cache" / "downloads") == []
+    assert cache.entries() == [] and listing(home / "cache" / "downloads") == []
 
     result = cache.pull(f"{base}/bundle.tar.gz#sha256={good}")
     assert result.changed
@@ -518,7 +469,7 @@ def test_https_archive_with_unsafe_members_is_refused(home: Path, web: tuple[str
     with pytest.raises(BundleError, match=r"unsafe path|not a regular file"):
         BundleCache().pull(f"{base}/evil.tar.gz")
     assert not (home / "cache" / "escape.txt").exists()
-    assert tree(home / "cache" / "downloads") == []
+    assert listing(home / "cache" / "downloads") == []
     assert BundleCache().entries() == []
 
 

@@ -16,15 +16,8 @@ from pathlib import Path
 import pytest
 
 from tests._support import need
-from tests.test_cache import (
-    SECRET,
-    CountingProxy,
-    build,
-    bundle_files,
-    run_counting_proxy,
-    tree,
-    write_project,
-)
+from tests.builders import DEMO_SECRET, build_layout, bundle_files, demo_environ, listing, make_demo_project
+from tests.test_cache import CountingProxy, run_counting_proxy
 
 PASSWORD = "testpass"  # the auth registry's password (tests/plugins/registry.py)
 
@@ -33,7 +26,7 @@ PASSWORD = "testpass"  # the auth registry's password (tests/plugins/registry.py
 def env(tmp_path: Path) -> dict[str, str]:
     e = {k: v for k, v in os.environ.items() if not k.startswith(("MCPKIT_", "DOCKER_CONFIG"))}
     e["MCPKIT_HOME"] = str(tmp_path / "home")
-    e["MCPKIT_TEST_TOKEN"] = SECRET
+    e["MCPKIT_TEST_TOKEN"] = DEMO_SECRET
     e["DOCKER_CONFIG"] = str(tmp_path / "no-docker-config")
     e["SOURCE_DATE_EPOCH"] = "1700000000"
     # publishing expands config.yaml with the publisher's environment (pulling does not need it)
@@ -55,7 +48,7 @@ def mcpkit(env: dict[str, str], *args: str, input: str | None = None, ok: bool =
     proc = subprocess.run([exe, *args], env=env, input=input, capture_output=True, text=True, timeout=120,
                           cwd=cwd)
     assert "Traceback" not in proc.stderr, proc.stderr
-    for secret in (SECRET, PASSWORD):
+    for secret in (DEMO_SECRET, PASSWORD):
         assert secret not in proc.stdout + proc.stderr
     if ok:
         assert proc.returncode == 0, proc.stderr
@@ -87,9 +80,9 @@ def test_version_and_help(env: dict[str, str]) -> None:
 @pytest.mark.registry
 def test_push_pull_list_inspect_rm(env: dict[str, str], tmp_path: Path, registry,  # type: ignore[no-untyped-def]
                                    repo_name: str, counting_proxy: CountingProxy) -> None:
-    project = write_project(tmp_path / "proj")
+    project = make_demo_project(tmp_path / "proj")
     configure(project, counting_proxy.host, repo_name)
-    with build(project, tmp_path / "expected") as layout:
+    with build_layout(project, tmp_path / "expected", demo_environ()) as layout:
         expected = layout.manifest.digest
         config_digest = layout.manifest.config.digest
 
@@ -117,9 +110,9 @@ def test_push_pull_list_inspect_rm(env: dict[str, str], tmp_path: Path, registry
     assert "up to date" in mcpkit(env, "pull", f"{ref}:v1").stdout
     assert "found in cache" in mcpkit(env, "pull", f"{ref}:v1", "--offline").stdout
 
-    listing = mcpkit(env, "list").stdout.splitlines()
-    assert listing[0].split() == ["NAME", "VERSION", "REFERENCE", "DIGEST", "SIZE", "PULLED"]
-    assert listing[1].split()[:4] == ["demo-tool", "1.0.0", f"{ref}:v1", expected.split(":")[1][:12]]
+    table = mcpkit(env, "list").stdout.splitlines()
+    assert table[0].split() == ["NAME", "VERSION", "REFERENCE", "DIGEST", "SIZE", "PULLED"]
+    assert table[1].split()[:4] == ["demo-tool", "1.0.0", f"{ref}:v1", expected.split(":")[1][:12]]
     rows = json.loads(mcpkit(env, "list", "--json").stdout)
     assert [(r["name"], r["digest"], r["path"]) for r in rows] == [("demo-tool", expected, str(path))]
 
@@ -141,8 +134,8 @@ def test_push_pull_list_inspect_rm(env: dict[str, str], tmp_path: Path, registry
 @pytest.mark.registry
 def test_push_archive_and_module_pair(env: dict[str, str], tmp_path: Path, registry,  # type: ignore[no-untyped-def]
                                       repo_name: str) -> None:
-    project = write_project(tmp_path / "proj")
-    with build(project, tmp_path / "dist") as layout:
+    project = make_demo_project(tmp_path / "proj")
+    with build_layout(project, tmp_path / "dist", demo_environ()) as layout:
         archive, digest = layout.source, layout.manifest.digest
     ref = f"oci://{registry.host}/{repo_name}"
     out = mcpkit(env, "push", str(archive), f"{ref}:a1").stdout.splitlines()
@@ -158,7 +151,7 @@ def test_push_archive_and_module_pair(env: dict[str, str], tmp_path: Path, regis
 @pytest.mark.registry
 def test_credentials_from_stdin_and_environment_never_printed(env: dict[str, str], tmp_path: Path,
                                                               auth_registry, repo_name: str) -> None:  # type: ignore[no-untyped-def]
-    project = write_project(tmp_path / "proj")
+    project = make_demo_project(tmp_path / "proj")
     ref = f"oci://{auth_registry.host}/{repo_name}:v1"
     denied = mcpkit(env, "push", str(project / "module.wasm"), ref, ok=False)
     assert denied.returncode != 0 and denied.stderr.startswith("mcpkit: error:")
@@ -177,7 +170,7 @@ def test_credentials_from_stdin_and_environment_never_printed(env: dict[str, str
     for p in Path(env["MCPKIT_HOME"]).rglob("*"):
         if p.is_file():
             data = p.read_bytes()
-            assert PASSWORD.encode() not in data and SECRET.encode() not in data, p
+            assert PASSWORD.encode() not in data and DEMO_SECRET.encode() not in data, p
 
 
 def test_user_errors_are_one_message_with_exit_codes(env: dict[str, str], tmp_path: Path) -> None:
@@ -266,5 +259,5 @@ def test_ctrl_c_exits_130_and_leaves_nothing(env: dict[str, str], slow_web: str)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, err
     assert "interrupted" in err and "Traceback" not in err
-    assert tree(downloads) == []
+    assert listing(downloads) == []
     assert not (home / "bundles" / "registry.json").exists()

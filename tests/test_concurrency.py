@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.faultproxy import check_cache_consistent, make_project, push_project
+from tests.builders import check_cache_consistent, make_project, push_project
 
 MCPKIT = [sys.executable, "-m", "hatch_mcpkit"]
 

@@ -25,16 +25,8 @@ from hatch_mcpkit.cache import BundleCache
 from hatch_mcpkit.errors import RegistryError
 from hatch_mcpkit.reference import parse_reference
 from hatch_mcpkit.registry import RegistryClient
-from tests.faultproxy import (
-    Fault,
-    FaultProxy,
-    build_layout,
-    check_cache_consistent,
-    listing,
-    make_project,
-    push_project,
-    snapshot,
-)
+from tests.builders import build_layout, check_cache_consistent, listing, make_project, push_project, snapshot
+from tests.faultproxy import Fault, FaultProxy
 from tests.plugins.registry import RunningRegistry, start_binary_registry
 
 pytestmark = pytest.mark.registry

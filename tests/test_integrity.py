@@ -22,15 +22,8 @@ import requests
 from hatch_mcpkit.bundle import MANIFEST_MEDIA_TYPE, TITLE_ANNOTATION
 from hatch_mcpkit.cache import BundleCache
 from hatch_mcpkit.errors import BundleError, IntegrityError, McpkitError, RegistryError
-from tests.faultproxy import (
-    Fault,
-    FaultProxy,
-    check_cache_consistent,
-    listing,
-    make_project,
-    push_project,
-    snapshot,
-)
+from tests.builders import TINY_WASM, check_cache_consistent, listing, make_project, push_project, snapshot
+from tests.faultproxy import Fault, FaultProxy
 
 # stands for an absolute path inside the test's own tmp_path (never a shared one like /tmp/x)
 ABS_PLACEHOLDER = "@ABSOLUTE-PATH@"
@@ -237,8 +230,6 @@ def web(tmp_path: Path) -> Iterator[tuple[str, Path]]:
 
 
 def _archive(path: Path, evil: list[tarfile.TarInfo], data: bytes = b"x") -> None:
-    from tests.faultproxy import TINY_WASM
-
     config = make_project(path.parent / "src").joinpath("config.yaml").read_bytes()
     with tarfile.open(path, "w:gz") as tar:
         for name, content in (("module.wasm", TINY_WASM), ("config.yaml", config)):

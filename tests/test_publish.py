@@ -6,34 +6,20 @@ from pathlib import Path
 
 import pytest
 
-from hatch_mcpkit.bundle import build_bundle
-from hatch_mcpkit.config import load_config
 from hatch_mcpkit.errors import BundleError, ConfigError
 from hatch_mcpkit.publish import find_archives, push_archive
 
+from .builders import build_archive, config_yaml, make_project, tiny_module
 from .plugins.registry import RunningRegistry
 
 pytestmark = pytest.mark.registry
 
-CONFIG = """\
-version: "1.0"
-server: {{name: notes-tool, version: 0.3.0}}
-mcp:
-  tools: [{{name: note, input_schema: {{type: object}}}}]
-policy:
-  storage: {{allow: [{{uri: "fs://${{NOTES_DIR}}", guest: /notes, access: [read, write]}}]}}
-distribution:
-  registry: {registry}
-  tags: [latest, "0.3"]
-  auth: {{username: "${{PUSH_USER}}", password: "${{PUSH_TOKEN}}"}}
-"""
-
-
 def make_archive(tmp_path: Path, registry: str) -> Path:
-    (tmp_path / "config.yaml").write_text(CONFIG.format(registry=registry))
-    (tmp_path / "module.wasm").write_bytes(b"\0asm\x01\0\0\0")
-    config = load_config(tmp_path / "config.yaml", {"NOTES_DIR": "/srv/notes"})
-    return build_bundle(config, tmp_path / "module.wasm", tmp_path / "dist").path
+    config = config_yaml("notes-tool", "0.3.0", description=None, tools=("note",),
+                         storage=['{uri: "fs://${NOTES_DIR}", guest: /notes, access: [read, write]}'],
+                         registry=registry, tags=("latest", "0.3"), auth=("${PUSH_USER}", "${PUSH_TOKEN}"))
+    make_project(tmp_path, config=config, module=tiny_module())
+    return build_archive(tmp_path, tmp_path / "dist", {"NOTES_DIR": "/srv/notes"}, epoch=None).path
 
 
 def test_push_uses_distribution_and_expands_auth_only_now(

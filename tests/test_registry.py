@@ -23,38 +23,23 @@ from hatch_mcpkit.bundle import (
     TITLE_ANNOTATION,
     WASM_MEDIA_TYPE,
     BundleLayout,
-    build_bundle,
 )
-from hatch_mcpkit.config import load_config
 from hatch_mcpkit.errors import AuthError, IntegrityError, RegistryError
 from hatch_mcpkit.reference import parse_reference
 from hatch_mcpkit.registry import RegistryClient
 
+from .builders import build_archive, config_yaml, make_project, tiny_module
 from .plugins.registry import RunningRegistry, free_port
 
 pytestmark = pytest.mark.registry
 
-CONFIG = """\
-version: "1.0"
-server: {name: reg-tool, version: 1.2.3, description: Registry test tool}
-mcp:
-  tools:
-    - {name: echo, input_schema: {type: object}}
-distribution:
-  registry: localhost:5000/test/reg-tool
-  include: [README.md]
-"""
-
-
 def make_bundle(root: Path, module: bytes | None = None) -> Path:
     """Build a real .mcpkit.tar (random module so blobs differ between tests)."""
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "config.yaml").write_text(CONFIG)
-    (root / "README.md").write_text("# reg-tool\n")
-    (root / "module.wasm").write_bytes(module if module is not None else b"\0asm\x01\0\0\0" + os.urandom(100_000))
-    built = build_bundle(load_config(root / "config.yaml", {}), root / "module.wasm", root / "dist",
-                         source_date_epoch=1700000000)
-    return built.path
+    config = config_yaml("reg-tool", "1.2.3", description="Registry test tool",
+                         registry="localhost:5000/test/reg-tool", include=("README.md",))
+    make_project(root, name="reg-tool", config=config, files={"README.md": "# reg-tool\n"},
+                 module=module if module is not None else tiny_module(os.urandom(100_000)))
+    return build_archive(root, root / "dist").path
 
 
 @pytest.fixture

@@ -27,12 +27,8 @@ import pytest
 from hatch_mcpkit.cache import BundleCache
 from hatch_mcpkit.errors import AuthError, InvalidReferenceError, McpkitError, RegistryError
 from hatch_mcpkit.registry import RegistryClient
-from tests.faultproxy import (
-    Fault,
-    FaultProxy,
-    build_layout,
-    make_project,
-)
+from tests.builders import build_layout, make_project, push_project
+from tests.faultproxy import Fault, FaultProxy
 
 MCPKIT = [sys.executable, "-m", "hatch_mcpkit"]
 USER, PASSWORD = "testuser", "testpass"  # the auth registry's account (tests/plugins/registry.py)
@@ -73,14 +69,14 @@ def base_env(tmp_path: Path) -> dict[str, str]:
     return env
 
 
-AUTH = '  auth: {username: "${SEC_USER}", password: "${SEC_TOKEN}"}\n'
+AUTH = ("${SEC_USER}", "${SEC_TOKEN}")  # distribution.auth, expanded by the publisher
 
 
 @pytest.mark.registry
 def test_credentials_from_config_env_and_docker_config_never_leak(auth_registry: Any, tmp_path: Path,
                                                                   base_env: dict[str, str], repo_name: str) -> None:
     home = Path(base_env["MCPKIT_HOME"])
-    project = make_project(tmp_path / "proj", registry=f"{auth_registry.host}/{repo_name}", tags="v1, latest",
+    project = make_project(tmp_path / "proj", registry=f"{auth_registry.host}/{repo_name}", tags=("v1", "latest"),
                            auth=AUTH)
     outputs: list[str] = []
 
@@ -255,8 +251,6 @@ def test_token_service_on_plain_http_elsewhere_is_refused(fault_proxy: FaultProx
 def test_registry_redirect_to_plain_http_elsewhere_is_refused(fault_proxy: FaultProxy, registry: Any,
                                                               loopback_only: list[str], repo_name: str,
                                                               tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from tests.faultproxy import push_project
-
     monkeypatch.setenv("MCPKIT_HOME", str(tmp_path / "home"))
     manifest = push_project(registry, make_project(tmp_path / "p"), tmp_path / "d", repo_name, "v1")
     fault_proxy.add(Fault("status", method="GET", path=f"/blobs/{manifest.module_layer.digest}", status=307,
