@@ -27,6 +27,7 @@ __all__ = [
     "SandboxError",
     "ToolCallError",
     "UsageError",
+    "did_you_mean",
 ]
 
 
@@ -64,6 +65,16 @@ class Problem:
         where = self.file if self.line is None else f"{self.file}:{self.line}"
         key = f" {self.path}:" if self.path else ""
         return f"{where}:{key} {self.message}"
+
+
+def did_you_mean(key: str, allowed: Sequence[str]) -> str:
+    """The tail of an "unknown key" message: `` (did you mean 'x'?)`` or `` (expected one of: ...)``."""
+    import difflib
+
+    close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.7)
+    if close:
+        return f" (did you mean {close[0]!r}?)"
+    return f" (expected one of: {', '.join(allowed)})"
 
 
 class ConfigError(McpkitError):

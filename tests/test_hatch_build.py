@@ -164,3 +164,36 @@ def test_hooks_module_imports_nothing_heavy() -> None:
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "ok"
+
+
+def test_builder_refuses_a_typo_in_its_target_table(
+    run_hatch: HatchRunner, example_copy: Path, rust_env: dict[str, str], tmp_path: Path
+) -> None:
+    pyproject = example_copy / "pyproject.toml"
+    text = pyproject.read_text().replace(
+        "[tool.hatch.build.targets.mcpkit]\n", '[tool.hatch.build.targets.mcpkit]\ncrat = "x"\nprofile = 3\n'
+    )
+    pyproject.write_text(text)
+    wrapper, log = counting_cargo(tmp_path, rust_env["CARGO"])
+    res = run_hatch(["build", "-t", "mcpkit"], example_copy, env={"CARGO": wrapper})
+    assert res.returncode != 0, res.stdout
+    assert "mcpkit: 2 problems in configuration:" in res.stdout, res.stdout
+    assert "pyproject.toml: tool.hatch.build.targets.mcpkit.crat: unknown option (did you mean 'crate'?)" in res.stdout
+    assert "pyproject.toml: tool.hatch.build.targets.mcpkit.profile: must be a non-empty string, not a number (3)" \
+        in res.stdout
+    assert "Traceback" not in res.stdout
+    assert not log.exists()  # nothing was compiled
+    assert not (example_copy / "dist").exists() or not any((example_copy / "dist").iterdir())
+
+
+def test_hook_options_report_every_problem_with_did_you_mean(run_hatch: HatchRunner, example_copy: Path) -> None:
+    pyproject = example_copy / "pyproject.toml"
+    text = pyproject.read_text().replace('profile = "release"', 'profle = "release"\nfeatures = "serde"')
+    pyproject.write_text(text)
+    res = run_hatch(["build", "-t", "wheel"], example_copy)
+    assert res.returncode != 0, res.stdout
+    assert "mcpkit: 2 problems in configuration:" in res.stdout, res.stdout
+    assert "tool.hatch.build.hooks.mcpkit.profle: unknown option (did you mean 'profile'?)" in res.stdout
+    assert "tool.hatch.build.hooks.mcpkit.features: must be an array of strings, not a string ('serde')" \
+        in res.stdout
+    assert "Traceback" not in res.stdout

@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import shlex
 import sys
+from functools import cached_property
 from typing import Any
 
 from hatch.env.collectors.plugin.interface import EnvironmentCollectorInterface
 
-ENV_NAME = "mcpkit"
+from hatch_mcpkit.errors import McpkitError
+from hatch_mcpkit.plugins._options import COLLECTOR_OPTIONS, PluginOptions, Source, fail
+
 COMMANDS = ("pull", "run", "list", "push", "inspect", "rm", "server")
+TABLE = "tool.hatch.env.collectors.mcpkit"
 
 
 def default_command() -> str:
@@ -24,28 +28,36 @@ def default_command() -> str:
     return f"{shlex.quote(sys.executable)} -m hatch_mcpkit"
 
 
+class CollectorOptions(PluginOptions):
+    OPTIONS = COLLECTOR_OPTIONS
+
+    @cached_property
+    def environment(self) -> str:
+        return str(self.value("environment"))
+
+    @cached_property
+    def command(self) -> str:
+        return self.text("command") or default_command()
+
+
 class McpkitEnvironmentCollector(EnvironmentCollectorInterface):
-    """Options (``[tool.hatch.env.collectors.mcpkit]``): ``environment`` (name, default ``mcpkit``),
-    ``command`` (how to invoke mcpkit, default: the interpreter running hatch with ``-m hatch_mcpkit``)."""
+    """Options: ``[tool.hatch.env.collectors.mcpkit]`` (see :data:`hatch_mcpkit.plugins._options.COLLECTOR_OPTIONS`)."""
 
     PLUGIN_NAME = "mcpkit"
 
-    @property
-    def env_name(self) -> str:
-        name = self.config.get("environment", ENV_NAME)
-        if not isinstance(name, str) or not name:
-            raise TypeError("Field `tool.hatch.env.collectors.mcpkit.environment` must be a non-empty string")
-        return name
+    @cached_property
+    def options(self) -> CollectorOptions:
+        try:
+            return CollectorOptions(Source(self.config, TABLE), root=self.root).check()
+        except McpkitError as exc:
+            fail(exc)  # hatch has no display here: stderr, then exit without a traceback
 
     def scripts(self) -> dict[str, str]:
-        command = self.config.get("command", default_command())
-        if not isinstance(command, str) or not command:
-            raise TypeError("Field `tool.hatch.env.collectors.mcpkit.command` must be a non-empty string")
-        return {name: f"{command} {name} {{args}}" for name in COMMANDS}
+        return {name: f"{self.options.command} {name} {{args}}" for name in COMMANDS}
 
     def get_initial_config(self) -> dict[str, dict[str, Any]]:
         return {
-            self.env_name: {
+            self.options.environment: {
                 "type": "virtual",
                 "skip-install": True,
                 "detached": True,
@@ -54,7 +66,7 @@ class McpkitEnvironmentCollector(EnvironmentCollectorInterface):
         }
 
     def finalize_config(self, config: dict[str, dict[str, Any]]) -> None:
-        env = config.setdefault(self.env_name, {})
+        env = config.setdefault(self.options.environment, {})
         # A user's [tool.hatch.envs.mcpkit.scripts] replaces our table wholesale; put ours back
         # underneath so every command exists and the user's definitions still win.
         user_scripts = env.get("scripts") or {}

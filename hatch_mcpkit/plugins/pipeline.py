@@ -18,6 +18,7 @@ import json
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +31,19 @@ from hatch_mcpkit.bundle import (
     build_bundle,
     file_digest,
 )
-from hatch_mcpkit.errors import ConfigError, Problem
+from hatch_mcpkit.plugins._options import (
+    BUILD_OPTIONS,
+    HATCH_BUILD_HOOK_KEYS,
+    HATCH_TARGET_KEYS,
+    PluginOptions,
+    Source,
+)
 
-__all__ = ["BuildOptions", "clean_bundles", "parse_options", "run_pipeline"]
+__all__ = ["HOOK_TABLE", "TARGET_TABLE", "BuildOptions", "BuildTableOptions", "announce", "clean_bundles",
+           "run_pipeline"]
 
-OPTION_KEYS = ("crate", "config", "profile", "features", "cargo-args", "bin")
+HOOK_TABLE = "tool.hatch.build.hooks.mcpkit"
+TARGET_TABLE = "tool.hatch.build.targets.mcpkit"
 SKIP_DIRS = {
     "target",
     "dist",
@@ -63,60 +72,60 @@ class BuildOptions:
     bin: str | None = None
 
 
-def parse_options(
-    root: Path, raw: Mapping[str, Any], table: str, file: str = "pyproject.toml"
-) -> BuildOptions:
-    """Validate ``[tool.hatch.build.hooks.mcpkit]``-style options, reporting every problem with its key."""
-    problems: list[Problem] = []
+class BuildTableOptions(PluginOptions):
+    """What cargo builds and which config.yaml: ``[tool.hatch.build.hooks.mcpkit]`` for the build hook;
+    for the builder, ``[tool.hatch.build.targets.mcpkit]`` over the hook's table (key by key)."""
 
-    def err(key: str, message: str) -> None:
-        problems.append(Problem(file, f"{table}.{key}" if key else table, message))
+    OPTIONS = BUILD_OPTIONS
 
-    for key in raw:
-        if key not in OPTION_KEYS and key not in (
-            "dependencies",
-            "require-runtime-dependencies",
-            "require-runtime-features",
-            "enable-by-default",
-            "versions",
-            "hooks",
-            "directory",
-            "path",
-            "only-include",
-            "include",
-            "exclude",
-        ):
-            err(key, f"unknown option (expected one of: {', '.join(OPTION_KEYS)})")
+    @classmethod
+    def for_hook(cls, root: Path | str, hook: Mapping[str, Any]) -> BuildTableOptions:
+        return cls(Source(hook, HOOK_TABLE, hatch_keys=HATCH_BUILD_HOOK_KEYS), root=root)
 
-    def string(key: str, default: str | None) -> str | None:
-        value = raw.get(key, default)
-        if value is not None and (not isinstance(value, str) or not value):
-            err(key, f"must be a non-empty string, not {value!r}")
-            return default
-        return value
+    @classmethod
+    def for_target(cls, root: Path | str, hook: Mapping[str, Any], target: Mapping[str, Any]) -> BuildTableOptions:
+        return cls(
+            Source(hook, HOOK_TABLE, hatch_keys=HATCH_BUILD_HOOK_KEYS),
+            Source(target, TARGET_TABLE, hatch_keys=HATCH_TARGET_KEYS),
+            root=root,
+        )
 
-    def strings(key: str) -> tuple[str, ...]:
-        value = raw.get(key, [])
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            err(key, f"must be an array of strings, not {value!r}")
-            return ()
-        return tuple(value)
+    @cached_property
+    def crate(self) -> Path:
+        return Path(self.root, self.value("crate"))
 
-    crate = Path(root, string("crate", ".") or ".")
-    config_default = "config.yaml"
-    config_text = string("config", None)
-    config = Path(root, config_text) if config_text else crate / config_default
-    profile = string("profile", "release") or "release"
-    features = strings("features")
-    cargo_args = strings("cargo-args")
-    bin_name = string("bin", None)
-    if not (crate / "Cargo.toml").is_file():
-        err("crate", f"no Cargo.toml in {crate} (set crate to the folder of your Rust crate)")
-    elif not config.is_file():
-        err("config", f"{config} does not exist (set config to your config.yaml)")
-    if problems:
-        raise ConfigError(problems)
-    return BuildOptions(crate.resolve(), config.resolve(), profile, features, cargo_args, bin_name)
+    @cached_property
+    def config(self) -> Path:
+        given = self.value("config")
+        return Path(self.root, given) if given else self.crate / "config.yaml"
+
+    @cached_property
+    def profile(self) -> str:
+        return str(self.value("profile"))
+
+    @cached_property
+    def features(self) -> tuple[str, ...]:
+        return tuple(self.value("features"))
+
+    @cached_property
+    def cargo_args(self) -> tuple[str, ...]:
+        return tuple(self.value("cargo-args"))
+
+    @cached_property
+    def bin(self) -> str | None:
+        return self.text("bin")
+
+    def validate(self) -> None:
+        if not (self.crate / "Cargo.toml").is_file():
+            self.problem("crate", f"no Cargo.toml in {self.crate} (set crate to the folder of your Rust crate)")
+        elif not self.config.is_file():
+            self.problem("config", f"{self.config} does not exist (set config to your config.yaml)")
+
+    def build_options(self) -> BuildOptions:
+        """Every problem at once as a ConfigError, else what the pipeline needs."""
+        self.check()
+        return BuildOptions(self.crate.resolve(), self.config.resolve(), self.profile, self.features,
+                            self.cargo_args, self.bin)
 
 
 def _iter_inputs(crate: Path) -> Iterator[Path]:
@@ -226,3 +235,15 @@ def clean_bundles(directory: Path) -> list[Path]:
             path.unlink(missing_ok=True)
             removed.append(path)
     return removed
+
+
+def announce(display: Callable[[str], Any], result: PipelineResult, root: Path) -> None:
+    """Tell the user which bundle the build produced (or found up to date) and its digest."""
+    bundle = result.bundle
+    try:
+        shown = bundle.path.relative_to(root)
+    except ValueError:
+        shown = bundle.path
+    state = "up to date" if result.reused else "built"
+    display(f"mcpkit: {state} {shown}")
+    display(f"mcpkit: digest {bundle.digest}")
