@@ -25,6 +25,7 @@ __all__ = [
     "Problem",
     "RegistryError",
     "SandboxError",
+    "SignatureError",
     "ToolCallError",
     "UsageError",
     "did_you_mean",
@@ -161,6 +162,21 @@ class BundleNotFoundError(CacheError):
     """No cached bundle matches a name or reference."""
 
     exit_code = 3
+
+
+class SignatureError(McpkitError):
+    """A signing key cannot be used, or a signature does not prove what it must.
+
+    ``reason`` says which: ``key`` (a key file is missing, unreadable, of the wrong type or
+    its password is missing or wrong), ``format`` (not a Sigstore bundle we can read),
+    ``wrong-key`` (signed by another key), ``tampered`` (the signature does not match the
+    signed content), ``statement`` (signed content of another kind) or ``digest`` (a valid
+    signature over another manifest digest).
+    """
+
+    def __init__(self, message: str, *, reason: str, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.reason = reason
 
 
 class SandboxError(McpkitError):
