@@ -1,0 +1,105 @@
+"""Signature verification cost, against what a pull already spends on the same bundle.
+
+Run: ``python benchmarks/bench_signing.py``.
+
+Baselines measured in the same run:
+
+* ``hashlib`` SHA-256 over a 2 MiB module (the check every pull already makes per layer);
+* a bare ECDSA P-256 verify of the same signature with ``cryptography`` (the floor: what
+  ``verify`` adds is reading the bundle and the statement);
+* ``python -c pass`` against a fresh process that imports ``hatch_mcpkit.signing``, loads the
+  public key and verifies once (what a one-off ``mcpkit bundle verify`` pays, the Sigstore
+  models' import included).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from hatch_mcpkit import signing
+
+MODULE_BYTES = 2 * 1024 * 1024
+
+
+def best(fn: Callable[[], object], *, rounds: int, per_round: int) -> float:
+    """Best per-call seconds over ``rounds`` rounds of ``per_round`` calls."""
+    fastest = float("inf")
+    for _ in range(rounds):
+        started = time.perf_counter()
+        for _ in range(per_round):
+            fn()
+        fastest = min(fastest, (time.perf_counter() - started) / per_round)
+    return fastest
+
+
+def cold_start(code: str, *, rounds: int) -> float:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    times = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-c", code], check=True, env=env)
+        times.append(time.perf_counter() - started)
+    return min(times)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args(argv)
+
+    tmp = Path(tempfile.mkdtemp())
+    key_path, pub_path = signing.generate_key(tmp / "bench", environ={})
+    key, pub = signing.load_private_key(key_path, environ={}), signing.load_public_key(pub_path)
+    module = os.urandom(MODULE_BYTES)
+    digest = "sha256:" + hashlib.sha256(b"manifest").hexdigest()
+    bundle = signing.sign_digest(digest, key)
+    (tmp / "bundle.json").write_bytes(bundle)
+    pae_payload = b"DSSEv1 28 application/vnd.in-toto+json 1 x"
+    raw_sig = key.sign(pae_payload, ec.ECDSA(hashes.SHA256()))
+
+    sha = best(lambda: hashlib.sha256(module).digest(), rounds=args.rounds, per_round=20)
+    ecdsa = best(lambda: pub.verify(raw_sig, pae_payload, ec.ECDSA(hashes.SHA256())),
+                 rounds=args.rounds, per_round=200)
+    verify = best(lambda: signing.verify(bundle, digest, pub), rounds=args.rounds, per_round=200)
+    sign = best(lambda: signing.sign_digest(digest, key), rounds=args.rounds, per_round=200)
+    bare = cold_start("pass", rounds=args.rounds)
+    loaded = cold_start(
+        "from pathlib import Path; from hatch_mcpkit import signing; "
+        f"signing.verify(Path({str(tmp / 'bundle.json')!r}).read_bytes(), {digest!r}, "
+        f"signing.load_public_key({str(pub_path)!r}))",
+        rounds=args.rounds,
+    )
+    shutil.rmtree(tmp)
+
+    rows = [
+        ("SHA-256 of a 2 MiB module (baseline)", sha, 1.0),
+        ("ECDSA P-256 verify alone (floor)", ecdsa, ecdsa / sha),
+        ("signing.verify (bundle + DSSE + statement)", verify, verify / sha),
+        ("signing.sign_digest", sign, sign / sha),
+        ("fresh python: pass (baseline)", bare, 1.0),
+        ("fresh python: import, load key, verify once", loaded, loaded / bare),
+    ]
+    print(f"{'what':<46} {'time':>10}  ratio")
+    for what, seconds, ratio in rows:
+        print(f"{what:<46} {seconds * 1e3:>8.3f} ms  {ratio:5.2f}x")
+    print(f"\nverify over its floor: {verify / ecdsa:.1f}x; import cost in a fresh process: "
+          f"{(loaded - bare) * 1e3:.0f} ms (once per process)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
