@@ -7,7 +7,9 @@ Baselines are measured in the same run:
 * lookup: a plain ``dict`` lookup of the same name (the floor), and the lookup with
   registry.json re-read every time (what the in-memory memo saves);
 * verification: ``hashlib`` over the same file (read + hash), and copy-then-hash
-  (``shutil.copyfile`` + ``hashlib``) -- what ``copy_verified`` does in one pass.
+  (``shutil.copyfile`` + ``hashlib``) -- what ``write_verified`` does in one pass;
+* re-pull check: the "already installed" fast path re-hashes the entry's files against the
+  manifest (it does not trust metadata.json); baseline: reading metadata.json alone.
 """
 
 from __future__ import annotations
@@ -25,8 +27,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hatch_mcpkit import cache as cache_mod
-from hatch_mcpkit.cache import BundleCache, CacheEntry, copy_verified
+from hatch_mcpkit import store as cache_mod
+from hatch_mcpkit._files import file_chunks, write_verified
+from hatch_mcpkit.bundle import Manifest
+from hatch_mcpkit.store import BundleCache, CacheEntry
 
 N_BUNDLES = 1000
 
@@ -117,7 +121,7 @@ def bench_verify(rows: list[tuple[str, str, str, str]], sizes: list[int]) -> Non
 
             def ours(src: Path = src, digest: str = digest, size: int = size) -> None:
                 with open(src, "rb") as fh:
-                    copy_verified(fh, dest, digest, size, where="bench")
+                    write_verified(file_chunks(fh), dest, digest=digest, size=size, where="bench")
 
             def plain_hash(src: Path = src) -> str:
                 with open(src, "rb") as fh:
@@ -135,11 +139,44 @@ def bench_verify(rows: list[tuple[str, str, str, str]], sizes: list[int]) -> Non
             t_copy = timeit(copy_then_hash, min_time=min_time, repeat=repeat)
             label = f"{size // (1024 * 1024)} MiB"
             rate = size / t_ours / (1024 * 1024)
-            rows.append((f"copy_verified {label} ({rate:.0f} MiB/s)", fmt(t_ours), "hashlib only " + fmt(t_hash),
+            rows.append((f"write_verified {label} ({rate:.0f} MiB/s)", fmt(t_ours), "hashlib only " + fmt(t_hash),
                          f"{t_ours / t_hash:.2f}x"))
-            rows.append((f"copy_verified {label}", fmt(t_ours), "copy + hashlib " + fmt(t_copy),
+            rows.append((f"write_verified {label}", fmt(t_ours), "copy + hashlib " + fmt(t_copy),
                          f"{t_ours / t_copy:.2f}x"))
             src.unlink()
+
+
+def bench_recheck(rows: list[tuple[str, str, str, str]]) -> None:
+    """The re-pull fast path on a bundle of the example's size (module ~150 KiB, config, one data file)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        entry = Path(tmp) / "entry"
+        entry.mkdir()
+        files = {"module.wasm": os.urandom(150 * 1024), "config.yaml": b"x" * 2048, "README.md": b"y" * 4096}
+        layers = []
+        for i, (title, data) in enumerate(files.items()):
+            (entry / title).write_bytes(data)
+            media = ("application/wasm", "application/vnd.mcpkit.config+yaml", "text/markdown")[i]
+            layers.append({"mediaType": media, "digest": "sha256:" + hashlib.sha256(data).hexdigest(),
+                           "size": len(data), "annotations": {"org.opencontainers.image.title": title}})
+        raw = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                          "artifactType": "application/vnd.mcpkit.bundle.v1",
+                          "config": {"mediaType": "application/vnd.mcpkit.bundle.config.v1+json",
+                                     "digest": "sha256:" + "0" * 64, "size": 2},
+                          "layers": layers}).encode()
+        manifest = Manifest.parse(raw, "bench")
+        (entry / "metadata.json").write_text(json.dumps({"digest": manifest.digest, "name": "x"}))
+        cache = BundleCache(Path(tmp) / "home")
+        assert cache._current(entry, manifest)
+
+        def metadata_only() -> bool:
+            meta = json.loads((entry / "metadata.json").read_bytes())
+            return bool(meta.get("digest") == manifest.digest and (entry / "module.wasm").is_file()
+                        and (entry / "config.yaml").is_file())
+
+        t_ours = timeit(lambda: cache._current(entry, manifest))
+        t_meta = timeit(metadata_only)
+        rows.append(("re-pull check, 156 KiB entry (re-hash)", fmt(t_ours), "metadata.json only " + fmt(t_meta),
+                     f"{t_ours / t_meta:.0f}x"))
 
 
 def main() -> int:
@@ -148,6 +185,7 @@ def main() -> int:
     args = parser.parse_args()
     rows: list[tuple[str, str, str, str]] = []
     bench_lookup(rows)
+    bench_recheck(rows)
     bench_verify(rows, [1024 * 1024] + ([] if args.quick else [100 * 1024 * 1024]))
     header = ("case", "mcpkit", "baseline", "ratio")
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]

@@ -20,13 +20,15 @@ import re
 import shutil
 import tarfile
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any
 
+from hatch_mcpkit import _json
+from hatch_mcpkit._archive import RESERVED_NAMES, extract, reserved_part
 from hatch_mcpkit.errors import BundleError, IntegrityError
 
 if TYPE_CHECKING:
@@ -36,8 +38,10 @@ __all__ = [
     "ARTIFACT_TYPE",
     "BUNDLE_CONFIG_MEDIA_TYPE",
     "CONFIG_YAML_MEDIA_TYPE",
+    "DEFAULT_MAX_BUNDLE_SIZE",
     "INDEX_MEDIA_TYPE",
     "MANIFEST_MEDIA_TYPE",
+    "RESERVED_NAMES",
     "TITLE_ANNOTATION",
     "WASM_MEDIA_TYPE",
     "BuiltBundle",
@@ -46,7 +50,11 @@ __all__ = [
     "Manifest",
     "archive_name",
     "build_bundle",
+    "check_bundle_folder",
     "file_digest",
+    "max_bundle_size",
+    "parse_bundle_config",
+    "parse_size",
 ]
 
 MANIFEST_MEDIA_TYPE = "application/vnd.oci.image.manifest.v1+json"
@@ -65,8 +73,15 @@ CONFIG_TITLE = "config.yaml"
 DEFAULT_EPOCH = 1580601600
 ARCHIVE_SUFFIX = ".mcpkit.tar"
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+MAX_CONFIG_BLOB_BYTES = 1024 * 1024
 MAX_LAYERS = 1024
 CHUNK = 1024 * 1024
+MAX_BUNDLE_SIZE_ENV = "MCPKIT_MAX_BUNDLE_SIZE"
+DEFAULT_MAX_BUNDLE_SIZE = 1024**3  # 1 GiB: every declared blob together, and an archive unpacked
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*([kmgt]?)(i?b?)\s*$", re.I)
+_SERVER_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}$")
+_TOOL_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_MAX_TEXT = 4096
 
 _DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 _EXTRA_MEDIA_TYPES = {
@@ -96,6 +111,42 @@ def file_digest(path: Path) -> tuple[str, int]:
 
 def bytes_digest(data: bytes) -> str:
     return f"sha256:{hashlib.sha256(data).hexdigest()}"
+
+
+def parse_size(text: str, *, what: str = "size") -> int:
+    """``1073741824``, ``512M``, ``1GiB``, ``2g``: a byte count (powers of 1024)."""
+    m = _SIZE_RE.match(str(text))
+    if not m:
+        raise BundleError(f"{what} {text!r} is not a size", hint="write bytes, or a number with K, M, G or T (e.g. 2G)")
+    return int(m.group(1)) * int(1024 ** "_kmgt".index(m.group(2).lower() or "_"))
+
+
+def max_bundle_size(value: str | int | None = None) -> int:
+    """The largest bundle to fetch or unpack: ``value``, else ``$MCPKIT_MAX_BUNDLE_SIZE``, else 1 GiB."""
+    if isinstance(value, int):
+        return value
+    if value is None:
+        value = os.environ.get(MAX_BUNDLE_SIZE_ENV) or None
+        if value is None:
+            return DEFAULT_MAX_BUNDLE_SIZE
+        return parse_size(value, what=MAX_BUNDLE_SIZE_ENV)
+    return parse_size(value, what="--max-bundle-size")
+
+
+def check_bundle_folder(folder: Path, where: str | None = None) -> None:
+    """Refuse a bundle folder that ships a name reserved for the cache (``module.cwasm``, ``metadata.json``,
+    ``.mcpkit/``): whatever reads bundles never lets such a file near the runtime."""
+    try:
+        names = sorted(entry.name for entry in os.scandir(folder))
+    except OSError as exc:
+        raise BundleError(f"{where or folder}: cannot read the bundle folder ({exc.strerror})") from None
+    for name in names:
+        if name.casefold() in RESERVED_NAMES:
+            raise BundleError(
+                f"{where or folder}: the bundle folder holds {name!r}, a name reserved for the mcpkit cache",
+                hint="a bundle is module.wasm + config.yaml (+ shipped files); remove the file. "
+                "Compiled code is only ever made and loaded by the cache itself",
+            )
 
 
 # --------------------------------------------------------------------------- manifest model
@@ -176,10 +227,6 @@ class Manifest:
         return self.layers[1]
 
     @property
-    def extra_layers(self) -> tuple[Descriptor, ...]:
-        return self.layers[2:]
-
-    @property
     def total_size(self) -> int:
         return sum(d.size for d in self.blobs) + len(self.raw)
 
@@ -188,10 +235,7 @@ class Manifest:
         """Validate an mcpkit bundle manifest; ``where`` names it in errors."""
         if len(raw) > MAX_MANIFEST_BYTES:
             raise BundleError(f"{where}: manifest is larger than {MAX_MANIFEST_BYTES // 1024 // 1024} MiB")
-        try:
-            obj = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise BundleError(f"{where}: manifest is not valid JSON ({exc})") from None
+        obj = _json.load(raw, where=f"{where}: manifest", error=BundleError, max_bytes=MAX_MANIFEST_BYTES)
         if not isinstance(obj, dict):
             raise BundleError(f"{where}: manifest must be a JSON object")
         if obj.get("schemaVersion") != 2:
@@ -231,6 +275,12 @@ class Manifest:
         seen = {MODULE_TITLE, CONFIG_TITLE}
         for i, layer in enumerate(layers[2:], start=2):
             title = check_title(layer.title, f"{where}: layers[{i}]")
+            reserved = reserved_part(title)
+            if reserved is not None:
+                raise BundleError(
+                    f"{where}: layers[{i}] title {title!r} uses {reserved!r}, a name reserved for the mcpkit cache",
+                    hint="a bundle may not ship module.cwasm, metadata.json or .mcpkit/",
+                )
             folded = title.casefold()
             if folded in seen or any(s.startswith(folded + "/") or folded.startswith(s + "/") for s in seen):
                 raise BundleError(f"{where}: layers[{i}] title {title!r} collides with another layer")
@@ -242,16 +292,33 @@ class Manifest:
 
 
 def parse_bundle_config(raw: bytes, where: str, manifest: Manifest | None = None) -> dict[str, Any]:
-    """Read the small config blob; check it agrees with the manifest's layers."""
-    try:
-        obj = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BundleError(f"{where}: bundle config blob is not valid JSON ({exc})") from None
+    """Read the small config blob; validate its fields like config.yaml's; check it agrees with the manifest."""
+    obj = _json.load(raw, where=f"{where}: bundle config blob", error=BundleError, max_bytes=MAX_CONFIG_BLOB_BYTES)
     if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
         raise BundleError(f"{where}: bundle config blob has no name")
+    problems = _bundle_config_problems(obj)
+    if problems:
+        raise BundleError(f"{where}: invalid bundle config blob: " + "; ".join(problems))
     if manifest is not None and obj.get("layerDigests") != [d.digest for d in manifest.layers]:
         raise BundleError(f"{where}: bundle config layerDigests do not match the manifest's layers")
     return obj
+
+
+def _bundle_config_problems(obj: dict[str, Any]) -> list[str]:
+    problems = []
+    if not _SERVER_NAME_RE.match(obj["name"]):
+        problems.append("name must match [a-z0-9][a-z0-9._-]* (at most 128 characters)")
+    for key in ("version", "description", "architecture", "os"):
+        value = obj.get(key)
+        if value is not None and (not isinstance(value, str) or len(value) > _MAX_TEXT):
+            problems.append(f"{key} must be a string of at most {_MAX_TEXT} characters")
+    version = obj.get("version")
+    if isinstance(version, str) and not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9._+-]{0,127}", version):
+        problems.append("version must be up to 128 letters, digits, '.', '_', '+' or '-'")
+    tools = obj.get("tools", [])
+    if not isinstance(tools, list) or not all(isinstance(t, str) and _TOOL_NAME_RE.match(t) for t in tools):
+        problems.append("tools must be a list of tool names matching ^[A-Za-z0-9_.-]{1,64}$")
+    return problems
 
 
 # --------------------------------------------------------------------------- building
@@ -500,7 +567,7 @@ class BundleLayout:
         return self.blob_path(digest).read_bytes()
 
     def extract_files(self, dest: Path) -> list[Path]:
-        """Write module.wasm, config.yaml and the extra files under ``dest`` (titles are checked)."""
+        """Write module.wasm, config.yaml and the extra files under ``dest`` (titles were checked by parse)."""
         written = []
         for layer in self.manifest.layers:
             title = check_title(layer.title, str(self.source))
@@ -511,15 +578,21 @@ class BundleLayout:
         return written
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str]) -> BundleLayout:
+    def open(cls, path: str | os.PathLike[str], *, max_bytes: int | None = None) -> BundleLayout:
+        """Read a ``.mcpkit.tar`` (unpacked with member and byte caps) or a layout folder, verifying every blob.
+
+        ``max_bytes`` (default :func:`max_bundle_size`) caps what an archive unpacks to.
+        """
         source = Path(path)
         if source.is_dir():
+            check_bundle_folder(source)
             return cls._from_dir(source, source, None)
         if not source.is_file():
             raise BundleError(f"{source}: no such bundle archive or layout directory")
         tempdir = tempfile.TemporaryDirectory(prefix="mcpkit-layout-")
         try:
-            _safe_extract(source, Path(tempdir.name))
+            extract(source, Path(tempdir.name), where=str(source), max_bytes=max_bundle_size(max_bytes),
+                    keep=_layout_member)
             return cls._from_dir(Path(tempdir.name), source, tempdir)
         except BaseException:
             tempdir.cleanup()
@@ -530,14 +603,14 @@ class BundleLayout:
         cls, root: Path, source: Path, tempdir: tempfile.TemporaryDirectory[str] | None
     ) -> BundleLayout:
         try:
-            layout = json.loads((root / "oci-layout").read_bytes())
-            index = json.loads((root / "index.json").read_bytes())
+            layout_raw = (root / "oci-layout").read_bytes()
+            index_raw = (root / "index.json").read_bytes()
         except FileNotFoundError as exc:
             raise BundleError(
                 f"{source}: not an OCI image layout ({Path(exc.filename).name} is missing)"
             ) from None
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise BundleError(f"{source}: invalid OCI layout metadata ({exc})") from None
+        layout = _json.load(layout_raw, where=f"{source}: oci-layout", error=BundleError, max_bytes=64 * 1024)
+        index = _json.load(index_raw, where=f"{source}: index.json", error=BundleError, max_bytes=MAX_MANIFEST_BYTES)
         if not isinstance(layout, dict) or layout.get("imageLayoutVersion") != "1.0.0":
             raise BundleError(f"{source}: unsupported oci-layout (imageLayoutVersion must be 1.0.0)")
         manifests = index.get("manifests") if isinstance(index, dict) else None
@@ -594,38 +667,8 @@ def _verify_file(path: Path, desc: Descriptor, source: Path) -> None:
         )
 
 
-def _safe_members(tar: tarfile.TarFile, source: Path) -> Iterator[tarfile.TarInfo]:
-    for member in tar:
-        name = member.name.lstrip("./") if member.name.startswith("./") else member.name
-        parts = PurePosixPath(name).parts
-        if member.name.startswith("/") or ".." in parts:
-            raise BundleError(f"{source}: unsafe path in archive: {member.name!r}")
-        if member.isdir():
-            continue
-        if not member.isfile():
-            raise BundleError(
-                f"{source}: archive entry {member.name!r} is not a regular file (links are refused)"
-            )
-        if name not in ("oci-layout", "index.json") and not (
-            len(parts) == 3
-            and parts[0] == "blobs"
-            and parts[1] == "sha256"
-            and re.fullmatch(r"[0-9a-f]{64}", parts[2])
-        ):
-            continue  # not part of the layout; ignored
-        member.name = name
-        yield member
-
-
-def _safe_extract(source: Path, dest: Path) -> None:
-    try:
-        with tarfile.open(source, mode="r:*") as tar:
-            for member in _safe_members(tar, source):
-                target = dest / member.name
-                target.parent.mkdir(parents=True, exist_ok=True)
-                fh = tar.extractfile(member)
-                assert fh is not None
-                with fh, open(target, "wb") as out:
-                    shutil.copyfileobj(fh, out, CHUNK)
-    except (tarfile.TarError, EOFError) as exc:
-        raise BundleError(f"{source}: not a readable bundle archive ({exc})") from None
+def _layout_member(parts: tuple[str, ...]) -> bool:
+    """The members of an OCI layout a reader needs (others are checked, counted and skipped)."""
+    if parts in (("oci-layout",), ("index.json",)):
+        return True
+    return len(parts) == 3 and parts[:2] == ("blobs", "sha256") and re.fullmatch(r"[0-9a-f]{64}", parts[2]) is not None

@@ -1,8 +1,13 @@
 """The ``mcpkit`` command: push, pull, list, inspect and remove bundles; serve and run them.
 
-``mcpkit bundle <cmd>`` and the short forms ``mcpkit <cmd>`` (used by the Hatch
-``mcpkit`` environment's scripts) are the same commands. ``mcpkit server`` and
-``mcpkit run`` are handed to :mod:`hatch_mcpkit.server`.
+One parser owns every subcommand. ``mcpkit bundle <cmd>`` and the short forms
+``mcpkit <cmd>`` (used by the Hatch ``mcpkit`` environment's scripts) are the same
+commands. ``mcpkit server`` and ``mcpkit run`` resolve what to serve with
+:mod:`hatch_mcpkit.resolve`, build a :class:`~hatch_mcpkit.runtime.Runtime` and hand it
+to :func:`hatch_mcpkit.server.serve` (the MCP server itself).
+
+Every untrusted string printed (tags, repository names, annotations, descriptions,
+layer titles, registry messages) goes through :mod:`hatch_mcpkit._text` first.
 
 Every :class:`~hatch_mcpkit.errors.McpkitError` is printed as
 ``mcpkit: error: <message>`` with its exit code; set ``MCPKIT_DEBUG=1`` for
@@ -12,31 +17,36 @@ tracebacks. Ctrl-C exits with 130 (a pull in progress leaves nothing behind).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import inspect
 import json
+import logging
 import os
 import sys
 import tempfile
 import traceback
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hatch_mcpkit.__about__ import __version__
-from hatch_mcpkit.errors import BundleError, InvalidReferenceError, McpkitError
+from hatch_mcpkit._text import clean, clean_block
+from hatch_mcpkit.errors import BundleError, InvalidReferenceError, McpkitError, UsageError
 
 if TYPE_CHECKING:
     from hatch_mcpkit.auth import Credentials
     from hatch_mcpkit.bundle import Manifest
-    from hatch_mcpkit.cache import BundleCache, CacheEntry
     from hatch_mcpkit.config import Config
     from hatch_mcpkit.reference import Reference
+    from hatch_mcpkit.resolve import BundleDir
+    from hatch_mcpkit.runtime import Runtime
+    from hatch_mcpkit.store import BundleCache, CacheEntry, PullOptions, PullResult
 
-__all__ = ["main"]
+__all__ = ["build_parser", "main", "open_runtime"]
 
 PROG = "mcpkit"
-BUNDLE_COMMANDS = ("push", "pull", "list", "inspect", "rm")
-DELEGATED = ("server", "run")
+DEFAULT_CONCURRENCY = 4
 
 
 # --------------------------------------------------------------------------- output helpers
@@ -47,7 +57,11 @@ def _out(text: str = "") -> None:
 
 
 def _warn(text: str) -> None:
-    print(f"{PROG}: warning: {text}", file=sys.stderr, flush=True)
+    print(f"{PROG}: warning: {clean_block(text)}", file=sys.stderr, flush=True)
+
+
+def _info(text: str) -> None:
+    print(f"{PROG}: {clean_block(text)}", file=sys.stderr, flush=True)
 
 
 def _human_size(size: int | None) -> str:
@@ -66,15 +80,49 @@ def _short(digest: str) -> str:
 
 
 def _table(rows: list[list[str]], header: list[str]) -> str:
+    rows = [[clean(c, limit=200) for c in r] for r in rows]
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in [header, *rows]]
     return "\n".join(lines)
 
 
 def _cache(args: argparse.Namespace) -> BundleCache:
-    from hatch_mcpkit.cache import BundleCache
+    from hatch_mcpkit.store import BundleCache
 
     return BundleCache(args.home)
+
+
+def _pull_options(args: argparse.Namespace) -> PullOptions:
+    from hatch_mcpkit.bundle import max_bundle_size
+    from hatch_mcpkit.store import PullOptions
+
+    password = _read_password(args)
+    username = getattr(args, "username", None)
+    if password is not None and not username:
+        raise UsageError("--password-stdin needs --username")
+    limit = getattr(args, "max_bundle_size", None)
+    return PullOptions(offline=getattr(args, "offline", False), insecure=getattr(args, "insecure", False),
+                       ca_file=getattr(args, "ca_file", None), username=username, password=password,
+                       max_bundle_size=max_bundle_size(limit) if limit is not None else None)
+
+
+def _precompile(store: BundleCache, result: PullResult) -> None:
+    """Compile a freshly pulled module for this machine (an optimisation: the server compiles on demand)."""
+    if not result.changed:
+        return
+    try:
+        from hatch_mcpkit import runtime
+    except ImportError:  # no runtime extras here: pulling works without them
+        return
+    try:
+        if "code_cache" in inspect.signature(runtime.precompile).parameters:
+            runtime.precompile(result.path, code_cache=store.code_cache)  # type: ignore[call-arg]
+        else:  # the runtime before compiled code moved to the store's CodeCache
+            from hatch_mcpkit.config import PlaceholderEnviron
+
+            runtime.precompile(result.path, environ=PlaceholderEnviron())
+    except Exception as exc:
+        _warn(f"could not precompile {result.path / 'module.wasm'}: {exc} (it will be compiled when it runs)")
 
 
 def _read_password(args: argparse.Namespace) -> str | None:
@@ -94,7 +142,7 @@ def _credentials(args: argparse.Namespace, registry: str, config: Config | None 
     password = _read_password(args)
     username = getattr(args, "username", None)
     if password is not None and not username:
-        raise McpkitError("--password-stdin needs --username")
+        raise UsageError("--password-stdin needs --username")
     auth = config.distribution.auth if config is not None and config.distribution is not None else None
     return resolve_credentials(registry, username=username, password=password, config_auth=auth)
 
@@ -123,15 +171,17 @@ def _cmd_push(args: argparse.Namespace) -> int:
         elif target is None:
             target = item
         else:
-            raise InvalidReferenceError(f"unexpected argument {item!r}",
-                                 hint="mcpkit bundle push [--config config.yaml | ARCHIVE | MODULE CONFIG] [oci://...]")
+            raise UsageError(f"unexpected argument {item!r}",
+                             hint="mcpkit bundle push [--config config.yaml | ARCHIVE | MODULE CONFIG] [oci://...]")
     if archive is not None and (module is not None or config_path is not None):
-        raise McpkitError("give either a .mcpkit.tar archive or a module and config.yaml, not both")
+        raise UsageError("give either a .mcpkit.tar archive or a module and config.yaml, not both")
     tags = list(args.tag or [])
     if target and tags:  # oci://repo:v1 --tag latest pushes both tags
-        last = target.removeprefix("oci://").rsplit("/", 1)[-1]
-        if ":" in last and "@" not in last:
-            tags.insert(0, last.rsplit(":", 1)[1])
+        from hatch_mcpkit.reference import written_tag
+
+        tag = written_tag(target)
+        if tag is not None:
+            tags.insert(0, tag)
     password = _read_password(args)
 
     with tempfile.TemporaryDirectory(prefix="mcpkit-push-") as tmp:
@@ -148,7 +198,7 @@ def _cmd_push(args: argparse.Namespace) -> int:
                               password=password, insecure=args.insecure, ca_file=args.ca_file)
     _out(f"digest: {result.digest}")
     for reference in result.references:
-        _out(f"pushed oci://{reference}")
+        _out(f"pushed oci://{clean(reference)}")
     return 0
 
 
@@ -156,21 +206,19 @@ def _cmd_push(args: argparse.Namespace) -> int:
 
 
 def _cmd_pull(args: argparse.Namespace) -> int:
-    from hatch_mcpkit.cache import PullOptions
-
     cache = _cache(args)
-    password = _read_password(args)
-    options = PullOptions(offline=args.offline, insecure=args.insecure, ca_file=args.ca_file,
-                          username=args.username, password=password)
-    result = cache.pull(args.reference, options)
+    result = cache.pull(args.reference, _pull_options(args))
     for warning in result.warnings:
         _warn(warning)
+    _precompile(cache, result)
     meta = result.entry.metadata()
     state = "pulled" if result.changed else ("found in cache" if args.offline else "up to date")
-    _out(f"{result.entry.reference}: {state}")
-    _out(f"  name:    {result.entry.name} {meta.get('version', '')}".rstrip())
-    _out(f"  digest:  {result.digest}")
-    _out(f"  path:    {result.path}")
+    if result.repaired:
+        state = "repaired (the cached files did not match the manifest)"
+    _out(f"{clean(result.entry.reference)}: {state}")
+    _out(f"  name:    {clean(result.entry.name)} {clean(meta.get('version', ''))}".rstrip())
+    _out(f"  digest:  {clean(result.digest)}")
+    _out(f"  path:    {clean(result.path)}")
     return 0
 
 
@@ -233,7 +281,7 @@ def _list_registry(args: argparse.Namespace) -> int:
     host, _, namespace = body.partition("/")
     namespace = namespace.strip("/")
     if not host:
-        raise InvalidReferenceError(f"{text!r}: give a registry host, e.g. --registry ghcr.io/myorg")
+        raise UsageError(f"{text!r}: give a registry host, e.g. --registry ghcr.io/myorg")
     registry = parse_repository(f"{host}/{namespace}").registry if namespace else host
     credentials = _credentials(args, registry)
     listing: dict[str, list[str]] = {}
@@ -257,13 +305,13 @@ def _list_registry(args: argparse.Namespace) -> int:
         _out(json.dumps([{"repository": f"{registry}/{r}", "tags": t} for r, t in listing.items()], indent=2))
         return 0
     if not listing:
-        _out(f"no repositories under {text}")
+        _out(f"no repositories under {clean(text)}")
         return 0
     for repo, tags in listing.items():
         if not tags:
-            _out(f"oci://{registry}/{repo}  (no tags)")
+            _out(f"oci://{clean(registry)}/{clean(repo)}  (no tags)")
         for tag in tags:
-            _out(f"oci://{registry}/{repo}:{tag}")
+            _out(f"oci://{clean(registry)}/{clean(repo)}:{clean(tag)}")
     return 0
 
 
@@ -324,40 +372,44 @@ def _inspect_cached(entry: CacheEntry) -> dict[str, Any]:
     }
 
 
-def _cmd_inspect(args: argparse.Namespace) -> int:
+def _inspect_view(args: argparse.Namespace) -> dict[str, Any]:
     from hatch_mcpkit.bundle import BundleLayout
-    from hatch_mcpkit.cache import classify
+    from hatch_mcpkit.reference import FileRef, NameRef, OciRef, classify
 
+    cache = _cache(args)
     source = classify(args.reference, insecure=args.insecure)
-    cached = _cache(args).cached_by_name(args.reference) if source.kind in ("name", "oci") else None
+    cached = cache.cached_by_name(args.reference) if isinstance(source, (NameRef, OciRef)) else None
     if cached is not None:
-        view = _inspect_cached(cached)
-    elif source.kind == "file":
-        assert source.path is not None
-        if source.path.suffix in (".wasm", ".yaml", ".yml"):
+        return _inspect_cached(cached)
+    if isinstance(source, FileRef):
+        path = source.resolved().path
+        if path.suffix in (".wasm", ".yaml", ".yml") or (path.is_dir() and not (path / "oci-layout").is_file()):
+            from hatch_mcpkit.bundle import check_bundle_folder
+
+            check_bundle_folder(path if path.is_dir() else path.parent, str(source.path))
             raise BundleError(f"{source.path}: inspect reads bundles (a .mcpkit.tar, a layout, a registry or the cache)",
                               hint="pull it first (mcpkit bundle pull PATH) and inspect it by name")
-        with BundleLayout.open(source.path) as layout:
-            view = _manifest_view(layout.manifest, layout.bundle_config, str(source.path))
-    elif source.kind == "name" or args.offline:
-        view = _inspect_cached(_cache(args).find_entry(args.reference))
-    elif source.kind == "oci":
-        assert source.oci is not None
-        view = _inspect_oci(source.oci, args)
-    else:
-        view = _inspect_cached(_cache(args).find_entry(args.reference))
+        with BundleLayout.open(path, max_bytes=_pull_options(args).max_bundle_size) as layout:
+            return _manifest_view(layout.manifest, layout.bundle_config, str(source.path))
+    if isinstance(source, OciRef) and not args.offline:
+        return _inspect_oci(source.reference, args)
+    return _inspect_cached(cache.find_entry(args.reference))
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    view = _inspect_view(args)
     if args.json:
         _out(json.dumps(view, indent=2))
         return 0
-    _out(f"Reference:   {view['reference']}")
-    _out(f"Digest:      {view['digest']}")
-    _out(f"Name:        {view.get('name')} {view.get('version') or ''}".rstrip())
+    _out(f"Reference:   {clean(view['reference'])}")
+    _out(f"Digest:      {clean(view['digest'])}")
+    _out(f"Name:        {clean(view.get('name'))} {clean(view.get('version') or '')}".rstrip())
     if view.get("description"):
-        _out(f"Description: {view['description']}")
-    _out(f"Tools:       {', '.join(view.get('tools') or []) or '-'}")
+        _out(f"Description: {clean(view['description'])}")
+    _out(f"Tools:       {clean(', '.join(str(t) for t in view.get('tools') or []) or '-')}")
     _out(f"Size:        {_human_size(view.get('size'))}")
     if view.get("path"):
-        _out(f"Cached at:   {view['path']}")
+        _out(f"Cached at:   {clean(view['path'])}")
     _out("Layers:")
     table = [[str(d.get("title")), str(d.get("mediaType", "")), _human_size(d.get("size")), str(d.get("digest"))]
              for d in view.get("layers", [])]
@@ -366,7 +418,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     if annotations:
         _out("Annotations:")
         for key, value in sorted(annotations.items()):
-            _out(f"  {key}: {value}")
+            _out(f"  {clean(key, limit=200)}: {clean(value)}")
     return 0
 
 
@@ -377,25 +429,186 @@ def _cmd_rm(args: argparse.Namespace) -> int:
     cache = _cache(args)
     for text in args.references:
         for entry in cache.remove(text):
-            _out(f"removed {entry.reference} ({entry.path})")
+            _out(f"removed {clean(entry.reference)} ({clean(entry.path)})")
     return 0
 
 
-# --------------------------------------------------------------------------- delegation
+# --------------------------------------------------------------------------- server and run
 
 
-def _delegate(argv: list[str]) -> int:
+def _runtime_class() -> type[Runtime]:
     try:
-        from hatch_mcpkit.server import main as server_main
+        from hatch_mcpkit.runtime import Runtime
     except ImportError as exc:
         raise McpkitError(
-            f"`mcpkit {argv[0]}` needs the runtime extras, which are not importable here ({exc})",
+            f"serving a bundle needs the runtime extras, which are not importable here ({exc})",
             hint="install them with: pip install 'hatch-mcpkit[run]'",
         ) from None
-    return int(server_main(argv) or 0)
+    return Runtime
+
+
+@contextlib.contextmanager
+def _bundle_to_serve(args: argparse.Namespace, store: BundleCache) -> Iterator[BundleDir]:
+    from hatch_mcpkit.reference import FileRef, classify
+    from hatch_mcpkit.resolve import open_bundle, open_local
+
+    if args.command == "run":
+        with open_bundle(args.reference, store, _pull_options(args), announce=_info,
+                         on_pull=lambda result: _precompile(store, result)) as found:
+            yield found
+        return
+    if args.config:
+        with open_local(FileRef(Path(args.config).expanduser().absolute())) as found:
+            yield found
+        return
+    if args.from_bundle:
+        entry = store.find_entry(args.from_bundle)
+        from hatch_mcpkit.resolve import BundleDir
+
+        yield BundleDir(entry.path, args.from_bundle, cached=True)
+        return
+    if args.path:
+        ref = classify(args.path)
+        if not isinstance(ref, FileRef):
+            with open_bundle(args.path, store, _pull_options(args), pull=False) as found:
+                yield found
+            return
+        with open_local(ref) as found:
+            yield found
+        return
+    raise UsageError("nothing to serve", hint="use --from-bundle NAME, --config PATH/config.yaml or a PATH")
+
+
+def _runtime_options(runtime_cls: type[Runtime], store: BundleCache, found: BundleDir) -> dict[str, Any]:
+    """Keyword arguments for the runtime in use (the store's code cache and protected home, where supported)."""
+    params = inspect.signature(runtime_cls).parameters
+    wanted: dict[str, Any] = {
+        "code_cache": store.code_cache,
+        "protected_paths": [store.home],
+        "write_cwasm": found.cached,  # never write compiled code into a folder that is not the cache's
+    }
+    return {k: v for k, v in wanted.items() if k in params}
+
+
+@contextlib.contextmanager
+def open_runtime(args: argparse.Namespace) -> Iterator[Runtime]:
+    """The Runtime the parsed ``server``/``run`` command line asks for (with launch-time policy changes)."""
+    from hatch_mcpkit.config import load_config
+
+    runtime_cls = _runtime_class()
+    from hatch_mcpkit.runtime import parse_allow_dir
+
+    store = _cache(args)
+    with _bundle_to_serve(args, store) as found:
+        if not found.module.is_file():
+            raise InvalidReferenceError(f"{found.label}: {found.module} is missing",
+                                        hint="a bundle needs module.wasm beside config.yaml")
+        config = load_config(found.config)
+        grants = [parse_allow_dir(spec) for spec in args.allow_dir]
+        runtime = runtime_cls(
+            config, found.module, bundle_dir=found.path, extra_grants=grants,
+            extra_env_keys=args.env, deny_guests=args.deny_dir, deny_env_keys=args.deny_env,
+            **_runtime_options(runtime_cls, store, found),
+        )
+        try:
+            yield runtime
+        finally:
+            runtime.close()
+
+
+def _announce(runtime: Runtime, label: str, quiet: bool) -> None:
+    from hatch_mcpkit.runtime import format_policy
+
+    for warning in runtime.warnings():  # always shown: the module can touch the user's files
+        print(f"{PROG}: {clean_block(warning)}", file=sys.stderr)
+    if quiet:
+        return
+    config = runtime.config
+    print(f"{PROG}: serving {clean(config.name)} {clean(config.server_version)} ({len(config.tools)} tools: "
+          f"{clean(', '.join(runtime.tools))}) from {clean(label)} [{runtime.module_source}, "
+          f"{runtime.load_ms:.0f} ms]", file=sys.stderr)
+    for line in format_policy(runtime):
+        print(f"{PROG}: policy: {clean(line)}", file=sys.stderr)
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import functools
+
+    level = logging.WARNING if args.verbose == 0 else logging.INFO if args.verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, stream=sys.stderr, format="mcpkit: %(levelname)s %(name)s: %(message)s")
+    if args.verbose < 2:
+        for noisy in ("mcp", "httpx", "anyio"):
+            logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+    label = getattr(args, "reference", None) or args.from_bundle or args.config or args.path or ""
+    with open_runtime(args) as runtime:
+        _announce(runtime, label, args.quiet)
+        import anyio
+
+        from hatch_mcpkit.server import serve
+
+        try:
+            anyio.run(functools.partial(serve, runtime, max_concurrency=args.max_concurrency))
+        finally:
+            sys.stderr.flush()
+    return 0
 
 
 # --------------------------------------------------------------------------- parser
+
+
+def _add_home(p: argparse.ArgumentParser) -> None:
+    # SUPPRESS: `mcpkit --home DIR server ...` keeps the top-level value
+    p.add_argument("--home", metavar="DIR", default=argparse.SUPPRESS,
+                   help="bundle cache directory (default: $MCPKIT_HOME or ~/.mcpkit)")
+
+
+def _add_size_limit(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-bundle-size", metavar="SIZE", default=None,
+                   help="refuse a bundle whose layers declare more than SIZE bytes together, before downloading "
+                   "(e.g. 200M, 2G; default $MCPKIT_MAX_BUNDLE_SIZE, else 1G)")
+
+
+def _add_serve_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--allow-dir", action="append", default=[], metavar="HOST[:GUEST][:ro|rw]",
+                   help="also let the module see a host directory (read-only unless :rw); "
+                        "replaces a config grant with the same guest path")
+    p.add_argument("--deny-dir", action="append", default=[], metavar="GUEST",
+                   help="withdraw the config's grant at this guest path")
+    p.add_argument("--env", action="append", default=[], metavar="KEY",
+                   help="also pass this host environment variable to the module")
+    p.add_argument("--deny-env", action="append", default=[], metavar="KEY",
+                   help="withhold an environment variable the config allows")
+    p.add_argument("--offline", action="store_true", help="never download; use only the local cache")
+    _add_home(p)
+    p.add_argument("--max-concurrency", type=int, default=DEFAULT_CONCURRENCY, metavar="N",
+                   help=f"tool calls running at once (default {DEFAULT_CONCURRENCY})")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="log to stderr (-vv for debug)")
+    p.add_argument("-q", "--quiet", action="store_true", help="do not print the policy at start")
+
+
+def _add_serve_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    server = sub.add_parser("server", help="serve a cached bundle, a config.yaml or a bundle path over MCP stdio",
+                            description="Serve a bundle as an MCP server over stdio: a cached bundle by name "
+                            "(--from-bundle), a config.yaml with module.wasm beside it (--config), or a local "
+                            "PATH (./folder, x.mcpkit.tar, x/config.yaml). A bare name always means the cache.")
+    what = server.add_mutually_exclusive_group()
+    what.add_argument("--from-bundle", metavar="NAME",
+                      help="a bundle in the local cache (name, name:tag or reference)")
+    what.add_argument("--config", metavar="PATH", help="a config.yaml with module.wasm beside it")
+    what.add_argument("path", nargs="?", metavar="PATH",
+                      help="a bundle directory, config.yaml, module.wasm or .mcpkit.tar")
+    _add_serve_options(server)
+    server.set_defaults(func=_cmd_serve)
+
+    run = sub.add_parser("run", help="pull NAME|URI|PATH into the cache if needed and serve it over MCP stdio",
+                         description="Serve a bundle over MCP stdio, pulling it into the cache first when it is a "
+                         "registry reference or https:// archive that is not cached yet. A bare name always means "
+                         "the cache; a local path must look like one (./x, /abs, x.mcpkit.tar, x/config.yaml).")
+    run.add_argument("reference", metavar="NAME|URI|PATH")
+    _add_registry_options(run)
+    _add_size_limit(run)
+    _add_serve_options(run)
+    run.set_defaults(func=_cmd_serve)
 
 
 def _add_registry_options(p: argparse.ArgumentParser, *, credentials: bool = True) -> None:
@@ -435,6 +648,8 @@ def _add_bundle_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
     p.add_argument("reference", metavar="URI", help="what to pull")
     p.add_argument("--offline", action="store_true", help="use the cache only; fail if the bundle is not there")
     _add_registry_options(p)
+    _add_size_limit(p)
+    _add_home(p)
     p.set_defaults(func=_cmd_pull)
 
     p = sub.add_parser("list", aliases=["ls"], help="list cached bundles, or the bundles in a registry",
@@ -444,6 +659,7 @@ def _add_bundle_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
                    help="list repositories and tags in this registry (or namespace, or one repository)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _add_registry_options(p)
+    _add_home(p)
     p.set_defaults(func=_cmd_list)
 
     p = sub.add_parser("inspect", help="show a bundle's manifest, tools, layers and annotations",
@@ -453,11 +669,14 @@ def _add_bundle_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--offline", action="store_true", help="look the reference up in the cache instead of the registry")
     _add_registry_options(p)
+    _add_size_limit(p)
+    _add_home(p)
     p.set_defaults(func=_cmd_inspect)
 
     p = sub.add_parser("rm", aliases=["remove"], help="remove bundles from the local cache",
                        description="Remove cached bundles by name, name:tag or full reference.")
     p.add_argument("references", nargs="+", metavar="NAME|REF", help="what to remove")
+    _add_home(p)
     p.set_defaults(func=_cmd_rm)
 
 
@@ -478,8 +697,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bundle_commands(bundle_sub)
     bundle.set_defaults(func=lambda _args: _usage(bundle))
     _add_bundle_commands(sub)  # top-level short forms: mcpkit pull|push|list|inspect|rm
-    sub.add_parser("server", help="serve a bundle over MCP stdio (see `mcpkit server --help`)", add_help=False)
-    sub.add_parser("run", help="pull if needed and serve NAME|URI|PATH (see `mcpkit run --help`)", add_help=False)
+    _add_serve_commands(sub)
     parser.set_defaults(func=lambda _args: _usage(parser))
     return parser
 
@@ -497,11 +715,6 @@ def _debug() -> bool:
 
 
 def _run(argv: list[str]) -> int:
-    if argv and argv[0] in DELEGATED:
-        return _delegate(argv)
-    if len(argv) >= 3 and argv[0] == "--home" and argv[2] in DELEGATED:  # mcpkit --home DIR server ...
-        os.environ["MCPKIT_HOME"] = argv[1]
-        return _delegate(argv[2:])
     args = build_parser().parse_args(argv)
     result: int = args.func(args)
     return result
@@ -515,7 +728,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except McpkitError as exc:
         if _debug():
             traceback.print_exc()
-        print(f"{PROG}: error: {exc}", file=sys.stderr, flush=True)
+        print(f"{PROG}: error: {clean_block(exc)}", file=sys.stderr, flush=True)
         return exc.exit_code
     except KeyboardInterrupt:
         print(f"\n{PROG}: interrupted", file=sys.stderr, flush=True)
@@ -531,7 +744,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if _debug():
             traceback.print_exc()
         else:
-            print(f"{PROG}: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+            print(f"{PROG}: internal error: {type(exc).__name__}: {clean_block(exc)}", file=sys.stderr)
             print(f"{PROG}: set MCPKIT_DEBUG=1 to see the traceback, and please report it", file=sys.stderr)
         return 70
 

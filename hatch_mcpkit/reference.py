@@ -7,10 +7,16 @@
 API host ``registry-1.docker.io``) and a one-part name gets ``library/``. No tag and no
 digest means ``latest``.
 
-``classify(text)`` tells the command line what kind of thing a user gave it:
+``classify(text)`` is the one place that decides what kind of thing a user gave mcpkit:
 :class:`OciRef`, :class:`FileRef` (``file://``, a path to a module, a ``.mcpkit.tar`` or a
 directory), :class:`HttpsRef` (an archive over HTTPS, optionally pinned with
 ``#sha256=<hex>``) or :class:`NameRef` (a bundle name to look up in the local cache).
+Each kind has a ``key``: the canonical text the cache index stores.
+
+The one "is it a local path" rule: a path must look like one (``/abs``, ``./x``, ``../x``,
+``~/x``, ``x.mcpkit.tar``, ``x/config.yaml``, ``x.wasm``, ``file://``). Whether something of
+that name happens to exist in the working directory never matters, so a folder there can
+never shadow a cached bundle (a bare name always means the cache) or a registry reference.
 
 Validation follows the OCI distribution spec grammar; every error is a
 :class:`~hatch_mcpkit.errors.InvalidReferenceError` that quotes the reference and says what is wrong.
@@ -31,6 +37,8 @@ __all__ = [
     "DOCKER_HUB",
     "DOCKER_HUB_ALIASES",
     "DOCKER_HUB_API",
+    "AnyRef",
+    "CacheName",
     "FileRef",
     "HttpsRef",
     "NameRef",
@@ -39,9 +47,13 @@ __all__ = [
     "Repository",
     "classify",
     "is_loopback",
+    "looks_local",
+    "oci_key",
+    "parse_cache_name",
     "parse_reference",
     "parse_repository",
     "use_plain_http",
+    "written_tag",
 ]
 
 DOCKER_HUB = "docker.io"
@@ -293,12 +305,56 @@ def parse_reference(text: str) -> Reference:
     return Reference(registry, repository, tag, digest)
 
 
+def oci_key(ref: Reference) -> str:
+    """The canonical ``oci://`` text of a reference (its tag dropped when a digest pins it)."""
+    key = f"oci://{ref.registry}/{ref.repository}"
+    if ref.digest:
+        return f"{key}@{ref.digest}"
+    return f"{key}:{ref.tag or 'latest'}"
+
+
+def written_tag(text: str) -> str | None:
+    """The tag the user actually wrote in ``text`` (``None`` for none, or for a digest reference)."""
+    body = _strip_scheme(text.strip())
+    if "@" in body:
+        return None
+    last = body.rsplit("/", 1)[-1]
+    return parse_reference(text).tag if ":" in last else None
+
+
+@dataclass(frozen=True)
+class CacheName:
+    """``name``, ``name:tag`` or ``name@sha256:<hex or prefix>``: a short way to name a cached bundle."""
+
+    name: str
+    tag: str | None = None
+    digest: str | None = None
+
+
+def parse_cache_name(text: str) -> CacheName | None:
+    """Read a short cache name; ``None`` when ``text`` is not of that shape (it has a ``/`` or a scheme)."""
+    text = text.strip()
+    if "/" in text or "://" in text:
+        return None
+    base, at, digest = text.partition("@")
+    name, colon, tag = base.partition(":")
+    if not _NAME_RE.match(name) or (colon and not _TAG_RE.match(tag)):
+        return None
+    if at and not re.fullmatch(r"sha256:[0-9a-f]{1,64}", digest):
+        return None
+    return CacheName(name, tag if colon else None, digest if at else None)
+
+
 # --------------------------------------------------------------------------- classify
 
 
 @dataclass(frozen=True)
 class OciRef:
     reference: Reference
+
+    @property
+    def key(self) -> str:
+        return oci_key(self.reference)
 
 
 @dataclass(frozen=True)
@@ -307,13 +363,31 @@ class FileRef:
 
     path: Path
 
+    @property
+    def key(self) -> str:
+        return self.path.as_uri()
+
+    def resolved(self) -> FileRef:
+        """The same path with links resolved; InvalidReferenceError when nothing is there."""
+        try:
+            return FileRef(self.path.expanduser().resolve(strict=True))
+        except (OSError, RuntimeError):
+            raise InvalidReferenceError(
+                f"{self.path}: no such file or directory",
+                hint="give module.wasm (with config.yaml beside it), a .mcpkit.tar archive or a bundle directory",
+            ) from None
+
 
 @dataclass(frozen=True)
 class HttpsRef:
-    """An archive over HTTPS (or plain HTTP on loopback); ``sha256`` is the ``#sha256=`` pin."""
+    """An archive over HTTPS (or plain HTTP on loopback / with --insecure); ``sha256`` is the ``#sha256=`` pin."""
 
     url: str
     sha256: str | None = None
+
+    @property
+    def key(self) -> str:
+        return self.url
 
 
 @dataclass(frozen=True)
@@ -322,12 +396,19 @@ class NameRef:
 
     name: str
 
+    @property
+    def key(self) -> str:
+        return self.name
 
-def _classify_http(text: str) -> HttpsRef:
+
+AnyRef = OciRef | FileRef | HttpsRef | NameRef
+
+
+def _classify_http(text: str, insecure: bool) -> HttpsRef:
     parts = urlsplit(text)
     if not parts.hostname:
         raise InvalidReferenceError(f"missing host in URL {text!r}")
-    if parts.scheme == "http" and not is_loopback(parts.netloc.rsplit("@", 1)[-1]):
+    if parts.scheme == "http" and not use_plain_http(parts.netloc.rsplit("@", 1)[-1], insecure=insecure):
         raise InvalidReferenceError(
             f"refusing plain HTTP for {text!r}: only loopback hosts may use http://",
             hint="use https://, or pass --insecure if you really trust this network",
@@ -345,22 +426,29 @@ def _classify_http(text: str) -> HttpsRef:
     return HttpsRef(url, pin)
 
 
-def classify(text: str, *, cwd: Path | None = None) -> OciRef | FileRef | HttpsRef | NameRef:
+def looks_local(text: str) -> bool:
+    """The one rule: does ``text`` (no scheme) look like a local path? Never asks the file system."""
+    lower = text.lower()
+    return text.startswith(("/", ".", "~")) or lower.endswith(_LOCAL_SUFFIXES)
+
+
+def classify(text: str, *, cwd: Path | None = None, insecure: bool = False) -> AnyRef:
     """Tell what kind of reference ``text`` is; raise InvalidReferenceError when it is none.
 
-    Without a scheme: an existing path, or anything that looks like one (``/``, ``./``,
-    ``../``, ``~``, a ``.wasm``/``.tar``/``.yaml`` suffix), is a file; a plain name such as
-    ``weather-tool`` is a cache name; anything else is parsed as an OCI reference.
+    Without a scheme: anything that looks like a path (``/``, ``./``, ``../``, ``~``, a
+    ``.wasm``/``.tar``/``.yaml`` suffix) is a file, relative to ``cwd``; a plain name such as
+    ``weather-tool`` is a cache name (even when a folder of that name exists here); anything
+    else is parsed as an OCI reference. ``insecure`` also allows ``http://`` off loopback.
     """
     if not isinstance(text, str) or not text.strip():
         raise InvalidReferenceError("empty reference")
     try:
-        return _classify(text.strip(), cwd)
+        return _classify(text.strip(), cwd, insecure)
     except (ValueError, RuntimeError) as exc:  # a broken [IPv6] URL, a NUL byte, ~unknown-user
         raise InvalidReferenceError(f"invalid reference {text!r}: {exc}") from None
 
 
-def _classify(text: str, cwd: Path | None) -> OciRef | FileRef | HttpsRef | NameRef:
+def _classify(text: str, cwd: Path | None, insecure: bool) -> AnyRef:
     lower = text.lower()
     if lower.startswith("oci://"):
         return OciRef(parse_reference(text))
@@ -372,20 +460,16 @@ def _classify(text: str, cwd: Path | None) -> OciRef | FileRef | HttpsRef | Name
             raise InvalidReferenceError(f"file:// reference {text!r} has no path")
         return FileRef(Path(unquote(parts.path)))
     if lower.startswith(("https://", "http://")):
-        return _classify_http(text)
+        return _classify_http(text, insecure)
     if "://" in text:
         raise InvalidReferenceError(
             f"unsupported scheme {text.split('://', 1)[0]!r} in {text!r}: use oci://, file://, https:// or a path"
         )
-    base = cwd or Path.cwd()
-    expanded = Path(text).expanduser()
-    path = expanded if expanded.is_absolute() else base / expanded
-    if (
-        text.startswith(("/", "./", "../", "~", "."))
-        or lower.endswith(_LOCAL_SUFFIXES)
-        or path.exists()
-    ):
-        return FileRef(path)
-    if _NAME_RE.match(text) and ":" not in text:
+    if "\0" in text:
+        raise InvalidReferenceError(f"reference {text!r} contains a NUL byte")
+    if looks_local(text):
+        expanded = Path(text).expanduser()
+        return FileRef(expanded if expanded.is_absolute() else (cwd or Path.cwd()) / expanded)
+    if _NAME_RE.match(text):
         return NameRef(text)
     return OciRef(parse_reference(text))

@@ -1,25 +1,103 @@
-"""The store under ``MCPKIT_HOME``: the only code that knows its layout.
+"""The store under ``MCPKIT_HOME`` (default ``~/.mcpkit``): the only code that knows its layout.
 
-(Being moved here from ``cache.py``: entries, ``metadata.json``, the index, compiled code.)
+Layout::
 
-Compiled code lives in one place, ``MCPKIT_HOME/compiled/<engine fingerprint>/<wasm sha256>.cwasm``,
-keyed by the SHA-256 of the module bytes the runtime actually read and by the fingerprint of
-the engine that will load it. Only :class:`CodeCache` writes there, and nothing that arrives with
-a bundle (a ``module.cwasm`` in an archive, a folder or a cache entry) is ever loaded: a bundle
-can neither choose the key nor write into this folder (write grants that reach ``MCPKIT_HOME``
-are refused by the runtime).
+    bundles/<registry>/<repository>/<tag or sha256-hex>/   a bundle pulled from an OCI registry
+    bundles/https/<host>/<url path>/sha256-<hex>/          a bundle.tar.gz from a web server (hex: the archive)
+    bundles/http/<host>/<url path>/sha256-<hex>/           the same over plain HTTP (loopback or --insecure)
+    bundles/file/<name>/sha256-<hex>/                      a local module/archive/directory (hex: manifest digest)
+        module.wasm  config.yaml  <extra shipped files>  metadata.json
+    bundles/registry.json    index: name -> [{reference, digest, path, pulled_at}] (path relative to bundles/)
+    compiled/<engine fingerprint>/<wasm sha256>.cwasm      native code, written and read only by CodeCache
+    cache/downloads/         work directories of pulls in progress (<kind>-<pid>-*); moved into place when verified
+    cache/locks/             one lock file per entry, one for the index
+
+Every blob is checked (size and SHA-256, streamed) before an entry is moved into place with a
+rename; the previous good copy survives any failure up to that rename. Two processes pulling the
+same reference both succeed and leave one consistent entry (per-entry ``flock`` + re-check under
+the lock). Before anything is fetched, the sizes the manifest declares are checked against the
+maximum bundle size. A re-pull of an installed manifest re-checks the files on disk against the
+manifest's digests (it does not trust ``metadata.json``) and repairs the entry when anything was
+changed or added. Work directories of processes that are gone are swept on the next pull.
+
+Compiled code lives in one place, ``compiled/``, keyed by the SHA-256 of the module bytes the
+runtime actually read and by the fingerprint of the engine that will load it. Only
+:class:`CodeCache` writes there, and nothing that arrives with a bundle is ever loaded: a
+bundle can neither choose the key nor write into this folder. The store never imports the
+runtime; the command line asks the runtime to precompile after a pull.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
+import hashlib
+import json
 import os
 import re
+import shutil
+import tempfile
+import time
+import urllib.parse
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
-from hatch_mcpkit._files import atomic_write
+from hatch_mcpkit import _json
+from hatch_mcpkit._files import atomic_write, file_chunks, write_verified
+from hatch_mcpkit.bundle import (
+    CONFIG_TITLE,
+    MODULE_TITLE,
+    BundleLayout,
+    Descriptor,
+    Manifest,
+    check_bundle_folder,
+    max_bundle_size,
+    parse_bundle_config,
+)
+from hatch_mcpkit.errors import (
+    BundleError,
+    BundleNotFoundError,
+    CacheError,
+    IntegrityError,
+    InvalidReferenceError,
+)
+from hatch_mcpkit.reference import (
+    AnyRef,
+    FileRef,
+    HttpsRef,
+    NameRef,
+    OciRef,
+    classify,
+    parse_cache_name,
+    parse_reference,
+)
 
-__all__ = ["CodeCache", "default_home"]
+if TYPE_CHECKING:
+    from hatch_mcpkit.config import Config
+    from hatch_mcpkit.reference import Reference
+    from hatch_mcpkit.registry import RegistryClient
 
+__all__ = [
+    "BundleCache",
+    "CacheEntry",
+    "CodeCache",
+    "PullOptions",
+    "PullResult",
+    "default_home",
+]
+
+METADATA = "metadata.json"
+LEGACY_CWASM = "module.cwasm"  # written into entries by the runtime's old precompile; never shipped
+INDEX = "registry.json"
+MAX_INDEX_BYTES = 256 * 1024 * 1024
+MAX_METADATA_BYTES = 16 * 1024 * 1024
+STALE_WORKDIR_SECONDS = 24 * 3600
+_WORKDIR_RE = re.compile(r"^[a-z]+-(\d+)-")
+_SAFE_PART = re.compile(r"[^A-Za-z0-9._-]")
 _KEY_PART = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 
 
@@ -27,6 +105,25 @@ def default_home() -> Path:
     """``$MCPKIT_HOME`` or ``~/.mcpkit``."""
     env = os.environ.get("MCPKIT_HOME")
     return Path(env).expanduser() if env else Path.home() / ".mcpkit"
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+# --------------------------------------------------------------------------- compiled code
 
 
 class CodeCache:
@@ -65,3 +162,675 @@ class CodeCache:
     def discard(self, fingerprint: str, wasm_sha256: str) -> None:
         """Forget code that failed to load (a different engine build wrote it)."""
         self._path(fingerprint, wasm_sha256).unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------- entries and results
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    """One installed bundle, as recorded in registry.json."""
+
+    name: str
+    reference: str
+    digest: str
+    path: Path
+    pulled_at: str
+
+    @property
+    def tag(self) -> str | None:
+        """The tag of an ``oci://`` reference (``None`` for digests and non-OCI sources)."""
+        if not self.reference.startswith("oci://"):
+            return None
+        try:
+            ref = parse_reference(self.reference)
+        except InvalidReferenceError:
+            return None
+        return None if ref.digest else ref.tag
+
+    def metadata(self) -> dict[str, Any]:
+        """The entry's metadata.json (``{}`` if it cannot be read)."""
+        return _read_metadata(self.path)
+
+    def to_json(self, bundles_dir: Path) -> dict[str, str]:
+        return {
+            "reference": self.reference,
+            "digest": self.digest,
+            "path": self.path.relative_to(bundles_dir).as_posix(),
+            "pulled_at": self.pulled_at,
+        }
+
+
+def _read_metadata(entry_dir: Path) -> dict[str, Any]:
+    try:
+        data = _json.load((entry_dir / METADATA).read_bytes(), where=str(entry_dir / METADATA), error=CacheError,
+                          max_bytes=MAX_METADATA_BYTES)
+    except (OSError, CacheError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+@dataclass(frozen=True)
+class PullResult:
+    entry: CacheEntry
+    changed: bool  # False: the cache already held this manifest, only the manifest was fetched (or nothing)
+    warnings: tuple[str, ...] = ()
+    repaired: bool = False  # the entry on disk no longer matched its manifest and was installed again
+
+    @property
+    def path(self) -> Path:
+        return self.entry.path
+
+    @property
+    def digest(self) -> str:
+        return self.entry.digest
+
+
+@dataclass(frozen=True)
+class PullOptions:
+    offline: bool = False
+    insecure: bool = False
+    ca_file: str | None = None
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    max_bundle_size: int | None = None  # None: $MCPKIT_MAX_BUNDLE_SIZE, else 1 GiB
+
+    @property
+    def size_limit(self) -> int:
+        return max_bundle_size(self.max_bundle_size)
+
+
+def _safe_parts(parts: list[str]) -> list[str]:
+    out = []
+    for part in parts:
+        part = _SAFE_PART.sub("_", part)
+        if part in ("", ".", ".."):
+            continue
+        out.append(part[:100])
+    return out
+
+
+def check_declared_sizes(manifest: Manifest, limit: int, where: str) -> None:
+    """Refuse a manifest whose blobs (each, or all together) declare more than ``limit`` bytes."""
+    hint = "raise the limit with --max-bundle-size or MCPKIT_MAX_BUNDLE_SIZE if you trust this bundle"
+    for desc in manifest.blobs:
+        if desc.size > limit:
+            what = f"layer {desc.title!r}" if desc.title else "config blob"
+            raise BundleError(f"{where}: {what} ({desc.digest}) declares {desc.size} bytes, more than the "
+                              f"maximum bundle size of {limit} bytes; nothing was downloaded", hint=hint)
+    total = sum(d.size for d in manifest.blobs)
+    if total > limit:
+        raise BundleError(f"{where}: the bundle's layers declare {total} bytes together, more than the maximum "
+                          f"bundle size of {limit} bytes; nothing was downloaded", hint=hint)
+
+
+class _BlobSource(Protocol):
+    def read_blob(self, desc: Descriptor) -> bytes: ...
+
+    def fetch_blob(self, desc: Descriptor, dest: Path) -> None: ...
+
+
+class _LayoutBlobs:
+    """Blobs of a local OCI layout, copied with verification."""
+
+    def __init__(self, layout: BundleLayout) -> None:
+        self.layout = layout
+
+    def read_blob(self, desc: Descriptor) -> bytes:
+        return self.layout.read_blob(desc.digest)
+
+    def fetch_blob(self, desc: Descriptor, dest: Path) -> None:
+        with self.layout.open_blob(desc.digest) as fh:
+            write_verified(file_chunks(fh), dest, digest=desc.digest, size=desc.size, where=str(self.layout.source))
+
+
+class _RegistryBlobs:
+    def __init__(self, client: RegistryClient, repository: str) -> None:
+        self.client = client
+        self.repository = repository
+
+    def read_blob(self, desc: Descriptor) -> bytes:
+        return self.client.read_blob(self.repository, desc)
+
+    def fetch_blob(self, desc: Descriptor, dest: Path) -> None:
+        self.client.fetch_blob(self.repository, desc, dest)
+
+
+def check_bundle_config_yaml(raw: bytes, label: str) -> Config:
+    """Validate a bundle's config.yaml structurally, as data (its ``${VAR}`` belong to another machine)."""
+    from hatch_mcpkit.config import PlaceholderEnviron, parse_config
+
+    return parse_config(raw, label, PlaceholderEnviron())
+
+
+def _file_matches(path: Path, desc: Descriptor) -> bool:
+    """Streamed size + SHA-256 check of one installed file against its layer descriptor."""
+    try:
+        if not path.is_file() or path.is_symlink() or path.stat().st_size != desc.size:
+            return False
+        h = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for chunk in file_chunks(fh):
+                h.update(chunk)
+    except OSError:
+        return False
+    return f"sha256:{h.hexdigest()}" == desc.digest
+
+
+def _entry_files(target: Path) -> set[str]:
+    """Relative paths of every file (and link) under an entry."""
+    out = set()
+    for root, dirs, files in os.walk(target):
+        rel = Path(root).relative_to(target)
+        for name in files + [d for d in dirs if (Path(root) / d).is_symlink()]:
+            out.add((rel / name).as_posix())
+    return out
+
+
+# --------------------------------------------------------------------------- locks
+
+
+@contextlib.contextmanager
+def _flock(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+# --------------------------------------------------------------------------- the cache
+
+
+@dataclass
+class _Index:
+    stamp: tuple[int, int, int]
+    by_name: dict[str, list[CacheEntry]]
+    by_ref: dict[str, CacheEntry]
+
+
+_INDEX_MEMO: dict[Path, _Index] = {}
+
+
+class BundleCache:
+    """The bundle store under ``home`` (``$MCPKIT_HOME`` or ``~/.mcpkit`` when ``None``)."""
+
+    def __init__(self, home: Path | str | None = None) -> None:
+        self.home = Path(home).expanduser() if home is not None else default_home()
+        self.bundles_dir = self.home / "bundles"
+        self.downloads_dir = self.home / "cache" / "downloads"
+        self.locks_dir = self.home / "cache" / "locks"
+        self.index_path = self.bundles_dir / INDEX
+        self.code_cache = CodeCache(self.home)
+
+    # ----------------------------------------------------------------- index
+
+    def _load_index(self) -> _Index:
+        try:
+            st = self.index_path.stat()
+        except FileNotFoundError:
+            return _Index((0, 0, 0), {}, {})
+        except OSError as exc:
+            raise CacheError(f"{self.index_path}: cannot read the cache index ({exc.strerror})") from None
+        stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+        memo = _INDEX_MEMO.get(self.index_path)
+        if memo is not None and memo.stamp == stamp:
+            return memo
+        try:
+            raw = self.index_path.read_bytes()
+        except FileNotFoundError:
+            return _Index((0, 0, 0), {}, {})
+        except OSError as exc:
+            raise CacheError(f"{self.index_path}: cannot read the cache index ({exc.strerror})") from None
+        try:
+            data = _json.load(raw, where=f"{self.index_path}: the cache index", error=CacheError,
+                              max_bytes=MAX_INDEX_BYTES)
+        except CacheError as exc:
+            raise CacheError(exc.message, hint="remove the file and pull your bundles again") from None
+        index = self._index_from(data, stamp)
+        _INDEX_MEMO[self.index_path] = index
+        return index
+
+    def _index_from(self, data: Any, stamp: tuple[int, int, int]) -> _Index:
+        by_name: dict[str, list[CacheEntry]] = {}
+        by_ref: dict[str, CacheEntry] = {}
+        if isinstance(data, dict):
+            for name, rows in data.items():
+                if not isinstance(rows, list):
+                    continue
+                for row in rows:
+                    try:
+                        entry = CacheEntry(
+                            name=str(name),
+                            reference=str(row["reference"]),
+                            digest=str(row["digest"]),
+                            path=self.bundles_dir / str(row["path"]),
+                            pulled_at=str(row.get("pulled_at", "")),
+                        )
+                    except (KeyError, TypeError, AttributeError):
+                        continue
+                    by_name.setdefault(entry.name, []).append(entry)
+                    by_ref[entry.reference] = entry
+        return _Index(stamp, by_name, by_ref)
+
+    def _write_index(self, entries: list[CacheEntry]) -> None:
+        data: dict[str, list[dict[str, str]]] = {}
+        for entry in sorted(entries, key=lambda e: (e.name, e.reference)):
+            data.setdefault(entry.name, []).append(entry.to_json(self.bundles_dir))
+        self.bundles_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write(self.index_path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode(), mode=0o644)
+
+    def _update_index(self, *, add: CacheEntry | None = None, drop_refs: set[str] | None = None) -> list[CacheEntry]:
+        """Under the index lock: drop entries by reference (and any on ``add``'s path), add one; return dropped."""
+        with _flock(self.locks_dir / "index.lock"):
+            current = [e for rows in self._load_index().by_name.values() for e in rows]
+            drop = set(drop_refs or ())
+            if add is not None:
+                drop.add(add.reference)
+            kept, dropped = [], []
+            for e in current:
+                if e.reference in drop or (add is not None and e.path == add.path):
+                    dropped.append(e)
+                else:
+                    kept.append(e)
+            if add is not None:
+                kept.append(add)
+            self._write_index(kept)
+            return dropped
+
+    # ----------------------------------------------------------------- lookup
+
+    def entries(self) -> list[CacheEntry]:
+        """Every cached bundle, sorted by name then reference."""
+        index = self._load_index()
+        return sorted((e for rows in index.by_name.values() for e in rows), key=lambda e: (e.name, e.reference))
+
+    def _matches(self, name_or_ref: str) -> list[CacheEntry]:
+        text = name_or_ref.strip()
+        index = self._load_index()
+        if text in index.by_ref:
+            return [index.by_ref[text]]
+        short = parse_cache_name(text)
+        if short is not None and short.name in index.by_name:
+            rows = index.by_name[short.name]
+            if short.digest:
+                return [e for e in rows if e.digest.startswith(short.digest)]
+            if short.tag:
+                return [e for e in rows if e.tag == short.tag or e.metadata().get("version") == short.tag]
+            return list(rows)
+        # a full reference written another way (bare, docker hub, file path)
+        try:
+            ref = classify(text)
+            key = ref.resolved().key if isinstance(ref, FileRef) else ref.key
+        except InvalidReferenceError:
+            return []
+        return [index.by_ref[key]] if key in index.by_ref else []
+
+    def cached_by_name(self, text: str) -> CacheEntry | None:
+        """The cached entry a short ``name``, ``name:tag`` or ``name@digest`` means, if any.
+
+        Full references (with a ``/`` or a scheme) give ``None``: they name a registry, not the cache.
+        """
+        short = parse_cache_name(text)
+        if short is None or short.name not in self._load_index().by_name:
+            return None
+        return self.find_entry(text)
+
+    def find(self, name_or_ref: str) -> Path:
+        """The directory of the one cached bundle matching a name, ``name:tag`` or reference."""
+        return self.find_entry(name_or_ref).path
+
+    def find_entry(self, name_or_ref: str) -> CacheEntry:
+        matches = self._matches(name_or_ref)
+        if not matches:
+            what = name_or_ref if "/" in name_or_ref else "oci://REGISTRY/REPOSITORY:TAG"
+            raise BundleNotFoundError(
+                f"no cached bundle matches {name_or_ref!r} (cache: {self.bundles_dir})",
+                hint=f"pull it first: mcpkit bundle pull {what}; `mcpkit bundle list` shows the cache",
+            )
+        if len({e.digest for e in matches}) > 1:
+            listing = "\n".join(f"    {e.reference}  ({e.digest[:19]})" for e in matches)
+            raise CacheError(
+                f"{name_or_ref!r} matches {len(matches)} cached bundles with different content:\n{listing}",
+                hint="name one by its full reference or as name:tag",
+            )
+        entry = max(matches, key=lambda e: e.pulled_at)
+        if not (entry.path / METADATA).is_file():
+            raise BundleNotFoundError(
+                f"the cache index lists {entry.reference} at {entry.path}, but the directory is gone",
+                hint=f"pull it again: mcpkit bundle pull {entry.reference}",
+            )
+        return entry
+
+    def remove(self, name_or_ref: str) -> list[CacheEntry]:
+        """Remove a bundle (all its index rows); the directory goes once nothing else points at it."""
+        entry = self.find_entry(name_or_ref)
+        victims = [e for e in self._matches(name_or_ref) if e.digest == entry.digest]
+        removed: list[CacheEntry] = []
+        for victim in victims:
+            with _flock(self._entry_lock(victim.path)):
+                removed += [e for e in self._update_index(drop_refs={victim.reference}) if e.reference == victim.reference]
+                if not any(e.path == victim.path for e in self.entries()):
+                    self._discard_dir(victim.path)
+        return removed
+
+    # ----------------------------------------------------------------- pulling
+
+    def pull(self, reference: str | AnyRef, options: PullOptions | None = None) -> PullResult:
+        """Fetch a bundle into the cache (or find it there with ``offline``).
+
+        A bare cached name (``weather-tool``) pulls that entry's reference again.
+        """
+        opts = options or PullOptions()
+        if not opts.offline:
+            self._sweep_downloads()  # what killed pulls left behind
+        text = reference if isinstance(reference, str) else reference.key
+        source = classify(reference, insecure=opts.insecure) if isinstance(reference, str) else reference
+        cached = self.cached_by_name(text) if isinstance(source, (NameRef, OciRef)) else None
+        if isinstance(source, NameRef) or cached is not None:
+            entry = cached or self.find_entry(source.key)
+            if opts.offline or entry.reference.startswith("file:"):
+                return PullResult(entry, changed=False)
+            source = classify(entry.reference, insecure=opts.insecure)
+        if isinstance(source, FileRef):
+            return self._pull_file(source.resolved(), opts)
+        if opts.offline:
+            found = self._load_index().by_ref.get(source.key)
+            if found is None or not (found.path / METADATA).is_file():
+                raise BundleNotFoundError(
+                    f"{source.key} is not in the cache and --offline forbids downloading it",
+                    hint=f"pull it once while online: mcpkit bundle pull {text}",
+                )
+            return PullResult(found, changed=False)
+        if isinstance(source, OciRef):
+            return self._pull_oci(source, opts)
+        assert isinstance(source, HttpsRef)
+        return self._pull_http(source, opts)
+
+    def install_layout(self, layout: BundleLayout, reference: str, *, rel: Path | None = None,
+                       meta: dict[str, Any] | None = None, limit: int | None = None) -> PullResult:
+        """Install a verified local bundle; by default under ``bundles/file/<name>/sha256-<manifest hex>``."""
+        if rel is None:
+            rel = Path("file", _safe_parts([layout.name])[0], f"sha256-{layout.manifest.digest.split(':', 1)[1]}")
+        return self._install(
+            manifest=layout.manifest,
+            blobs=_LayoutBlobs(layout),
+            reference=reference,
+            rel=rel,
+            meta=meta if meta is not None else {"source": "file", "path": str(layout.source)},
+            limit=max_bundle_size(limit),
+        )
+
+    def _pull_oci(self, source: OciRef, opts: PullOptions) -> PullResult:
+        ref = source.reference
+        rel = Path(*[_safe_parts([p])[0] for p in ref.cache_parts()])
+        meta = {
+            "source": "oci",
+            "registry": ref.registry,
+            "repository": ref.repository,
+            "tag": ref.tag,
+        }
+        limit = opts.size_limit
+        with _make_client(ref, opts) as client:
+            manifest: Manifest = client.get_manifest(ref)
+            if ref.digest and manifest.digest != ref.digest:
+                raise IntegrityError(
+                    f"{source.key}: the registry returned manifest {manifest.digest}, not the digest asked for",
+                    digest=ref.digest,
+                )
+            return self._install(
+                manifest=manifest, blobs=_RegistryBlobs(client, ref.repository), reference=source.key, rel=rel,
+                meta=meta, limit=limit,
+            )
+
+    def _pull_file(self, source: FileRef, opts: PullOptions) -> PullResult:
+        path = source.path
+        if path.is_dir():
+            if (path / "oci-layout").is_file():
+                with BundleLayout.open(path, max_bytes=opts.size_limit) as layout:
+                    return self.install_layout(layout, source.key, limit=opts.size_limit)
+            module, config_path = path / MODULE_TITLE, path / CONFIG_TITLE
+        elif path.suffix in (".yaml", ".yml"):
+            module, config_path = path.parent / MODULE_TITLE, path
+        elif path.suffix == ".wasm":
+            module, config_path = path, path.parent / CONFIG_TITLE
+        else:
+            with BundleLayout.open(path, max_bytes=opts.size_limit) as layout:
+                return self.install_layout(layout, source.key, limit=opts.size_limit)
+        check_bundle_folder(module.parent)
+        return self._install_loose(module, config_path, source.key, {"source": "file", "path": str(path)},
+                                   limit=opts.size_limit)
+
+    def _install_loose(self, module: Path, config_path: Path, reference: str, meta: dict[str, Any],
+                       rel: Path | None = None, *, limit: int) -> PullResult:
+        """Build a bundle from module.wasm + config.yaml (reproducibly) and install it."""
+        from hatch_mcpkit.bundle import build_bundle
+        from hatch_mcpkit.config import PlaceholderEnviron, load_config
+
+        if not module.is_file():
+            raise BundleError(f"{module}: module.wasm is missing", hint="a bundle is module.wasm + config.yaml")
+        if not config_path.is_file():
+            raise BundleError(
+                f"{config_path}: config.yaml is missing (it must sit beside {module.name})",
+                hint="a bundle is module.wasm + config.yaml",
+            )
+        config = load_config(config_path, PlaceholderEnviron())
+        with self._workdir("build") as tmp:
+            built = build_bundle(config, module, tmp, source_date_epoch=0)
+            with BundleLayout.open(built.path, max_bytes=limit) as layout:
+                return self.install_layout(layout, reference, rel=rel, meta=meta, limit=limit)
+
+    def _pull_http(self, source: HttpsRef, opts: PullOptions) -> PullResult:
+        from hatch_mcpkit._archive import extract
+        from hatch_mcpkit._https import download
+
+        parsed = urllib.parse.urlsplit(source.url)
+        netloc = parsed.netloc.rsplit("@", 1)[-1]
+        limit = opts.size_limit
+        with self._workdir("http") as tmp:
+            archive = tmp / "bundle.tar.gz"
+            hexdigest = download(source.url, archive, max_bytes=limit, ca_file=opts.ca_file, insecure=opts.insecure)
+            if source.sha256 is not None and hexdigest != source.sha256:
+                raise IntegrityError(
+                    f"{source.url}: download has sha256 {hexdigest}, the URL pins {source.sha256}",
+                    digest=f"sha256:{source.sha256}",
+                    hint="the file changed on the server or was tampered with; nothing was installed",
+                )
+            unpacked = tmp / "unpacked"
+            extract(archive, unpacked, where=source.url, max_bytes=limit)
+            root = _bundle_root(unpacked, source.url)
+            rel = Path(parsed.scheme, *_safe_parts([netloc, *parsed.path.split("/")]), f"sha256-{hexdigest}")
+            meta = {"source": parsed.scheme, "url": source.url, "archive_sha256": hexdigest}
+            return self._install_loose(root / MODULE_TITLE, root / CONFIG_TITLE, source.key, meta, rel=rel,
+                                       limit=limit)
+
+    # ----------------------------------------------------------------- installing
+
+    @contextlib.contextmanager
+    def _workdir(self, kind: str) -> Iterator[Path]:
+        """A work directory under cache/downloads named ``<kind>-<pid>-…`` (so a sweep can tell its owner)."""
+        self.downloads_dir.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=f"{kind}-{os.getpid()}-", dir=self.downloads_dir))
+        try:
+            yield work
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+    def _entry_lock(self, entry_dir: Path) -> Path:
+        rel = entry_dir.relative_to(self.bundles_dir).as_posix()
+        return self.locks_dir / f"{hashlib.sha256(rel.encode()).hexdigest()[:32]}.lock"
+
+    def _current(self, target: Path, manifest: Manifest) -> bool:
+        """The entry holds exactly this manifest's files, byte for byte (re-hashed, not taken from metadata.json)."""
+        meta = _read_metadata(target)
+        if meta.get("digest") != manifest.digest:
+            return False
+        expected = {d.title or "" for d in manifest.layers}
+        extra = _entry_files(target) - expected - {METADATA, LEGACY_CWASM}
+        if extra:
+            return False
+        return all(_file_matches(target / (d.title or ""), d) for d in manifest.layers)
+
+    def _install(self, *, manifest: Manifest, blobs: _BlobSource, reference: str, rel: Path,
+                 meta: dict[str, Any], limit: int) -> PullResult:
+        target = self.bundles_dir / rel
+        if not target.resolve().is_relative_to(self.bundles_dir.resolve()):
+            raise CacheError(f"{reference}: refusing a cache path outside {self.bundles_dir}")
+        check_declared_sizes(manifest, limit, reference)
+        existed = target.exists()
+        # Fast path: this manifest is already installed here, intact; only the manifest was transferred.
+        if existed and self._current(target, manifest):
+            return self._ensure_indexed(target, reference, manifest)
+        try:
+            with self._workdir("pull") as work:
+                return self._fetch_and_swap(manifest, blobs, reference, target, work, meta, repaired=existed)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                raise CacheError(
+                    f"{reference}: not enough space to install it under {self.home} ({exc.strerror})",
+                    hint="free some space or set MCPKIT_HOME to a larger disk, then pull again; "
+                    "the previous copy is untouched",
+                ) from None
+            raise
+
+    def _fetch_and_swap(self, manifest: Manifest, blobs: _BlobSource, reference: str, target: Path, work: Path,
+                        meta: dict[str, Any], *, repaired: bool) -> PullResult:
+        staged = work / "entry"
+        staged.mkdir()
+        bundle_config = parse_bundle_config(blobs.read_blob(manifest.config), reference, manifest)
+        for layer in manifest.layers:  # titles were checked (safe, not reserved) by Manifest.parse
+            dest = staged / (layer.title or "")
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            blobs.fetch_blob(layer, dest)
+        config = check_bundle_config_yaml((staged / CONFIG_TITLE).read_bytes(), f"{reference} {CONFIG_TITLE}")
+        name = str(bundle_config["name"])
+        if config.name != name:
+            raise BundleError(
+                f"{reference}: config.yaml names the server {config.name!r}, the bundle config says {name!r}"
+            )
+        metadata = _metadata(reference, meta, manifest, bundle_config, config)
+        atomic_write(staged / METADATA, (json.dumps(metadata, indent=2, sort_keys=True) + "\n").encode(), mode=0o644)
+        with _flock(self._entry_lock(target)):
+            if self._current(target, manifest):  # another process finished the same pull first
+                return self._ensure_indexed(target, reference, manifest)
+            self._swap_in(staged, target, work)
+            entry = CacheEntry(name, reference, manifest.digest, target, metadata["pulled_at"])
+            dropped = self._update_index(add=entry)
+        self._discard_orphans(dropped)
+        return PullResult(entry, changed=True, repaired=repaired)
+
+    def _ensure_indexed(self, target: Path, reference: str, manifest: Manifest) -> PullResult:
+        index = self._load_index()
+        existing = index.by_ref.get(reference)
+        if existing is not None and existing.path == target and existing.digest == manifest.digest:
+            return PullResult(existing, changed=False)
+        meta = _read_metadata(target)
+        entry = CacheEntry(str(meta.get("name", "")), reference, manifest.digest, target, _now())
+        dropped = self._update_index(add=entry)
+        self._discard_orphans(dropped)
+        return PullResult(entry, changed=False)
+
+    def _swap_in(self, staged: Path, target: Path, work: Path) -> None:
+        """Rename the old entry aside, the new one in; put the old one back if that fails."""
+        target.parent.mkdir(parents=True, exist_ok=True)
+        old = work / "old"
+        had_old = target.exists()
+        if had_old:
+            os.rename(target, old)
+        try:
+            os.rename(staged, target)
+        except BaseException:
+            if had_old and not target.exists():
+                os.rename(old, target)
+            raise
+        # ``old`` is deleted with ``work``
+
+    def _discard_orphans(self, dropped: list[CacheEntry]) -> None:
+        """Delete directories that no index row points at any more (a reference that moved)."""
+        live = {e.path for e in self.entries()}
+        for entry in dropped:
+            if entry.path not in live:
+                with _flock(self._entry_lock(entry.path)):
+                    if entry.path not in {e.path for e in self.entries()}:
+                        self._discard_dir(entry.path)
+
+    def _discard_dir(self, path: Path) -> None:
+        if not path.exists():
+            return
+        with self._workdir("rm") as trash:
+            os.rename(path, trash / "entry")
+        # tidy empty parents up to bundles/
+        parent = path.parent
+        while parent != self.bundles_dir and parent.is_relative_to(self.bundles_dir):
+            try:
+                parent.rmdir()
+            except OSError:
+                break
+            parent = parent.parent
+
+    def _sweep_downloads(self) -> None:
+        """Remove work directories and partial files whose owner process is gone (or older than a day)."""
+        cutoff = time.time() - STALE_WORKDIR_SECONDS
+        try:
+            children = list(os.scandir(self.downloads_dir))
+        except OSError:
+            return
+        for child in children:
+            m = _WORKDIR_RE.match(child.name)
+            try:
+                orphan = (m is not None and not _pid_alive(int(m.group(1)))) or (
+                    child.stat(follow_symlinks=False).st_mtime < cutoff
+                )
+                if not orphan:
+                    continue
+                if child.is_dir(follow_symlinks=False):
+                    shutil.rmtree(child.path, ignore_errors=True)
+                else:
+                    os.unlink(child.path)
+            except OSError:
+                continue
+
+
+def _metadata(reference: str, meta: dict[str, Any], manifest: Manifest, bundle_config: dict[str, Any],
+              config: Config) -> dict[str, Any]:
+    return {
+        "reference": reference,
+        **meta,
+        "digest": manifest.digest,
+        "name": str(bundle_config["name"]),
+        "version": str(bundle_config.get("version", config.bundle_version)),
+        "description": str(bundle_config.get("description", config.description)),
+        "tools": [t.name for t in config.tools],
+        "config_digest": manifest.config.digest,
+        "module_digest": manifest.module_layer.digest,
+        "layers": [
+            {"title": d.title, "digest": d.digest, "size": d.size, "mediaType": d.media_type}
+            for d in manifest.layers
+        ],
+        "size": sum(d.size for d in manifest.layers),
+        "annotations": dict(manifest.annotations),
+        "pulled_at": _now(),
+    }
+
+
+def _make_client(ref: Reference, opts: PullOptions) -> RegistryClient:
+    from hatch_mcpkit.auth import resolve_credentials
+    from hatch_mcpkit.registry import RegistryClient
+
+    credentials = resolve_credentials(ref.registry, username=opts.username, password=opts.password)
+    return RegistryClient(ref.registry, credentials=credentials, insecure=opts.insecure, ca_file=opts.ca_file)
+
+
+def _bundle_root(unpacked: Path, where: str) -> Path:
+    """module.wasm + config.yaml at the top of an archive, or inside its one top-level folder."""
+    if (unpacked / MODULE_TITLE).is_file():
+        return unpacked
+    children = list(unpacked.iterdir()) if unpacked.is_dir() else []
+    if len(children) == 1 and children[0].is_dir() and (children[0] / MODULE_TITLE).is_file():
+        return children[0]
+    raise BundleError(
+        f"{where}: the archive has no module.wasm (with config.yaml) at its top level",
+        hint="pack it as: tar czf bundle.tar.gz module.wasm config.yaml [files...]",
+    )

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from hatch_mcpkit import cli, server
+from hatch_mcpkit import cli
 from hatch_mcpkit.config import parse_config
 from hatch_mcpkit.plugins.collector import COMMANDS
 
@@ -55,10 +55,7 @@ def test_docs_have_commands() -> None:
 
 
 def _parse(parser_args: list[str]) -> None:
-    if parser_args and parser_args[0] in ("server", "run"):
-        server.build_parser().parse_args(parser_args)
-    else:
-        cli.build_parser().parse_args(parser_args)
+    cli.build_parser().parse_args(parser_args)
 
 
 @pytest.mark.parametrize(

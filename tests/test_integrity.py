@@ -20,7 +20,7 @@ import pytest
 import requests
 
 from hatch_mcpkit.bundle import MANIFEST_MEDIA_TYPE, TITLE_ANNOTATION
-from hatch_mcpkit.cache import BundleCache
+from hatch_mcpkit.store import BundleCache
 from hatch_mcpkit.errors import BundleError, IntegrityError, McpkitError, RegistryError
 from tests.builders import TINY_WASM, check_cache_consistent, listing, make_project, push_project, snapshot
 from tests.faultproxy import Fault, FaultProxy
@@ -283,9 +283,9 @@ def test_https_archive_with_unsafe_members_is_refused(home: Path, tmp_path: Path
 
 def test_https_archive_with_too_many_members_is_refused(home: Path, web: tuple[str, Path],
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    import hatch_mcpkit.cache as cache_module
+    import hatch_mcpkit._archive as archive_module
 
-    monkeypatch.setattr(cache_module, "MAX_ARCHIVE_MEMBERS", 50)
+    monkeypatch.setattr(archive_module, "DEFAULT_MAX_MEMBERS", 50)
     base, root = web
     _archive(root / "many.tar.gz", [_member(f"f{i}") for i in range(60)])
     with pytest.raises(BundleError, match="more than 50 entries"):
@@ -295,9 +295,7 @@ def test_https_archive_with_too_many_members_is_refused(home: Path, web: tuple[s
 
 def test_https_archive_over_the_size_cap_is_refused(home: Path, web: tuple[str, Path],
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    import hatch_mcpkit.cache as cache_module
-
-    monkeypatch.setattr(cache_module, "MAX_EXTRACTED_BYTES", 100_000)
+    monkeypatch.setenv("MCPKIT_MAX_BUNDLE_SIZE", "100000")
     base, root = web
     # highly compressible: a few hundred bytes on the wire, 1 MB unpacked
     _archive(root / "bomb.tar.gz", [_member("bomb", size=1_000_000)], data=b"\0" * 1_000_000)

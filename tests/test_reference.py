@@ -160,7 +160,12 @@ def test_classify(tmp_path: Path) -> None:
     assert classify("/abs/dir") == FileRef(Path("/abs/dir"))
     assert classify("dist/x.mcpkit.tar", cwd=tmp_path) == FileRef(tmp_path / "dist/x.mcpkit.tar")
     (tmp_path / "bundle-dir").mkdir()
-    assert classify("bundle-dir", cwd=tmp_path) == FileRef(tmp_path / "bundle-dir")
+    # a bare name is the cache even when a folder of that name exists here; a path must look like one
+    assert classify("bundle-dir", cwd=tmp_path) == NameRef("bundle-dir")
+    assert classify("./bundle-dir", cwd=tmp_path) == FileRef(tmp_path / "bundle-dir")
+    assert classify("bundle-dir/config.yaml", cwd=tmp_path) == FileRef(tmp_path / "bundle-dir/config.yaml")
+    (tmp_path / "org" / "tool").mkdir(parents=True)
+    assert classify("org/tool", cwd=tmp_path) == OciRef(parse_reference("docker.io/org/tool"))
     assert classify(f"https://example.com/b.tar.gz#sha256={HEX.upper()}") == HttpsRef(
         "https://example.com/b.tar.gz", HEX)
     assert classify("https://example.com/b.tar.gz") == HttpsRef("https://example.com/b.tar.gz", None)
@@ -181,3 +186,30 @@ def test_classify(tmp_path: Path) -> None:
 def test_classify_bad(text: str, message: str) -> None:
     with pytest.raises(InvalidReferenceError, match=message):
         classify(text)
+
+
+def test_http_off_loopback_only_with_insecure() -> None:
+    with pytest.raises(InvalidReferenceError, match="refusing plain HTTP"):
+        classify("http://example.com/b.tar.gz")
+    assert classify("http://example.com/b.tar.gz", insecure=True) == HttpsRef("http://example.com/b.tar.gz", None)
+
+
+def test_keys_are_canonical() -> None:
+    assert classify("ghcr.io/org/tool").key == "oci://ghcr.io/org/tool:latest"  # type: ignore[union-attr]
+    assert classify("oci://ghcr.io/org/tool:1").key == "oci://ghcr.io/org/tool:1"  # type: ignore[union-attr]
+    assert classify(f"ghcr.io/org/tool:1@sha256:{HEX}").key == f"oci://ghcr.io/org/tool@sha256:{HEX}"  # type: ignore[union-attr]
+    assert classify("tool").key == "tool"  # type: ignore[union-attr]
+    assert classify("/x/y.mcpkit.tar").key == "file:///x/y.mcpkit.tar"  # type: ignore[union-attr]
+
+
+def test_cache_names_and_written_tags() -> None:
+    from hatch_mcpkit.reference import CacheName, parse_cache_name, written_tag
+
+    assert parse_cache_name("weather-tool") == CacheName("weather-tool")
+    assert parse_cache_name("weather-tool:1.0") == CacheName("weather-tool", "1.0")
+    assert parse_cache_name("weather-tool@sha256:abc") == CacheName("weather-tool", None, "sha256:abc")
+    for not_a_name in ("ghcr.io/org/tool", "oci://x/y", "Tool", "t:-bad", "t@md5:x"):
+        assert parse_cache_name(not_a_name) is None
+    assert written_tag("oci://ghcr.io/org/tool:v1") == "v1"
+    assert written_tag("localhost:5000/org/tool") is None
+    assert written_tag(f"ghcr.io/org/tool:v1@sha256:{HEX}") is None
