@@ -447,18 +447,27 @@ def _runtime_class() -> type[Runtime]:
     return Runtime
 
 
+def _refuse_reserved() -> bool:
+    """Whether local folders holding cache-reserved names are refused (always, once the runtime compiles
+    through the store's CodeCache; the runtime before that wrote module.cwasm into the folders it served)."""
+    from hatch_mcpkit.runtime import Runtime
+
+    return "code_cache" in inspect.signature(Runtime).parameters
+
+
 @contextlib.contextmanager
 def _bundle_to_serve(args: argparse.Namespace, store: BundleCache) -> Iterator[BundleDir]:
     from hatch_mcpkit.reference import FileRef, classify
     from hatch_mcpkit.resolve import open_bundle, open_local
 
+    refuse = _refuse_reserved()
     if args.command == "run":
-        with open_bundle(args.reference, store, _pull_options(args), announce=_info,
+        with open_bundle(args.reference, store, _pull_options(args), announce=_info, refuse_reserved=refuse,
                          on_pull=lambda result: _precompile(store, result)) as found:
             yield found
         return
     if args.config:
-        with open_local(FileRef(Path(args.config).expanduser().absolute())) as found:
+        with open_local(FileRef(Path(args.config).expanduser().absolute()), refuse_reserved=refuse) as found:
             yield found
         return
     if args.from_bundle:
@@ -473,7 +482,7 @@ def _bundle_to_serve(args: argparse.Namespace, store: BundleCache) -> Iterator[B
             with open_bundle(args.path, store, _pull_options(args), pull=False) as found:
                 yield found
             return
-        with open_local(ref) as found:
+        with open_local(ref, refuse_reserved=refuse) as found:
             yield found
         return
     raise UsageError("nothing to serve", hint="use --from-bundle NAME, --config PATH/config.yaml or a PATH")

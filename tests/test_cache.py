@@ -21,7 +21,6 @@ from pathlib import Path
 import pytest
 
 from hatch_mcpkit.bundle import BundleLayout, build_bundle
-from hatch_mcpkit.store import BundleCache, PullOptions
 from hatch_mcpkit.config import load_config
 from hatch_mcpkit.errors import (
     BundleError,
@@ -31,6 +30,7 @@ from hatch_mcpkit.errors import (
     IntegrityError,
     InvalidReferenceError,
 )
+from hatch_mcpkit.store import BundleCache, PullOptions
 from tests.builders import (
     DEMO_SECRET,
     build_layout,

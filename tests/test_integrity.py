@@ -20,8 +20,8 @@ import pytest
 import requests
 
 from hatch_mcpkit.bundle import MANIFEST_MEDIA_TYPE, TITLE_ANNOTATION
-from hatch_mcpkit.store import BundleCache
 from hatch_mcpkit.errors import BundleError, IntegrityError, McpkitError, RegistryError
+from hatch_mcpkit.store import BundleCache
 from tests.builders import TINY_WASM, check_cache_consistent, listing, make_project, push_project, snapshot
 from tests.faultproxy import Fault, FaultProxy
 
