@@ -1,10 +1,12 @@
 """Small builders for tiny projects and bundles, shared by every suite.
 
 - modules: :data:`TINY_WASM` (the smallest valid WASI command), :func:`tiny_module` (plus a custom
-  section, so it stays valid at any size), :func:`sized_module` (about N bytes, distinct per seed);
+  section, so it stays valid at any size), :func:`sized_module` (about N bytes, distinct per seed),
+  and a tiny assembler for hand-made modules (:func:`section`, :func:`vec`, :func:`export`, ...);
 - config.yaml text: :func:`config_yaml`;
 - projects: :func:`make_project` (module.wasm + config.yaml + README.md), :func:`make_demo_project`
-  (two tools, a storage grant with an unset variable, ``data/`` files, an auth secret variable);
+  (two tools, a storage grant with an unset variable, ``data/`` files, an auth secret variable),
+  :func:`bundle_dir` (a bundle folder from a built module and a crate's files);
 - bundles: :func:`build_archive` (a ``.mcpkit.tar``), :func:`build_layout` (opened), :func:`push_project`;
 - looking at results: :func:`snapshot`, :func:`listing`, :func:`bundle_files`, :func:`check_cache_consistent`.
 
@@ -28,37 +30,39 @@ __all__ = [
     "DEMO_FILES",
     "DEMO_SECRET",
     "EPOCH",
+    "HEADER",
     "TINY_WASM",
     "build_archive",
     "build_layout",
+    "bundle_dir",
     "bundle_files",
     "check_cache_consistent",
     "config_yaml",
     "demo_environ",
+    "export",
+    "func_import",
     "listing",
     "make_demo_project",
     "make_project",
+    "name",
     "push_project",
+    "section",
     "sized_module",
     "snapshot",
     "tiny_module",
+    "uleb",
+    "vec",
 ]
 
 EPOCH = 1_700_000_000  # SOURCE_DATE_EPOCH for every test build: reproducible archives
 
 # --------------------------------------------------------------------------- modules
 
-# A minimal WASI-style command module: no imports, exports `_start` with an empty body.
-TINY_WASM = (
-    b"\0asm\x01\0\0\0"
-    + bytes.fromhex("010401600000")  # type section: () -> ()
-    + bytes.fromhex("03020100")  # function section
-    + b"\x07\x0a\x01\x06_start\x00\x00"  # export "_start"
-    + bytes.fromhex("0a040102000b")  # code: empty body
-)
+HEADER = b"\x00asm\x01\x00\x00\x00"  # wasm magic, version 1
 
 
-def _leb128(n: int) -> bytes:
+def uleb(n: int) -> bytes:
+    """``n`` as an unsigned LEB128 integer."""
     out = bytearray()
     while True:
         byte = n & 0x7F
@@ -70,12 +74,40 @@ def _leb128(n: int) -> bytes:
             return bytes(out)
 
 
+def name(text: str) -> bytes:
+    raw = text.encode()
+    return uleb(len(raw)) + raw
+
+
+def section(section_id: int, payload: bytes) -> bytes:
+    return bytes([section_id]) + uleb(len(payload)) + payload
+
+
+def vec(items: list[bytes]) -> bytes:
+    return uleb(len(items)) + b"".join(items)
+
+
+def func_import(module: str, field: str, type_index: int = 0) -> bytes:
+    return name(module) + name(field) + b"\x00" + uleb(type_index)
+
+
+def export(field: str, kind: int = 0, index: int = 0) -> bytes:
+    return name(field) + bytes([kind]) + uleb(index)
+
+
+# A minimal WASI-style command module: no imports, exports `_start` with an empty body.
+TINY_WASM = (
+    HEADER
+    + section(1, vec([b"\x60\x00\x00"]))  # one type: () -> ()
+    + section(3, vec([uleb(0)]))  # one function of that type
+    + section(7, vec([export("_start")]))
+    + section(10, vec([uleb(2) + b"\x00\x0b"]))  # its code: no locals, end
+)
+
+
 def tiny_module(payload: bytes = b"") -> bytes:
     """:data:`TINY_WASM` plus a custom section carrying ``payload`` (a valid module of any size)."""
-    if not payload:
-        return TINY_WASM
-    body = b"\x01p" + payload
-    return TINY_WASM + b"\x00" + _leb128(len(body)) + body
+    return TINY_WASM + section(0, name("p") + payload) if payload else TINY_WASM
 
 
 def sized_module(size: int, seed: bytes = b"") -> bytes:
@@ -181,6 +213,20 @@ def make_demo_project(root: Path | str, *, name: str = "demo-tool", version: str
         auth=("demo", "${MCPKIT_TEST_TOKEN}"))
     return make_project(root, name=name, version=version, config=config, module=tiny_module(marker),
                         files={"README.md": f"# {name}\n", **DEMO_FILES})
+
+
+def bundle_dir(out: Path, module: Path, source: Path, files: Sequence[str] = ("config.yaml",)) -> Path:
+    """A bundle folder in ``out``: ``module`` as module.wasm, plus ``files`` (files or folders) from ``source``."""
+    import shutil
+
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(module, out / "module.wasm")
+    for rel in files:
+        if (source / rel).is_dir():
+            shutil.copytree(source / rel, out / rel)
+        else:
+            shutil.copyfile(source / rel, out / rel)
+    return out
 
 
 def bundle_files(root: Path) -> dict[str, bytes]:

@@ -29,7 +29,7 @@ from hatch_mcpkit.plugins.collector import CollectorOptions
 from hatch_mcpkit.plugins.pipeline import BuildTableOptions
 from hatch_mcpkit.plugins.publisher import PublishOptions
 
-from .plugins.hatch import HatchRunner
+from .plugins.hatch import HatchRunner, assert_reported
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -131,12 +131,12 @@ def test_publisher_reports_bad_options_before_anything_is_pushed(run_hatch: Hatc
     res = run_hatch(["publish", "-p", "mcpkit", "-o", "regstry=oci://127.0.0.1:9/x", "-o", "insecure=ture"],
                     example_copy)
     assert res.returncode == 2, res.stdout
-    out = res.stdout
-    assert "mcpkit: 3 problems in configuration:" in out, out
-    assert "command line: -o insecure: must be true or false, not a string ('ture')" in out
-    assert "command line: -o regstry: unknown option (did you mean 'registry'?)" in out
-    assert "pyproject.toml: tool.hatch.publish.mcpkit.tag: unknown option (did you mean 'tags'?)" in out
-    assert "Traceback" not in out
+    assert_reported(
+        res.stdout,
+        "command line: -o insecure: must be true or false, not a string ('ture')",
+        "command line: -o regstry: unknown option (did you mean 'registry'?)",
+        "pyproject.toml: tool.hatch.publish.mcpkit.tag: unknown option (did you mean 'tags'?)",
+    )
 
 
 @pytest.mark.hatch
@@ -148,11 +148,11 @@ def test_collector_reports_mistyped_options_without_a_traceback(run_hatch: Hatch
                                                        "command = 3\n"))
     res = run_hatch(["env", "show", "--json"], example_copy)
     assert res.returncode == 2, res.stdout
-    out = res.stdout
-    assert "mcpkit: 2 problems in configuration:" in out, out
-    assert "tool.hatch.env.collectors.mcpkit.enviroment: unknown option (did you mean 'environment'?)" in out
-    assert "tool.hatch.env.collectors.mcpkit.command: must be a non-empty string, not a number (3)" in out
-    assert "Traceback" not in out
+    assert_reported(
+        res.stdout,
+        "pyproject.toml: tool.hatch.env.collectors.mcpkit.enviroment: unknown option (did you mean 'environment'?)",
+        "pyproject.toml: tool.hatch.env.collectors.mcpkit.command: must be a non-empty string, not a number (3)",
+    )
 
 
 def test_docs_describe_every_option_of_every_plugin() -> None:

@@ -14,47 +14,13 @@ from hypothesis import strategies as st
 from hatch_mcpkit.errors import ModuleError
 from hatch_mcpkit.wasm import Export, Import, ModuleInfo, check_guest_module, inspect_module
 from tests._support import need
+from tests.builders import HEADER, export, func_import, name, section, vec
 from tests.plugins.rust import build_fixture_crate
 
-HEADER = b"\x00asm\x01\x00\x00\x00"
 WASI = "wasi_snapshot_preview1"
 
 
-# --------------------------------------------------------------------------- a tiny assembler
-
-
-def uleb(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
-
-
-def name(text: str) -> bytes:
-    raw = text.encode()
-    return uleb(len(raw)) + raw
-
-
-def section(section_id: int, payload: bytes) -> bytes:
-    return bytes([section_id]) + uleb(len(payload)) + payload
-
-
-def vec(items: list[bytes]) -> bytes:
-    return uleb(len(items)) + b"".join(items)
-
-
-def func_import(module: str, field: str, type_index: int = 0) -> bytes:
-    return name(module) + name(field) + b"\x00" + uleb(type_index)
-
-
-def export(field: str, kind: int = 0, index: int = 0) -> bytes:
-    return name(field) + bytes([kind]) + uleb(index)
-
+# --------------------------------------------------------------------------- modules from the tiny assembler
 
 TYPE_SECTION = section(1, vec([b"\x60\x00\x00"]))  # one type: () -> ()
 

@@ -6,6 +6,7 @@
   the wheelhouse as a find-links source, and hatch data/cache folders of the session's own.
 * ``example_copy``: a fresh copy of example-project (no target/, no dist/) in tmp_path.
 * ``run_hatch(args, cwd, env=None)``: run hatch, return the CompletedProcess (text, merged output).
+* ``assert_reported(output, *problems)``: the output is one mcpkit configuration error with these problems.
 """
 
 from __future__ import annotations
@@ -107,4 +108,13 @@ def counting_cargo(tmp_path: Path, real_cargo: str) -> tuple[str, Path]:
     return str(script), log
 
 
-__all__ = ["HatchRunner", "counting_cargo", "example_copy", "hatch_env", "run_hatch", "wheelhouse"]
+def assert_reported(output: str, *problems: str) -> None:
+    """``output`` shows mcpkit's one configuration error: how many problems, each of them, no traceback."""
+    count = len(problems)
+    assert f"mcpkit: {count} problem{'s' if count != 1 else ''} in configuration:" in output, output
+    for problem in problems:
+        assert problem in output, (problem, output)
+    assert "Traceback" not in output, output
+
+
+__all__ = ["HatchRunner", "assert_reported", "counting_cargo", "example_copy", "hatch_env", "run_hatch", "wheelhouse"]

@@ -28,6 +28,7 @@ import pytest
 
 from hatch_mcpkit.errors import BuildError
 from tests._support import need
+from tests.builders import bundle_dir
 
 REPO = Path(__file__).resolve().parents[2]
 SETUP_SCRIPT = REPO / ".ci" / "setup-rust-wasip1.sh"
@@ -146,12 +147,8 @@ def example_wasm(rust_env: dict[str, str], tmp_path_factory: pytest.TempPathFact
 @pytest.fixture(scope="session")
 def example_bundle_dir(example_wasm: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The example laid out like a bundle: module.wasm, config.yaml, README.md, data/."""
-    out = tmp_path_factory.mktemp("example-bundle")
-    shutil.copyfile(example_wasm, out / "module.wasm")
-    shutil.copyfile(EXAMPLE_DIR / "config.yaml", out / "config.yaml")
-    shutil.copyfile(EXAMPLE_DIR / "README.md", out / "README.md")
-    shutil.copytree(EXAMPLE_DIR / "data", out / "data")
-    return out
+    return bundle_dir(tmp_path_factory.mktemp("example-bundle"), example_wasm, EXAMPLE_DIR,
+                      ("config.yaml", "README.md", "data"))
 
 
 @pytest.fixture
