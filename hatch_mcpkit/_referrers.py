@@ -81,6 +81,7 @@ class ReferrerManifest:
     """What to push for one signature: the blobs (config, bundle), then the manifest."""
 
     manifest: bytes
+    subject: Descriptor
     config: Descriptor
     layer: Descriptor
     bundle: bytes
@@ -106,18 +107,19 @@ def referrer_manifest(
         PREDICATE_ANNOTATION: predicate_type,
         CREATED_ANNOTATION: created,
     }
+    subject = Descriptor(subject.media_type, subject.digest, subject.size)  # its annotations stay its own
     document = {
         "schemaVersion": 2,
         "mediaType": MANIFEST_MEDIA_TYPE,
         "artifactType": BUNDLE_MEDIA_TYPE,
         "config": config.to_json(),
         "layers": [layer.to_json()],
-        "subject": Descriptor(subject.media_type, subject.digest, subject.size).to_json(),
+        "subject": subject.to_json(),
         "annotations": annotations,
     }
     raw = _bytes(document)
     entry = Referrer(_digest(raw), len(raw), BUNDLE_MEDIA_TYPE, MANIFEST_MEDIA_TYPE, annotations)
-    return ReferrerManifest(raw, config, layer, bundle, entry)
+    return ReferrerManifest(raw, subject, config, layer, bundle, entry)
 
 
 def fallback_tag(subject_digest: str) -> str:

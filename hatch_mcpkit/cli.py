@@ -315,6 +315,35 @@ def _list_registry(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- keys and signatures
+
+
+def _cmd_key_generate(args: argparse.Namespace) -> int:
+    from hatch_mcpkit import signing
+
+    key_path, pub_path = signing.generate_key(args.prefix)
+    if not os.environ.get(signing.PASSWORD_ENV):
+        _warn(f"{key_path} is not encrypted; set {signing.PASSWORD_ENV} to encrypt the next key you generate")
+    _out(f"private key: {clean(key_path)} (mode 0600; keep it secret)")
+    _out(f"public key:  {clean(pub_path)}")
+    _out(f"key id:      {signing.key_id(signing.load_public_key(pub_path))}")
+    return 0
+
+
+def _add_key_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    key = sub.add_parser("key", help="signing keys", description="Create ECDSA P-256 signing keys.")
+    key_sub = key.add_subparsers(dest="key_command", metavar="COMMAND")
+    p = key_sub.add_parser(
+        "generate", help="write PREFIX.key (private, mode 0600) and PREFIX.pub",
+        description="Write an ECDSA P-256 key pair: PREFIX.key (PKCS#8 PEM, encrypted with "
+        "MCPKIT_KEY_PASSWORD when it is set) and PREFIX.pub (SPKI PEM, what verifiers need). "
+        "Existing files are never overwritten.",
+    )
+    p.add_argument("prefix", metavar="PREFIX", help="path and file name without extension, e.g. keys/release")
+    p.set_defaults(func=_cmd_key_generate)
+    key.set_defaults(func=lambda _args: _usage(key))
+
+
 # --------------------------------------------------------------------------- inspect
 
 
@@ -707,6 +736,7 @@ def build_parser() -> argparse.ArgumentParser:
     bundle.set_defaults(func=lambda _args: _usage(bundle))
     _add_bundle_commands(sub)  # top-level short forms: mcpkit pull|push|list|inspect|rm
     _add_serve_commands(sub)
+    _add_key_commands(sub)
     parser.set_defaults(func=lambda _args: _usage(parser))
     return parser
 

@@ -386,3 +386,26 @@ def test_sigstore_js_verifies_our_bundle(tmp_path: Path) -> None:
     tampered["dsseEnvelope"]["payload"] = base64.b64encode(_statement(OTHER_DIGEST)).decode()
     bundle.write_text(json.dumps(tampered))
     assert "SIGNATURE_ERROR" in _sigstore_js(bundle, pub_path, OTHER_DIGEST)["error"]
+
+
+# --- the command line ----------------------------------------------------------------------------
+
+def test_cli_key_generate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from hatch_mcpkit.cli import main
+
+    monkeypatch.delenv("MCPKIT_KEY_PASSWORD", raising=False)
+    assert main(["key", "generate", str(tmp_path / "plain")]) == 0
+    out, err = capsys.readouterr()
+    pub = signing.load_public_key(tmp_path / "plain.pub")
+    assert f"key id:      {signing.key_id(pub)}" in out
+    assert "plain.key is not encrypted; set MCPKIT_KEY_PASSWORD" in err
+
+    monkeypatch.setenv("MCPKIT_KEY_PASSWORD", "s3cret-pass")
+    assert main(["key", "generate", str(tmp_path / "locked")]) == 0
+    out, err = capsys.readouterr()
+    assert err == "" and "s3cret-pass" not in out
+    assert (tmp_path / "locked.key").read_bytes().startswith(b"-----BEGIN ENCRYPTED PRIVATE KEY-----")
+    assert stat.S_IMODE((tmp_path / "locked.key").stat().st_mode) == 0o600
+
+    assert main(["key", "generate", str(tmp_path / "locked")]) == 1
+    assert "locked.key already exists; refusing to overwrite a key" in capsys.readouterr().err
