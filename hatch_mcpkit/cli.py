@@ -125,10 +125,21 @@ def _precompile(store: BundleCache, result: PullResult) -> None:
         _warn(f"could not precompile {result.path / 'module.wasm'}: {exc} (it will be compiled when it runs)")
 
 
+def _read_line_unbuffered(limit: int = 64 * 1024) -> str:
+    """One line from fd 0 and not a byte more: `mcpkit run` serves MCP from the same stdin afterwards."""
+    data = bytearray()
+    while len(data) < limit:
+        byte = os.read(0, 1)
+        if not byte or byte == b"\n":
+            break
+        data += byte
+    return data.decode("utf-8", "replace")
+
+
 def _read_password(args: argparse.Namespace) -> str | None:
     if not getattr(args, "password_stdin", False):
         return None
-    data = sys.stdin.readline() if not sys.stdin.isatty() else ""
+    data = _read_line_unbuffered() if not sys.stdin.isatty() else ""
     password = data.rstrip("\r\n")
     if not password:
         raise McpkitError("--password-stdin was given but standard input held no password",

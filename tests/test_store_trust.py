@@ -62,8 +62,11 @@ def mcpkit(env: dict[str, str], *args: str, ok: bool = True, cwd: Path | None = 
     return proc
 
 
-def list_tools(env: dict[str, str], *args: str, cwd: Path) -> list[str]:
-    """Start ``mcpkit ARGS`` as an MCP server, initialize, list its tools, close stdin."""
+def list_tools(env: dict[str, str], *args: str, cwd: Path, first_line: str | None = None) -> list[str]:
+    """Start ``mcpkit ARGS`` as an MCP server, initialize, list its tools, close stdin.
+
+    ``first_line`` is written before the MCP messages (a password for ``--password-stdin``).
+    """
     messages = [
         {"jsonrpc": "2.0", "id": 1, "method": "initialize",
          "params": {"protocolVersion": "2025-11-25", "capabilities": {},
@@ -80,7 +83,8 @@ def list_tools(env: dict[str, str], *args: str, cwd: Path) -> list[str]:
     watchdog.start()
     try:
         assert proc.stdin is not None and proc.stdout is not None
-        proc.stdin.write("".join(json.dumps(m) + "\n" for m in messages))
+        proc.stdin.write((first_line + "\n" if first_line is not None else "")
+                         + "".join(json.dumps(m) + "\n" for m in messages))
         proc.stdin.flush()
         for line in proc.stdout:  # keep stdin open until the answer is here
             answer = json.loads(line)
@@ -125,6 +129,23 @@ def test_a_folder_in_the_working_directory_never_shadows_a_cached_bundle(env: di
     if _runtime_never_writes_into_folders():
         proc = mcpkit(env, "run", "./shadow-tool", cwd=work, ok=False)
         assert proc.returncode != 0 and "reserved" in proc.stderr
+
+
+@pytest.mark.registry
+def test_run_keeps_the_credentials_and_ca_it_is_given(env: dict[str, str], tmp_path: Path, tls_auth_registry: Any,
+                                                      repo_name: str) -> None:
+    from tests.builders import make_project, push_project
+
+    push_project(tls_auth_registry, make_project(tmp_path / "proj", name="private-tool"), tmp_path / "dist",
+                 repo_name, "v1")
+    ref = f"oci://{tls_auth_registry.host}/{repo_name}:v1"
+    denied = mcpkit(env, "run", ref, "--ca-file", str(tls_auth_registry.ca_file), ok=False)
+    assert denied.returncode != 0 and "Traceback" not in denied.stderr
+    tools = list_tools(env, "run", ref, "--ca-file", str(tls_auth_registry.ca_file), "--username",
+                       tls_auth_registry.username, "--password-stdin", cwd=tmp_path,
+                       first_line=tls_auth_registry.password)
+    assert tools == ["echo"]
+    assert tls_auth_registry.password not in json.dumps([str(p) for p in Path(env["MCPKIT_HOME"]).rglob("*")])
 
 
 # --------------------------------------------------------------------------- reserved names
