@@ -5,11 +5,13 @@ banner) lives in :mod:`hatch_mcpkit.cli`; this module is only the server.
 
 Built on the official ``mcp`` SDK's low-level ``Server``: ``initialize``,
 ``tools/list`` (from config.yaml), ``tools/call``, ``ping`` and cancellation.
-Arguments are checked against the tool's ``input_schema`` before the module runs
-(the SDK does not do it on stdio); a bad argument is a JSON-RPC invalid-params
-error naming the field. Each call runs in a worker thread, in a fresh sandboxed
-instance (:mod:`hatch_mcpkit.runtime`), at most ``--max-concurrency`` at a time, so
-``ping`` and ``notifications/cancelled`` are answered while a call runs.
+Each call runs in a worker thread, at most ``--max-concurrency`` at a time: there
+its arguments are checked against the tool's ``input_schema`` (the SDK does not do
+it on stdio; :mod:`hatch_mcpkit._validation`: no retrieval, RE2 patterns, a time
+budget) and, when they pass, the module runs in a fresh sandboxed instance
+(:mod:`hatch_mcpkit.runtime`). A bad argument is a JSON-RPC invalid-params error
+naming the field. The event loop only moves messages, so ``ping`` and
+``notifications/cancelled`` are answered while a call runs.
 
 stdout carries only protocol messages; everything else goes to stderr.
 """
@@ -20,12 +22,13 @@ import logging
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from hatch_mcpkit.errors import ToolCallError
-
 if TYPE_CHECKING:
     from mcp.server.lowlevel import Server
+    from mcp_types import CallToolResult
 
-    from hatch_mcpkit.runtime import Runtime
+    from hatch_mcpkit._validation import ToolSchemas
+    from hatch_mcpkit.config import Tool
+    from hatch_mcpkit.runtime import CallHandle, Runtime
 
 __all__ = ["DEFAULT_CONCURRENCY", "build_server", "serve"]
 
@@ -38,16 +41,21 @@ DEFAULT_CONCURRENCY = 4
 
 
 def build_server(runtime: Runtime, *, max_concurrency: int = DEFAULT_CONCURRENCY) -> Server[Any]:
-    """A low-level ``mcp`` Server that serves ``runtime``'s tools."""
+    """A low-level ``mcp`` Server that serves ``runtime``'s tools.
+
+    Raises :class:`~hatch_mcpkit.errors.ConfigError` when a tool's schema is unsafe to
+    validate with (see :mod:`hatch_mcpkit._validation`): the bundle is refused at start.
+    """
     import anyio
     import mcp_types as types
     from mcp.server.lowlevel import Server
     from mcp.shared.exceptions import MCPError
-    from pydantic import ValidationError
 
+    from hatch_mcpkit._validation import ToolSchemas
     from hatch_mcpkit.runtime import CallHandle
 
     config = runtime.config
+    schemas = ToolSchemas(config)
     tools = [
         types.Tool(
             name=tool.name,
@@ -64,46 +72,27 @@ def build_server(runtime: Runtime, *, max_concurrency: int = DEFAULT_CONCURRENCY
 
     async def call_tool(_ctx: Any, params: types.CallToolRequestParams) -> types.CallToolResult:
         name = params.name
-        arguments = dict(params.arguments or {})
-        if name not in runtime.tools:
+        tool = runtime.tools.get(name)
+        if tool is None:
             raise MCPError(
                 code=types.INVALID_PARAMS,
                 message=f"Unknown tool: {name!r}; {config.name} has: {', '.join(runtime.tools)}",
             )
-        problems = runtime.validate_arguments(name, arguments)
-        if problems:
-            raise MCPError(
-                code=types.INVALID_PARAMS,
-                message=f"Invalid arguments for tool {name}: " + "; ".join(problems),
-                data={"errors": problems},
-            )
         handle = CallHandle()
+        work = partial(_call, runtime, schemas, tool, dict(params.arguments or {}), handle)
         try:
-            result = await anyio.to_thread.run_sync(
-                partial(runtime.call, name, arguments, handle=handle), limiter=limiter, abandon_on_cancel=True
-            )
+            outcome = await anyio.to_thread.run_sync(work, limiter=limiter, abandon_on_cancel=True)
         except anyio.get_cancelled_exc_class():
-            handle.cancel()  # the instance stops at its next epoch tick
+            handle.cancel()  # validation stops at its next keyword, the instance at its next epoch tick
             log.info("call %s cancelled", name)
             raise
-        except ToolCallError as exc:  # unknown tool raced a config we already checked
-            raise MCPError(code=types.INVALID_PARAMS, message=str(exc)) from None
-        if result.is_error:
-            log.info("call %s failed (%s) in %.1f ms", name, result.reason, result.duration_ms)
-            if result.stderr_tail:
-                log.debug("stderr of %s:\n%s", name, result.stderr_tail)
-        else:
-            log.info("call %s ok in %.1f ms", name, result.duration_ms)
-        try:
-            return types.CallToolResult.model_validate(result.to_mcp(), by_alias=True)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first.get("loc", ()))
-            return types.CallToolResult(
-                content=[types.TextContent(type="text", text=f"{name} returned invalid MCP content ({where}: "
-                                           f"{first.get('msg')})")],
-                is_error=True,
+        if isinstance(outcome, list):
+            raise MCPError(
+                code=types.INVALID_PARAMS,
+                message=f"Invalid arguments for tool {name}: " + "; ".join(outcome),
+                data={"errors": outcome},
             )
+        return outcome
 
     return Server(
         config.name,
@@ -112,6 +101,34 @@ def build_server(runtime: Runtime, *, max_concurrency: int = DEFAULT_CONCURRENCY
         on_list_tools=list_tools,
         on_call_tool=call_tool,
     )
+
+
+def _call(runtime: Runtime, schemas: ToolSchemas, tool: Tool, arguments: dict[str, Any],
+          handle: CallHandle) -> list[str] | CallToolResult:
+    """One tools/call, in a worker thread: the argument check, the run, the MCP result.
+
+    Returns the problems with the arguments (a list) or the result to send.
+    """
+    import mcp_types as types
+    from pydantic import ValidationError
+
+    problems = schemas.arguments(tool, arguments, cancelled=lambda: handle.cancelled)
+    if problems:
+        return problems
+    result = runtime.call(tool.name, arguments, handle=handle)
+    if result.is_error:
+        log.info("call %s failed (%s) in %.1f ms", tool.name, result.reason, result.duration_ms)
+        if result.stderr_tail:
+            log.debug("stderr of %s:\n%s", tool.name, result.stderr_tail)
+    else:
+        log.info("call %s ok in %.1f ms", tool.name, result.duration_ms)
+    try:
+        return types.CallToolResult.model_validate(result.to_mcp(), by_alias=True)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        text = f"{tool.name} returned invalid MCP content ({where}: {first.get('msg')})"
+        return types.CallToolResult(content=[types.TextContent(type="text", text=text)], is_error=True)
 
 
 async def serve(runtime: Runtime, *, max_concurrency: int = DEFAULT_CONCURRENCY) -> None:
