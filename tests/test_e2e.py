@@ -117,7 +117,7 @@ def test_hatch_workflow(
     entry = home / "bundles" / Path(*parse_reference(f"oci://{target}:latest").cache_parts())
     assert entry.parts[-1] == "latest" and entry.parts[-3:-1] == tuple(repo_name.split("/"))
     assert entry_files(entry) == layer_bytes  # module.wasm, config.yaml, README.md, data/weather.json
-    assert (entry / "module.cwasm").is_file()
+    assert list((home / "compiled").rglob("*.cwasm")), "compiled code is in the store's code cache"
     meta = json.loads((entry / "metadata.json").read_text())
     assert meta["digest"] == digest
     index = json.loads((home / "bundles" / "registry.json").read_text())

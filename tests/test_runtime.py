@@ -1,7 +1,9 @@
-"""The guest ABI against the real example module, and the precompiled-code record."""
+"""The guest ABI against the real example module, compiled code from the store, wasmtime's private names."""
 
 from __future__ import annotations
 
+import hashlib
+import importlib
 import json
 import shutil
 from collections.abc import Callable
@@ -10,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from hatch_mcpkit.errors import ToolCallError
-from hatch_mcpkit.runtime import Runtime, ToolResult, engine_settings, precompile
+from hatch_mcpkit.runtime import Runtime, ToolResult, engine_fingerprint, precompile
+from hatch_mcpkit.store import CodeCache
 
 pytestmark = pytest.mark.cargo
 
@@ -100,97 +103,113 @@ def test_argv_is_server_name_and_tool(hostile_runtime: Runtime) -> None:
     assert json.loads(result.text) == ["hostile-tool", "argv_dump"]
 
 
-# ----------------------------------------------------------------- precompiled code
+# ----------------------------------------------------------------- compiled code (the store's CodeCache)
 
 
-def _record(bundle: Path) -> dict[str, object]:
-    record = json.loads((bundle / "metadata.json").read_text())["precompiled"]
-    assert isinstance(record, dict)
-    return record
+def _cached(cache: CodeCache) -> list[Path]:
+    return sorted(cache.root.rglob("*.cwasm"))
 
 
-def test_first_load_compiles_and_records_then_loads_cwasm(example_bundle_dir: Path,
-                                                           bundle_copy: Callable[[Path], Path]) -> None:
+def test_first_load_compiles_into_the_code_cache_then_loads_from_it(
+        example_bundle_dir: Path, bundle_copy: Callable[[Path], Path], tmp_path: Path) -> None:
     bundle = bundle_copy(example_bundle_dir)
-    with Runtime.from_dir(bundle) as rt:
+    cache = CodeCache(tmp_path / "home")
+    with Runtime.from_dir(bundle, code_cache=cache) as rt:
         assert rt.module_source == "compiled"
-    assert (bundle / "module.cwasm").is_file()
-    record = _record(bundle)
-    assert record["engine"] == engine_settings(False)
-    leftovers = [p.name for p in bundle.iterdir() if p.name.endswith(".tmp")]
-    assert leftovers == []
-    with Runtime.from_dir(bundle) as rt:
-        assert rt.module_source == "cwasm"
+    sha = hashlib.sha256((bundle / "module.wasm").read_bytes()).hexdigest()
+    assert _cached(cache) == [cache.root / engine_fingerprint(False) / f"{sha}.cwasm"]
+    assert sorted(p.name for p in bundle.iterdir()) == ["README.md", "config.yaml", "data", "module.wasm"]
+    with Runtime.from_dir(bundle, code_cache=cache) as rt:
+        assert rt.module_source == "cache"
         assert not rt.call("get_weather", {"location": "Tokyo"}).is_error
+    with Runtime.from_dir(bundle) as rt:  # no code cache: compiled in memory, nothing written
+        assert rt.module_source == "compiled"
 
 
-def test_precompile_keeps_other_metadata(example_bundle_dir: Path, bundle_copy: Callable[[Path], Path]) -> None:
+def test_precompile_fills_the_code_cache_once(example_bundle_dir: Path, bundle_copy: Callable[[Path], Path],
+                                              tmp_path: Path) -> None:
     bundle = bundle_copy(example_bundle_dir)
-    (bundle / "metadata.json").write_text(json.dumps({"reference": "oci://example/x:1", "digest": "sha256:ab"}))
-    cwasm = precompile(bundle)
-    assert cwasm == bundle / "module.cwasm" and cwasm.is_file()
-    meta = json.loads((bundle / "metadata.json").read_text())
-    assert meta["reference"] == "oci://example/x:1" and "precompiled" in meta
-    before = cwasm.stat().st_mtime_ns
-    precompile(bundle)  # already recorded: not rewritten
-    assert cwasm.stat().st_mtime_ns == before
+    cache = CodeCache(tmp_path / "home")
+    assert precompile(bundle, code_cache=cache) == "compiled"
+    [code] = _cached(cache)
+    before = code.stat().st_mtime_ns
+    assert precompile(bundle, code_cache=cache) == "cache"
+    assert code.stat().st_mtime_ns == before
+    assert not (bundle / "module.cwasm").exists() and not (bundle / "metadata.json").exists()
 
 
-def test_tampered_cwasm_is_never_loaded(example_bundle_dir: Path, bundle_copy: Callable[[Path], Path]) -> None:
-    bundle = bundle_copy(example_bundle_dir)
-    precompile(bundle)
-    blob = bytearray((bundle / "module.cwasm").read_bytes())
-    blob[len(blob) // 2] ^= 0xFF
-    (bundle / "module.cwasm").write_bytes(bytes(blob))
-    with Runtime.from_dir(bundle) as rt:
+def test_unloadable_cached_code_is_discarded_and_recompiled(example_bundle_dir: Path, tmp_path: Path) -> None:
+    cache = CodeCache(tmp_path / "home")
+    precompile(example_bundle_dir, code_cache=cache)
+    [code] = _cached(cache)
+    code.write_bytes(b"\x7fELF but not code compiled by this engine")
+    with Runtime.from_dir(example_bundle_dir, code_cache=cache) as rt:
         assert rt.module_source == "compiled"
         assert not rt.call("get_weather", {"location": "Paris"}).is_error
-    # and the cwasm was rewritten to match its record again
-    with Runtime.from_dir(bundle) as rt:
-        assert rt.module_source == "cwasm"
+    with Runtime.from_dir(example_bundle_dir, code_cache=cache) as rt:
+        assert rt.module_source == "cache"
 
 
-@pytest.mark.parametrize("field", ["module_sha256", "engine_fingerprint", "cwasm_sha256"])
-def test_record_mismatch_means_recompile(example_bundle_dir: Path, bundle_copy: Callable[[Path], Path],
-                                         field: str) -> None:
+def test_code_is_keyed_by_module_bytes_and_engine(example_bundle_dir: Path, hostile_wasm: Path,
+                                                   bundle_copy: Callable[[Path], Path], tmp_path: Path) -> None:
     bundle = bundle_copy(example_bundle_dir)
-    precompile(bundle)
-    meta = json.loads((bundle / "metadata.json").read_text())
-    meta["precompiled"][field] = "0" * 64
-    (bundle / "metadata.json").write_text(json.dumps(meta))
-    with Runtime.from_dir(bundle) as rt:
+    cache = CodeCache(tmp_path / "home")
+    precompile(bundle, code_cache=cache)
+    shutil.copyfile(hostile_wasm, bundle / "module.wasm")  # a different module under the same name
+    with Runtime.from_dir(bundle, code_cache=cache) as rt:
         assert rt.module_source == "compiled"
-    assert _record(bundle)[field] != "0" * 64
+    assert len(_cached(cache)) == 2
+    assert engine_fingerprint(True) != engine_fingerprint(False)
 
 
-def test_changed_module_means_recompile(example_bundle_dir: Path, hostile_wasm: Path,
-                                        bundle_copy: Callable[[Path], Path]) -> None:
+def test_cwasm_and_record_beside_the_module_are_never_read(example_bundle_dir: Path,
+                                                           bundle_copy: Callable[[Path], Path],
+                                                           tmp_path: Path) -> None:
     bundle = bundle_copy(example_bundle_dir)
-    precompile(bundle)
-    shutil.copyfile(hostile_wasm, bundle / "module.wasm")  # a different module, stale cwasm beside it
-    with Runtime.from_dir(bundle, write_cwasm=False) as rt:
-        assert rt.module_source == "compiled"
-
-
-def test_cwasm_without_record_is_ignored(example_bundle_dir: Path, bundle_copy: Callable[[Path], Path]) -> None:
-    bundle = bundle_copy(example_bundle_dir)
-    precompile(bundle)
-    (bundle / "metadata.json").unlink()
-    with Runtime.from_dir(bundle, write_cwasm=False) as rt:
-        assert rt.module_source == "compiled"
-    # a cwasm dropped in from elsewhere with a self-made record for another module is ignored as well
+    (bundle / "module.cwasm").write_bytes(b"planted")
     (bundle / "metadata.json").write_text(json.dumps({"precompiled": {"module_sha256": "f" * 64}}))
-    with Runtime.from_dir(bundle) as rt:
+    with Runtime.from_dir(bundle, code_cache=CodeCache(tmp_path / "home")) as rt:
         assert rt.module_source == "compiled"
+        assert not rt.call("get_weather", {"location": "Paris"}).is_error
+    assert (bundle / "module.cwasm").read_bytes() == b"planted"
 
 
-def test_read_only_bundle_dir_still_runs(example_bundle_dir: Path, bundle_copy: Callable[[Path], Path]) -> None:
+def test_read_only_bundle_dir_and_code_cache_still_run(example_bundle_dir: Path,
+                                                       bundle_copy: Callable[[Path], Path], tmp_path: Path) -> None:
     bundle = bundle_copy(example_bundle_dir)
+    home = tmp_path / "home"
+    home.mkdir()
     mode = bundle.stat().st_mode
     bundle.chmod(0o555)
+    home.chmod(0o555)
     try:
-        with Runtime.from_dir(bundle) as rt:
+        with Runtime.from_dir(bundle, code_cache=CodeCache(home)) as rt:
             result: ToolResult = rt.call("get_weather", {"location": "Sydney"})
             assert not result.is_error
     finally:
         bundle.chmod(mode)
+        home.chmod(0o755)
+
+
+# ----------------------------------------------------------------- wasmtime-py's private names
+
+
+def test_every_private_wasmtime_name_we_use_exists() -> None:
+    """Fails loudly when a wasmtime-py release removes a private name the runtime relies on."""
+    from hatch_mcpkit.runtime import _wasmtime
+
+    assert _wasmtime.missing_names() == []
+    for name in _wasmtime.PRIVATE_NAMES:
+        module, attr = name.rsplit(".", 1)
+        assert getattr(importlib.import_module(module), attr) is not None, name
+
+
+def test_no_other_module_touches_private_wasmtime_names() -> None:
+    import re
+
+    package = Path(__file__).resolve().parents[1] / "hatch_mcpkit"
+    offenders = [
+        str(path.relative_to(package)) for path in package.rglob("*.py")
+        if path.name != "_wasmtime.py" and re.search(r"wasmtime\._|from wasmtime import _", path.read_text())
+    ]
+    assert offenders == []

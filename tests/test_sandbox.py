@@ -75,7 +75,7 @@ def test_environment_has_only_granted_keys(hostile_runtime: Runtime) -> None:
 
 
 def test_environment_grant_absent_on_host_is_not_invented(hostile_bundle_dir: Path) -> None:
-    with Runtime.from_dir(hostile_bundle_dir, environ={"OTHER": "1"}, write_cwasm=False) as rt:
+    with Runtime.from_dir(hostile_bundle_dir, environ={"OTHER": "1"}) as rt:
         assert json.loads(rt.call("env_dump", {}).text) == {"MCPKIT_TOOL": "env_dump"}
 
 

@@ -1,0 +1,436 @@
+"""Attacks on the sandbox from a hostile bundle, each driven through the real runtime or server.
+
+Every test here reproduces a way a bundle got out of its box (see docs/security.md) and
+shows the safe outcome. Hand-written guests are WAT, compiled with ``wasmtime.wat2wasm``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hatch_mcpkit.errors import SandboxError
+from hatch_mcpkit.runtime import HostLimits, Runtime, parse_allow_dir
+from hatch_mcpkit.store import CodeCache
+
+SERVER = [sys.executable, "-m", "hatch_mcpkit"]
+
+PRELUDE = """
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+  (import "wasi_snapshot_preview1" "poll_oneoff" (func $poll (param i32 i32 i32 i32) (result i32)))
+"""
+
+GENUINE = "(module " + PRELUDE + """
+  (memory (export "memory") 1)
+  (data (i32.const 16) "{\\"content\\": \\"genuine\\"}")
+  (func (export "_start")
+    (i32.store (i32.const 0) (i32.const 16))
+    (i32.store (i32.const 4) (i32.const 22))
+    (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))
+"""
+
+
+def wat_bundle(dest: Path, wat: str, *, tools: tuple[str, ...] = ("run",), limits: str = "",
+               storage: str = "") -> Path:
+    """A bundle folder whose module.wasm is ``wat``, with one tool per name."""
+    import wasmtime
+
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / "module.wasm").write_bytes(wasmtime.wat2wasm(wat))
+    tool_lines = "".join(f"    - {{name: {t}, description: t, input_schema: {{type: object}}}}\n" for t in tools)
+    (dest / "config.yaml").write_text(
+        'version: "1.0"\nserver: {name: wat-guest, version: 0.1.0, description: test guest}\n'
+        f"mcp:\n  tools:\n{tool_lines}"
+        f"policy:\n  limits: {{{limits or 'timeout_ms: 3000, memory_mb: 16'}}}\n{storage}"
+    )
+    return dest
+
+
+class Server:
+    """``mcpkit server ARGS`` over raw stdio: initialize, then requests one at a time."""
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+        self.proc = subprocess.Popen([*SERVER, "server", *args, "-q"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        self.next_id = 1
+        self.request("initialize", {"protocolVersion": "2025-06-18", "capabilities": {},
+                                    "clientInfo": {"name": "attack", "version": "0"}})
+        self.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+
+    def send(self, msg: dict[str, Any]) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write((json.dumps(msg) + "\n").encode())
+        self.proc.stdin.flush()
+
+    def request(self, method: str, params: Any) -> dict[str, Any]:
+        ident, self.next_id = self.next_id, self.next_id + 1
+        self.send({"jsonrpc": "2.0", "id": ident, "method": method, "params": params})
+        assert self.proc.stdout is not None
+        while True:
+            line = self.proc.stdout.readline()
+            assert line, f"the server exited: {self.stderr()}"
+            frame = json.loads(line)
+            if frame.get("id") == ident:
+                return frame  # type: ignore[no-any-return]
+
+    def call(self, tool: str, arguments: dict[str, Any]) -> dict[str, Any]:
+        frame = self.request("tools/call", {"name": tool, "arguments": arguments})
+        assert "result" in frame, frame
+        return frame["result"]  # type: ignore[no-any-return]
+
+    def peak_rss_kib(self) -> int:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+        raise AssertionError("no VmHWM")
+
+    def close(self) -> int:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        return self.proc.wait(timeout=30)
+
+    def stderr(self) -> str:
+        assert self.proc.stderr is not None
+        return self.proc.stderr.read().decode(errors="replace")
+
+
+def launch_error(*args: str, env: dict[str, str] | None = None) -> str:
+    proc = subprocess.run([*SERVER, "server", *args, "-q"], input=b"", capture_output=True, timeout=60,
+                          env=env, check=False)
+    assert proc.returncode != 0, "the server started"
+    assert proc.stdout == b""
+    return proc.stderr.decode(errors="replace")
+
+
+# ----------------------------------------------------------------- native code from the bundle
+
+
+@pytest.mark.cargo
+def test_cwasm_shipped_in_a_bundle_folder_is_never_loaded(hostile_wasm: Path, tmp_path: Path) -> None:
+    """A folder ships ``module.cwasm`` (real native code for this engine, compiled from another
+    module) plus the precompile record an older mcpkit trusted. Serving the folder must run the
+    folder's module.wasm: the planted code would write a marker through the grant."""
+    import wasmtime
+
+    out = tmp_path / "out"
+    out.mkdir()
+    bundle = wat_bundle(tmp_path / "bundle", GENUINE, tools=("write_file",),
+                        storage=f"  storage: {{allow: [{{uri: 'fs://{out}', guest: /out, access: [read, write]}}]}}\n")
+    cfg = wasmtime.Config()
+    cfg.epoch_interruption = True
+    cfg.consume_fuel = False
+    cfg.cranelift_opt_level = "speed"
+    evil = bytes(wasmtime.Module(wasmtime.Engine(cfg), hostile_wasm.read_bytes()).serialize())
+    (bundle / "module.cwasm").write_bytes(evil)
+    settings = {"wasmtime": wasmtime_version(), "arch": os.uname().machine, "system": "Linux",
+                "epoch_interruption": True, "consume_fuel": False, "cranelift_opt_level": "speed"}
+    record = {
+        "module_sha256": hashlib.sha256((bundle / "module.wasm").read_bytes()).hexdigest(),
+        "cwasm_sha256": hashlib.sha256(evil).hexdigest(),
+        "engine_fingerprint": hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest(),
+        "engine": settings,
+    }
+    (bundle / "metadata.json").write_text(json.dumps({"precompiled": record}))
+    args = {"path": "/out/marker", "text": "native code ran"}
+    # the runtime itself never reads them (whoever hands it the folder)
+    with Runtime.from_dir(bundle, code_cache=CodeCache(tmp_path / "home"), protected_paths=[tmp_path / "home"]) as rt:
+        assert rt.module_source == "compiled"
+        assert rt.call("write_file", args).content == [{"type": "text", "text": "genuine"}]
+    assert not (out / "marker").exists(), "the bundle's own native code was loaded"
+    # and through the command line: the folder is refused, or served with its own module.wasm
+    env = {**os.environ, "MCPKIT_HOME": str(tmp_path / "home")}
+    proc = subprocess.Popen([*SERVER, "server", str(bundle), "-q"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env)
+    init = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
+            "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "a", "version": "0"}}}
+    call = {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "write_file", "arguments": args}}
+    out_bytes, err = proc.communicate(
+        b"".join(json.dumps(m).encode() + b"\n" for m in (init, {"jsonrpc": "2.0", "method": "notifications/initialized"},
+                                                          call)), timeout=60)
+    assert not (out / "marker").exists(), "the bundle's own native code was loaded by mcpkit server"
+    if proc.returncode != 0:
+        assert b"module.cwasm" in err
+    else:
+        assert b"genuine" in out_bytes
+
+
+def wasmtime_version() -> str:
+    from importlib.metadata import version
+
+    return version("wasmtime")
+
+
+# ----------------------------------------------------------------- store limits cover the total
+
+
+def test_extra_memories_do_not_multiply_the_memory_limit(tmp_path: Path) -> None:
+    memories = "".join(f"  (memory $m{i} 256)\n" for i in range(75))  # 75 x 16 MiB
+    touches = "".join(f"    (i32.store8 $m{i} (i32.const 16777215) (i32.const 1))\n" for i in range(75))
+    wat = f"(module {PRELUDE}\n  (memory (export \"memory\") 1)\n{memories}  (func (export \"_start\")\n{touches}))"
+    with Runtime.from_dir(wat_bundle(tmp_path / "b", wat)) as rt:
+        result = rt.call("run", {})
+    assert result.is_error and result.reason == "memory", result.text
+    assert "memory limit of 16 MiB" in result.text
+
+
+def test_table_grow_is_capped_by_the_memory_limit(tmp_path: Path) -> None:
+    wat = f"""(module {PRELUDE}
+  (memory (export "memory") 1)
+  (table $t 1 funcref)
+  (func (export "_start") (local $i i32)
+    (block $done (loop $l
+      (br_if $done (i32.eq (table.grow $t (ref.null func) (i32.const 1048576)) (i32.const -1)))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br_if $l (i32.lt_u (local.get $i) (i32.const 150)))))
+    (call $exit (i32.add (i32.const 100) (local.get $i)))))"""
+    with Runtime.from_dir(wat_bundle(tmp_path / "b", wat)) as rt:
+        result = rt.call("run", {})
+    assert result.reason == "exit", result.text
+    grown = (result.exit_code or 0) - 100
+    assert 0 <= grown <= 1, f"the table grew by {grown} Mi elements under memory_mb: 16"
+
+
+# ----------------------------------------------------------------- write grants and bundle: grants
+
+
+def test_write_grant_over_mcpkit_home_is_refused_at_launch(tmp_path: Path) -> None:
+    """A bundle granted ``fs://~`` with write could plant code in another bundle's cache entry."""
+    home = tmp_path / "user"
+    victim = home / ".mcpkit" / "bundles" / "localhost" / "trusted" / "1"
+    victim.mkdir(parents=True)
+    bundle = wat_bundle(tmp_path / "bundle", GENUINE,
+                        storage="  storage: {allow: [{uri: 'fs://~', guest: /home, access: [read, write]}]}\n")
+    env = {**os.environ, "HOME": str(home), "MCPKIT_HOME": str(home / ".mcpkit")}
+    err = launch_error(str(bundle), env=env)
+    assert "MCPKIT_HOME" in err and str(home) in err and "refused" in err
+    assert list(victim.iterdir()) == []
+
+
+def test_write_grants_into_home_or_the_bundle_are_refused(tmp_path: Path) -> None:
+    home = tmp_path / "mcpkit-home"
+    (home / "bundles").mkdir(parents=True)
+    bundle = wat_bundle(tmp_path / "bundle", GENUINE)
+    (bundle / "data").mkdir()
+    cases = [f"{home}:/h:rw", f"{home / 'bundles'}:/h:rw", f"{tmp_path}:/up:rw", f"{bundle}:/b:rw",
+             f"{bundle / 'data'}:/d:rw"]
+    for spec in cases:
+        with pytest.raises(SandboxError) as info:
+            Runtime.from_dir(bundle, extra_grants=[parse_allow_dir(spec)], protected_paths=[home])
+        assert "refused" in str(info.value) and spec.split(":")[0] in str(info.value), spec
+    # through a symlink as well
+    (tmp_path / "innocent").symlink_to(home)
+    with pytest.raises(SandboxError):
+        Runtime.from_dir(bundle, extra_grants=[parse_allow_dir(f"{tmp_path / 'innocent'}:/x:rw")],
+                         protected_paths=[home])
+    # reading them, or writing beside them, stays possible
+    side = tmp_path / "side"
+    side.mkdir()
+    with Runtime.from_dir(bundle, extra_grants=[parse_allow_dir(f"{home}:/h"), parse_allow_dir(f"{side}:/s:rw")],
+                          protected_paths=[home]) as rt:
+        assert [p.guest for p in rt.preopens] == ["/h", "/s"]
+
+
+def test_write_grant_over_the_bundle_is_refused_through_the_cli(tmp_path: Path) -> None:
+    bundle = wat_bundle(tmp_path / "bundle", GENUINE)
+    env = {**os.environ, "MCPKIT_HOME": str(tmp_path / "home")}
+    err = launch_error(str(bundle), "--allow-dir", f"{bundle}:/self:rw", env=env)
+    assert "refused" in err and str(bundle) in err
+
+
+def test_bundle_grant_symlinked_out_of_the_bundle_is_refused(tmp_path: Path) -> None:
+    """A cloned repository's ``data`` is a symlink to the user's .ssh: the guest must not read it."""
+    ssh = tmp_path / "user" / ".ssh"
+    ssh.mkdir(parents=True)
+    (ssh / "id_ed25519").write_text("-----BEGIN OPENSSH PRIVATE KEY----- secret")
+    bundle = wat_bundle(tmp_path / "bundle", GENUINE,
+                        storage="  storage: {allow: [{uri: 'bundle:data', guest: /data, access: [read]}]}\n")
+    (bundle / "data").symlink_to(ssh)
+    with pytest.raises(SandboxError) as info:
+        Runtime.from_dir(bundle)
+    message = str(info.value)
+    assert "bundle:data" in message and "outside the bundle" in message
+    env = {**os.environ, "MCPKIT_HOME": str(tmp_path / "home")}
+    err = launch_error(str(bundle), env=env)
+    assert "outside the bundle" in err and "secret" not in err
+
+
+# ----------------------------------------------------------------- host ceilings
+
+
+FLOOD_FOREVER = f"""(module {PRELUDE}
+  (memory (export "memory") 2)
+  (func (export "_start")
+    (memory.fill (i32.const 1024) (i32.const 120) (i32.const 65536))
+    (i32.store (i32.const 0) (i32.const 1024))
+    (i32.store (i32.const 4) (i32.const 65536))
+    (loop $l (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8))) (br $l))))"""
+
+
+def test_host_output_ceiling_beats_the_bundles_limit(tmp_path: Path) -> None:
+    bundle = wat_bundle(tmp_path / "b", FLOOD_FOREVER,
+                        limits="timeout_ms: 3000, memory_mb: 16, max_output_kb: 100000000")
+    env = {**os.environ, "MCPKIT_HOME": str(tmp_path / "home"), "MCPKIT_MAX_OUTPUT_KB": "2048"}
+    server = Server(str(bundle), env=env)
+    try:
+        before = server.peak_rss_kib()
+        started = time.monotonic()
+        result = server.call("run", {})
+        elapsed = time.monotonic() - started
+        grown = server.peak_rss_kib() - before
+    finally:
+        assert server.close() == 0
+    assert result["isError"] is True
+    assert "output exceeded the limit of 2048 KiB" in result["content"][0]["text"]
+    assert elapsed < 2.5, "the guest ran to its timeout instead of being stopped at the ceiling"
+    assert grown < 48 * 1024, f"the server grew by {grown} KiB"
+
+
+def test_host_limits_take_the_smaller_value(tmp_path: Path) -> None:
+    host = HostLimits.from_env({"MCPKIT_MAX_MEMORY_MB": "8", "MCPKIT_MAX_TIMEOUT_MS": "500",
+                                "MCPKIT_MAX_OUTPUT_KB": "4", "MCPKIT_MAX_FUEL": "1000000"})
+    assert (host.memory_mb, host.timeout_ms, host.max_output_kb, host.fuel) == (8, 500, 4, 1_000_000)
+    assert HostLimits.from_env({}) == HostLimits()
+    bundle = wat_bundle(tmp_path / "b", FLOOD_FOREVER, limits="timeout_ms: 100000, memory_mb: 1024")
+    with Runtime.from_dir(bundle, host_limits=host) as rt:
+        limits = rt.limits("run")
+        assert (limits.memory_mb, limits.timeout_ms, limits.max_output_kb, limits.fuel) == (8, 500, 4, 1_000_000)
+        assert rt.consume_fuel  # a host fuel ceiling meters every call
+        result = rt.call("run", {})
+    assert result.reason == "output" and "4 KiB" in result.text
+    for bad in ("0", "-3", "lots", "1e9"):
+        with pytest.raises(Exception) as info:
+            HostLimits.from_env({"MCPKIT_MAX_TIMEOUT_MS": bad})
+        assert "MCPKIT_MAX_TIMEOUT_MS" in str(info.value)
+
+
+# ----------------------------------------------------------------- poll_oneoff (the sleep replacement)
+
+
+def _poll_guest(body: str) -> str:
+    return f"""(module {PRELUDE}
+  (memory (export "memory") 1)
+  (func (export "_start") (local $r i32)
+{body}))"""
+
+
+def test_poll_oneoff_reads_the_clock_subscription_at_its_real_offsets(tmp_path: Path) -> None:
+    # userdata 7, tag 0 (clock), clock id 1 at 16, junk in the padding 20..23, timeout 30 ms at 24
+    wat = _poll_guest("""
+    (i64.store (i32.const 0) (i64.const 7))
+    (i32.store8 (i32.const 8) (i32.const 0))
+    (i32.store (i32.const 16) (i32.const 1))
+    (i32.store (i32.const 20) (i32.const -1))
+    (i64.store (i32.const 24) (i64.const 30000000))
+    (i64.store (i32.const 32) (i64.const 0))
+    (i32.store16 (i32.const 40) (i32.const 0))
+    (local.set $r (call $poll (i32.const 0) (i32.const 64) (i32.const 1) (i32.const 128)))
+    (if (local.get $r) (then (call $exit (local.get $r))))
+    (if (i64.ne (i64.load (i32.const 64)) (i64.const 7)) (then (call $exit (i32.const 99))))
+    (if (i32.load16_u (i32.const 72)) (then (call $exit (i32.const 98))))
+    (if (i32.load8_u (i32.const 74)) (then (call $exit (i32.const 97))))
+    (if (i32.ne (i32.load (i32.const 128)) (i32.const 1)) (then (call $exit (i32.const 96))))
+    (call $exit (i32.const 0))""")
+    with Runtime.from_dir(wat_bundle(tmp_path / "b", wat)) as rt:
+        started = time.monotonic()
+        result = rt.call("run", {})
+        elapsed = time.monotonic() - started
+    assert not result.is_error and result.exit_code == 0, result.text
+    assert 0.025 <= elapsed < 0.5, f"a 30 ms sleep took {elapsed:.3f}s"
+
+
+@pytest.mark.parametrize(
+    ("call", "errno"),
+    [
+        ("(call $poll (i32.const 0) (i32.const 0) (i32.const 5000000) (i32.const 0))", 28),  # millions: EINVAL
+        ("(call $poll (i32.const 0) (i32.const 0) (i32.const -1) (i32.const 0))", 28),
+        ("(call $poll (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0))", 28),  # none
+        ("(call $poll (i32.const 65530) (i32.const 0) (i32.const 1) (i32.const 0))", 21),  # EFAULT
+        ("(call $poll (i32.const -16) (i32.const 0) (i32.const 1) (i32.const 0))", 21),
+        ("(call $poll (i32.const 0) (i32.const 65520) (i32.const 1) (i32.const 0))", 21),
+        ("(call $poll (i32.const 0) (i32.const 64) (i32.const 1) (i32.const 65534))", 21),
+    ],
+)
+def test_poll_oneoff_maps_every_bad_request_to_an_errno(tmp_path: Path, call: str, errno: int) -> None:
+    # the subscription at 0 (if read) is a relative 1 ms clock
+    wat = _poll_guest(f"""
+    (i64.store (i32.const 24) (i64.const 1000000))
+    (call $exit {call})""")
+    with Runtime.from_dir(wat_bundle(tmp_path / "b", wat)) as rt:
+        started = time.monotonic()
+        result = rt.call("run", {})
+        elapsed = time.monotonic() - started
+        assert rt.call("run", {}).exit_code == errno  # and again: nothing stuck
+    assert result.reason == "exit" and result.exit_code == errno, result.text
+    assert elapsed < 1
+
+
+def test_poll_oneoff_with_an_unknown_tag_is_einval(tmp_path: Path) -> None:
+    wat = _poll_guest("""
+    (i32.store8 (i32.const 8) (i32.const 9))
+    (call $exit (call $poll (i32.const 0) (i32.const 64) (i32.const 1) (i32.const 128)))""")
+    with Runtime.from_dir(wat_bundle(tmp_path / "b", wat)) as rt:
+        assert rt.call("run", {}).exit_code == 28
+
+
+@pytest.mark.cargo
+def test_a_50ms_sleep_answers_in_about_50ms_and_the_server_exits_0(hostile_bundle_dir: Path,
+                                                                   tmp_path: Path) -> None:
+    env = {**os.environ, "MCPKIT_HOME": str(tmp_path / "home")}
+    server = Server(str(hostile_bundle_dir), env=env)
+    try:
+        server.call("echo", {})  # warm
+        started = time.monotonic()
+        result = server.call("nap", {})
+        elapsed = time.monotonic() - started
+        stopped = server.call("sleep", {})  # stopped mid-sleep at the 1 s timeout
+    finally:
+        code = server.close()
+    assert result == {"content": [{"type": "text", "text": "rested"}], "isError": False}
+    assert 0.045 <= elapsed < 0.5, f"a 50 ms sleep answered after {elapsed:.3f}s"
+    assert stopped["isError"] is True and "timed out after 1000 ms" in stopped["content"][0]["text"]
+    assert code == 0, server.stderr()
+
+
+# ----------------------------------------------------------------- guest output and stderr
+
+
+def test_deeply_nested_guest_output_is_a_clear_error(tmp_path: Path) -> None:
+    depth = 100_000
+    wat = f"""(module {PRELUDE}
+  (memory (export "memory") 2)
+  (data (i32.const 16) "{'[' * depth}")
+  (func (export "_start")
+    (i32.store (i32.const 0) (i32.const 16))
+    (i32.store (i32.const 4) (i32.const {depth}))
+    (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))"""
+    bundle = wat_bundle(tmp_path / "b", wat, limits="timeout_ms: 3000, memory_mb: 16, max_output_kb: 1024")
+    with Runtime.from_dir(bundle) as rt:
+        result = rt.call("run", {})
+    assert result.is_error and result.reason == "invalid_output", result.text
+    assert "nested more than" in result.text
+
+
+def test_guest_stderr_is_terminal_safe(tmp_path: Path) -> None:
+    wat = f"""(module {PRELUDE}
+  (memory (export "memory") 1)
+  (data (i32.const 16) "\\1b]52;c;cHduZWQ=\\07\\1b[2K\\e2\\80\\aefake line\\0a")
+  (func (export "_start")
+    (i32.store (i32.const 0) (i32.const 16))
+    (i32.store (i32.const 4) (i32.const 33))
+    (drop (call $fd_write (i32.const 2) (i32.const 0) (i32.const 1) (i32.const 8)))
+    (call $exit (i32.const 1))))"""
+    with Runtime.from_dir(wat_bundle(tmp_path / "b", wat)) as rt:
+        result = rt.call("run", {})
+    assert result.reason == "exit"
+    for text in (result.stderr_tail, result.text):
+        assert "\x1b" not in text and "\x07" not in text and "\u202e" not in text
+        assert "\\x1b]52;c;cHduZWQ=" in text and "fake line" in text
