@@ -3,8 +3,8 @@
 Measured in one run, with the example weather-tool bundle:
 
 * cold start: a fresh ``mcpkit server`` process answering its first ``tools/call``
-  (initialize + call over raw stdio), with a recorded ``module.cwasm`` vs with the
-  ``.cwasm`` deleted (compile on start); floor: a bare Python process that imports
+  (initialize + call over raw stdio), with the module's code in the store's code cache vs
+  with the code cache emptied (compile on start); floor: a bare Python process that imports
   wasmtime, deserializes the same ``.cwasm`` and runs one call.
 * warm calls (``--calls``, default 1000): ``Runtime.call`` vs a bare wasmtime-py
   instantiate+run loop (Store, WasiConfig with argv/stdin pipe/stdout callback,
@@ -19,6 +19,7 @@ Usage: ``python benchmarks/bench_runtime.py [--calls 1000] [--cold 5] [--bundle 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -220,7 +221,8 @@ def main() -> None:
     ap.add_argument("--bundle", type=Path, help="a bundle directory (default: build the example)")
     opts = ap.parse_args()
 
-    from hatch_mcpkit.runtime import Runtime, precompile
+    from hatch_mcpkit.runtime import Runtime, engine_fingerprint, precompile
+    from hatch_mcpkit.store import CodeCache
 
     work = Path(tempfile.mkdtemp(prefix="bench-runtime-"))
     try:
@@ -229,8 +231,12 @@ def main() -> None:
             shutil.copytree(opts.bundle, bundle, ignore=shutil.ignore_patterns("module.cwasm", "metadata.json"))
         else:
             example_bundle(bundle)
-        cwasm = precompile(bundle)
-        server_cmd = [sys.executable, "-m", "hatch_mcpkit", "server", str(bundle), "-q"]
+        home = work / "home"
+        code_cache = CodeCache(home)
+        precompile(bundle, code_cache=code_cache)
+        sha = hashlib.sha256((bundle / "module.wasm").read_bytes()).hexdigest()
+        cwasm = code_cache.root / engine_fingerprint(False) / f"{sha}.cwasm"
+        server_cmd = [sys.executable, "-m", "hatch_mcpkit", "server", str(bundle), "-q", "--home", str(home)]
 
         rows: list[tuple[str, str, float, float, str, float]] = []  # section, name, p50, p99, floor, ratio
 
@@ -239,24 +245,24 @@ def main() -> None:
         warm_start = [first_call_ms(server_cmd) for _ in range(opts.cold)]
         compile_start = []
         for _ in range(opts.cold):
-            (bundle / "module.cwasm").unlink()
+            cwasm.unlink()
             compile_start.append(first_call_ms(server_cmd))
-        precompile(bundle)
+        precompile(bundle, code_cache=code_cache)
         echo_cold = [first_call_ms([sys.executable, "-c", ECHO_SERVER]) for _ in range(opts.cold)]
         floor = statistics.median(bare_cold)
         rows.append(("cold", "python + wasmtime deserialize + 1 run (floor)", floor, max(bare_cold), "", 1.0))
         rows.append(("cold", "mcp echo server: spawn, initialize, 1st call", statistics.median(echo_cold),
                      max(echo_cold), "floor", statistics.median(echo_cold) / floor))
-        rows.append(("cold", "mcpkit server, precompiled: 1st call", statistics.median(warm_start),
+        rows.append(("cold", "mcpkit server, code cached: 1st call", statistics.median(warm_start),
                      max(warm_start), "floor", statistics.median(warm_start) / floor))
-        rows.append(("cold", "mcpkit server, cwasm deleted: 1st call", statistics.median(compile_start),
+        rows.append(("cold", "mcpkit server, code cache empty: 1st call", statistics.median(compile_start),
                      max(compile_start), "floor", statistics.median(compile_start) / floor))
 
         # warm, in process
         bare = timeit(bare_loop(bundle), opts.calls)
         bare50 = pct(bare, 50)
         rows.append(("warm", "bare wasmtime-py instantiate+run (floor)", bare50, pct(bare, 99), "", 1.0))
-        with Runtime.from_dir(bundle) as rt:
+        with Runtime.from_dir(bundle, code_cache=code_cache) as rt:
             rt_samples = timeit(lambda: rt.call(TOOL, ARGS), opts.calls)
             weather = timeit(lambda: rt.call("get_weather", {"location": "London"}), opts.calls)
             check = timeit(lambda: rt.validate_arguments(TOOL, ARGS), opts.calls)
@@ -266,7 +272,7 @@ def main() -> None:
                      pct(weather, 50) / bare50))
         rows.append(("warm", "Runtime.validate_arguments (jsonschema)", pct(check, 50), pct(check, 99), "bare",
                      pct(check, 50) / bare50))
-        with Runtime.from_dir(with_fuel(bundle, work / "fuel")) as rt_fuel:
+        with Runtime.from_dir(with_fuel(bundle, work / "fuel"), code_cache=code_cache) as rt_fuel:
             fuel = timeit(lambda: rt_fuel.call(TOOL, ARGS), opts.calls)
         rows.append(("warm", "Runtime.call with fuel metering on", pct(fuel, 50), pct(fuel, 99), "bare",
                      pct(fuel, 50) / bare50))
