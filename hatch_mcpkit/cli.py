@@ -115,12 +115,7 @@ def _precompile(store: BundleCache, result: PullResult) -> None:
     except ImportError:  # no runtime extras here: pulling works without them
         return
     try:
-        if "code_cache" in inspect.signature(runtime.precompile).parameters:
-            runtime.precompile(result.path, code_cache=store.code_cache)  # type: ignore[call-arg]
-        else:  # the runtime before compiled code moved to the store's CodeCache
-            from hatch_mcpkit.config import PlaceholderEnviron
-
-            runtime.precompile(result.path, environ=PlaceholderEnviron())
+        runtime.precompile(result.path, code_cache=store.code_cache)
     except Exception as exc:
         _warn(f"could not precompile {result.path / 'module.wasm'}: {exc} (it will be compiled when it runs)")
 
