@@ -44,9 +44,9 @@ def _crate(tmp_path: Path) -> Path:
 PLUGINS: dict[str, tuple[Callable[[Path, dict[str, Any]], PluginOptions], str]] = {
     "build hook": (lambda root, raw: BuildTableOptions.for_hook(root, raw), "tool.hatch.build.hooks.mcpkit"),
     "builder": (lambda root, raw: BuildTableOptions.for_target(root, {}, raw), "tool.hatch.build.targets.mcpkit"),
-    "publisher": (lambda root, raw: PublishOptions(Source(raw, "tool.hatch.publish.mcpkit"), root=root),
+    "publisher": (lambda root, raw: PublishOptions(Source.project(raw, root, "publish.mcpkit"), root=root),
                   "tool.hatch.publish.mcpkit"),
-    "collector": (lambda root, raw: CollectorOptions(Source(raw, "tool.hatch.env.collectors.mcpkit"), root=root),
+    "collector": (lambda root, raw: CollectorOptions(Source.project(raw, root, "env.collectors.mcpkit"), root=root),
                   "tool.hatch.env.collectors.mcpkit"),
 }
 # plugin -> (a typo of one of its options, the option meant, an option given a wrong type)
@@ -86,6 +86,16 @@ def test_builder_accepts_hatchling_target_keys_and_hook_keys_in_their_own_tables
     assert (opts.profile, opts.features) == ("dev", ("a",))  # the target's table wins key by key
     with pytest.raises(ConfigError, match=r"tool\.hatch\.build\.hooks\.mcpkit\.versions: unknown option"):
         BuildTableOptions.for_hook(root, {"versions": ["standard"]}).check()
+
+
+def test_options_from_hatch_toml_are_named_there(tmp_path: Path) -> None:
+    root = _crate(tmp_path)
+    (root / "hatch.toml").write_text('[build.targets.mcpkit]\ncrat = "x"\n')
+    with pytest.raises(ConfigError) as info:
+        BuildTableOptions.for_target(root, {}, {"crat": "x"}).check()
+    assert "hatch.toml: build.targets.mcpkit.crat: unknown option (did you mean 'crate'?)" in str(info.value)
+    with pytest.raises(ConfigError, match=r"pyproject\.toml: tool\.hatch\.publish\.mcpkit\.tag: unknown option"):
+        PublishOptions(Source.project({"tag": "v1"}, root, "publish.mcpkit")).check()  # hatch.toml has no [publish]
 
 
 def test_build_options_name_a_missing_crate_and_config(tmp_path: Path) -> None:

@@ -120,6 +120,22 @@ class Source:
     def path(self, key: str) -> str:
         return f"{self.table} {key}" if self.table.startswith("-") else f"{self.table}.{key}"
 
+    @classmethod
+    def project(cls, values: Mapping[str, Any], root: Path | str, table: str,
+                hatch_keys: frozenset[str] = frozenset()) -> Source:
+        """Values of the project's hatch ``table`` (``build.hooks.mcpkit``...), named as hatch read them:
+        a top-level table of ``hatch.toml`` replaces pyproject.toml's ``tool.hatch`` one."""
+        hatch_toml = Path(root) / "hatch.toml"
+        if hatch_toml.is_file():
+            from hatchling.metadata.core import load_toml
+
+            try:
+                if table.split(".", 1)[0] in load_toml(str(hatch_toml)):
+                    return cls(values, table, "hatch.toml", hatch_keys)
+            except (OSError, ValueError):
+                pass  # hatch itself reports an unreadable hatch.toml
+        return cls(values, f"tool.hatch.{table}", "pyproject.toml", hatch_keys)
+
 
 def _shown(value: Any, option: Option) -> str:
     kind = {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "an array",

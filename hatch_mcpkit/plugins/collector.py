@@ -20,7 +20,7 @@ from hatch_mcpkit.errors import McpkitError
 from hatch_mcpkit.plugins._options import COLLECTOR_OPTIONS, PluginOptions, Source, fail
 
 COMMANDS = ("pull", "run", "list", "push", "inspect", "rm", "server")
-TABLE = "tool.hatch.env.collectors.mcpkit"
+TABLE = "env.collectors.mcpkit"  # under tool.hatch in pyproject.toml, or in hatch.toml
 
 
 def default_command() -> str:
@@ -48,7 +48,7 @@ class McpkitEnvironmentCollector(EnvironmentCollectorInterface):
     @cached_property
     def options(self) -> CollectorOptions:
         try:
-            return CollectorOptions(Source(self.config, TABLE), root=self.root).check()
+            return CollectorOptions(Source.project(self.config, self.root, TABLE), root=self.root).check()
         except McpkitError as exc:
             fail(exc)  # hatch has no display here: stderr, then exit without a traceback
 

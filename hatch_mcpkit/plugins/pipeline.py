@@ -42,8 +42,8 @@ from hatch_mcpkit.plugins._options import (
 __all__ = ["HOOK_TABLE", "TARGET_TABLE", "BuildOptions", "BuildTableOptions", "announce", "clean_bundles",
            "run_pipeline"]
 
-HOOK_TABLE = "tool.hatch.build.hooks.mcpkit"
-TARGET_TABLE = "tool.hatch.build.targets.mcpkit"
+HOOK_TABLE = "build.hooks.mcpkit"  # under tool.hatch in pyproject.toml, or in hatch.toml
+TARGET_TABLE = "build.targets.mcpkit"
 SKIP_DIRS = {
     "target",
     "dist",
@@ -80,13 +80,13 @@ class BuildTableOptions(PluginOptions):
 
     @classmethod
     def for_hook(cls, root: Path | str, hook: Mapping[str, Any]) -> BuildTableOptions:
-        return cls(Source(hook, HOOK_TABLE, hatch_keys=HATCH_BUILD_HOOK_KEYS), root=root)
+        return cls(Source.project(hook, root, HOOK_TABLE, HATCH_BUILD_HOOK_KEYS), root=root)
 
     @classmethod
     def for_target(cls, root: Path | str, hook: Mapping[str, Any], target: Mapping[str, Any]) -> BuildTableOptions:
         return cls(
-            Source(hook, HOOK_TABLE, hatch_keys=HATCH_BUILD_HOOK_KEYS),
-            Source(target, TARGET_TABLE, hatch_keys=HATCH_TARGET_KEYS),
+            Source.project(hook, root, HOOK_TABLE, HATCH_BUILD_HOOK_KEYS),
+            Source.project(target, root, TARGET_TABLE, HATCH_TARGET_KEYS),
             root=root,
         )
 
@@ -183,7 +183,7 @@ def run_pipeline(
     from hatch_mcpkit.config import load_config
     from hatch_mcpkit.wasm import check_guest_module
 
-    config = load_config(options.config)  # every problem at once, before cargo runs
+    config = load_config(options.config, os.environ)  # every problem at once, before cargo runs
     include = [path for _, path in config.include_files]
     fingerprint = _fingerprint(options, options.config, include)
     stamp = _stamp_path(options)

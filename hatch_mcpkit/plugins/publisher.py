@@ -58,10 +58,15 @@ class PublishOptions(PluginOptions):
 class McpkitPublisher(PublisherInterface):
     PLUGIN_NAME = "mcpkit"
 
+    def _config_file(self) -> str:
+        """Where hatch's own config file is (``hatch config find``), to name it in a message."""
+        path = getattr(getattr(self.app, "config_file", None), "path", None)
+        return str(path) if path else "hatch's config.toml"
+
     def _options(self, cli: dict[str, Any]) -> PublishOptions:
         return PublishOptions(
-            Source(self.plugin_config, "publish.mcpkit", "hatch config.toml"),
-            Source(self.project_config, "tool.hatch.publish.mcpkit"),
+            Source(self.plugin_config, "publish.mcpkit", self._config_file()),
+            Source.project(self.project_config, self.root, "publish.mcpkit"),
             Source({k: v for k, v in cli.items() if k not in HATCH_OPTIONS}, "-o", "command line"),
             root=self.root,
         ).check()

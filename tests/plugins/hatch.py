@@ -20,9 +20,10 @@ from pathlib import Path
 import pytest
 
 from tests._support import need
+from tests.plugins.rust import EXAMPLE_DIR
 
 REPO = Path(__file__).resolve().parents[2]
-EXAMPLE = REPO / "example-project"
+EXAMPLE = EXAMPLE_DIR
 
 HatchRunner = Callable[..., "subprocess.CompletedProcess[str]"]
 
