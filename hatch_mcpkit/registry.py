@@ -1,65 +1,75 @@
 """The one boundary between mcpkit and OCI registries.
 
-Everything that talks to a registry goes through :class:`RegistryClient`. It is built on
-oras-py (``oras.provider.Registry``): the HTTP session oras configures (cookies refused, as
-Harbor needs) and its ``Www-Authenticate`` parser are used as they are. The request flow
-itself is done here with that session, because oras-py 0.2.x gets these things wrong for
-mcpkit's purposes:
+Everything that talks to a registry goes through :class:`RegistryClient`, and every request
+it makes goes through :mod:`hatch_mcpkit._transport` (one TLS, plain-HTTP, redirect,
+deadline and retry policy, shared with https downloads). oras-py is used through that module
+only: its session set-up and its ``Www-Authenticate`` parser. The request flow is done here,
+because oras-py 0.2.x gets these things wrong for mcpkit's purposes:
 
 * **no digest check on pull** -- oras writes whatever the registry sends. Here every blob is
-  streamed to a temporary file beside its destination while its size and SHA-256 are
-  checked; a mismatch raises :class:`~hatch_mcpkit.errors.IntegrityError` naming the digest
-  and the temporary file is removed. Manifests are hashed too, and compared with the
-  pinned digest and the registry's ``Docker-Content-Digest``.
-* **retries** -- ``oras.decorator.retry`` sleeps 3, 5, 11, 29, 83 s on *any* error (404 and
-  401 included). Here only connection errors and 5xx answers are retried, 3 tries with
-  0.2 s / 0.5 s pauses; every request has timeouts (connect 5 s, 30 s without data) and a
-  timeout is not retried, so a dead registry fails within seconds.
-* **memory** -- oras' monolithic upload reads the whole blob into memory. Here uploads
-  stream from the file (monolithic PUT with a file body) and downloads stream in 1 MiB
-  chunks; peak memory does not grow with the blob size.
+  streamed through :func:`hatch_mcpkit._files.write_verified` (temporary file beside the
+  destination, size checked as bytes arrive, SHA-256, rename); a mismatch raises
+  :class:`~hatch_mcpkit.errors.IntegrityError` naming the digest. Manifests are hashed too,
+  and compared with the pinned digest and the registry's ``Docker-Content-Digest``.
+* **retries** -- ``oras.decorator.retry`` sleeps 3, 5, 11, 29, 83 s on *any* error. Here the
+  transport retries a whole unit of work (a request, an upload session, a blob download)
+  after connection errors and 5xx answers only, 3 tries with 0.2 s / 0.5 s pauses; a timeout
+  or the transfer deadline is not retried.
+* **memory** -- oras' monolithic upload reads the whole blob into memory. Here uploads stream
+  from the file and downloads stream; error bodies are read up to 64 KiB, manifests up to
+  4 MiB, token answers and listings up to a few MiB, all JSON through
+  :func:`hatch_mcpkit._json.load` (depth-bounded).
 * **existing blobs** -- each blob is checked with HEAD first and skipped when present, so a
   second push of the same bundle uploads nothing.
 * **token scope** -- oras keeps one bearer token and reuses a pull-only token for a push.
-  Here tokens are cached per scope (``repository:<name>:pull`` or ``pull,push``,
-  ``registry:catalog:*``) and each request asks for the scope it needs.
-* **credentials** -- oras' ``login()`` writes ``~/.docker/config.json`` and some calls do
-  not read it at all; credentials here come from :mod:`hatch_mcpkit.auth` only, and are
-  never written anywhere, logged or put in a message.
-* **errors** -- failures become :class:`~hatch_mcpkit.errors.RegistryError` /
-  :class:`~hatch_mcpkit.errors.AuthError` with the HTTP status and the registry's own
-  ``errors[0].message``.
+  Here tokens are cached per scope and each request asks for the scope it needs.
+* **credentials** -- oras' ``login()`` writes ``~/.docker/config.json``; credentials here come
+  from :mod:`hatch_mcpkit.auth` only and are never written, logged or put in a message.
 
-Pushing sends exactly the blobs and manifest bytes of a built layout, so the digest printed
-at build time is the digest in the registry.
+Where credentials go (the rule for every URL a registry hands back -- an upload
+``Location``, a ``Link: rel=next``, a redirect, a token ``realm``):
 
-TLS: certificates are checked against ``ca_file`` when given, else ``MCPKIT_CA_FILE``, else
-the default bundle of ``requests`` (``REQUESTS_CA_BUNDLE`` is honoured). Plain HTTP is used
-only for loopback hosts or with ``insecure=True``.
+* the registry's basic credentials or bearer token are attached only to requests to the
+  registry's own origin (scheme, host, port). A ``Location`` or ``Link`` on another host is
+  followed without them (a 401 from there is an error, never answered with our credentials);
+* plain HTTP off loopback is refused for every such URL unless ``insecure``;
+* a bearer ``realm`` is the registry's token service: it receives the user name and password
+  (the standard token flow), on another host too, but only over https (plain HTTP only on
+  loopback or with ``insecure``); the token it returns goes only to the registry.
+
+Registry error messages, and anything else a registry says that reaches a message, pass
+through :func:`hatch_mcpkit._text.clean`. Pushing sends exactly the blobs and manifest bytes
+of a built layout, so the digest printed at build time is the digest in the registry.
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import hashlib
-import json
 import logging
 import os
-import tempfile
-import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
-from urllib.parse import urlencode, urljoin, urlsplit
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode, urljoin
 
-from hatch_mcpkit.bundle import MANIFEST_MEDIA_TYPE, Descriptor, Manifest
+from hatch_mcpkit._transport import (
+    DEFAULT_TIMEOUT,
+    RETRY_PAUSES,
+    Challenge,
+    Deadline,
+    Transport,
+    check_url,
+    error_message,
+    origin,
+    parse_challenge,
+)
+from hatch_mcpkit.bundle import MANIFEST_MEDIA_TYPE, MAX_MANIFEST_BYTES, Descriptor, Manifest
 from hatch_mcpkit.errors import AuthError, IntegrityError, InvalidReferenceError, RegistryError
 from hatch_mcpkit.reference import (
+    DOCKER_HUB_ALIASES,
     DOCKER_HUB_API,
     Reference,
-    is_loopback,
     parse_reference,
     use_plain_http,
 )
@@ -79,13 +89,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TIMEOUT: tuple[float, float] = (5.0, 30.0)  # (connect, seconds without data)
-RETRY_PAUSES: tuple[float, ...] = (0.2, 0.5)  # 3 tries
-CHUNK = 1024 * 1024
-MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 MAX_SMALL_BLOB = 16 * 1024 * 1024
-USER_AGENT = "hatch-mcpkit"
-_DOCKER_HUB_ALIASES = frozenset({"docker.io", "index.docker.io", DOCKER_HUB_API})
+MAX_TOKEN_ANSWER = 1024 * 1024
+MAX_LISTING_PAGE = 8 * 1024 * 1024
+MAX_PAGES = 10_000
 _ACCEPT_MANIFEST = ", ".join(
     (
         MANIFEST_MEDIA_TYPE,
@@ -117,34 +124,8 @@ class RawManifest:
     media_type: str
 
 
-@dataclass
-class _Challenge:
-    scheme: str  # "bearer" or "basic"
-    realm: str | None = None
-    service: str | None = None
-    scope: str | None = None
-
-
 def _scope(repository: str, push: bool) -> str:
     return f"repository:{repository}:{'pull,push' if push else 'pull'}"
-
-
-def _registry_message(response: requests.Response) -> str | None:
-    """``errors[0].message`` (with its code) from an OCI error body, if there is one."""
-    try:
-        body = response.json()
-    except ValueError:
-        return None
-    if isinstance(body, dict):
-        errors = body.get("errors")
-        if isinstance(errors, list) and errors and isinstance(errors[0], dict):
-            message = errors[0].get("message")
-            code = errors[0].get("code")
-            if isinstance(message, str) and message:
-                return f"{code}: {message}" if isinstance(code, str) and code else message
-            if isinstance(code, str):
-                return code
-    return None
 
 
 def _covers(have: str, want: str) -> bool:
@@ -161,18 +142,18 @@ def _speaks_plain_http(exc: BaseException) -> bool:
                                    "http request", "unexpected eof", "packet length too long"))
 
 
-def _sha256_hex(digest: str) -> str:
-    algorithm, _, hexpart = digest.partition(":")
-    if algorithm != "sha256" or len(hexpart) != 64:
-        raise IntegrityError(f"unsupported digest {digest!r}: only sha256 is supported", digest=digest)
-    return hexpart
+def _json(raw: bytes, where: str, limit: int) -> Any:
+    from hatch_mcpkit._json import load
+
+    return load(raw, where=where, error=RegistryError, max_bytes=limit)
 
 
 class RegistryClient:
     """A client for one registry host (``ghcr.io``, ``localhost:5000``, ``docker.io``).
 
     ``credentials`` come from :func:`hatch_mcpkit.auth.resolve_credentials`; ``None`` means
-    anonymous. ``timeout`` is ``(connect, read)`` seconds.
+    anonymous. ``timeout`` is ``(connect, read)`` seconds; ``deadline`` bounds one transfer
+    (default: ``MCPKIT_TRANSFER_DEADLINE`` or the transport's default).
     """
 
     def __init__(
@@ -185,14 +166,15 @@ class RegistryClient:
         timeout: tuple[float, float] = DEFAULT_TIMEOUT,
         retry_pauses: Sequence[float] = RETRY_PAUSES,
         scheme: str | None = None,
+        deadline: float | None = None,
     ) -> None:
-        import oras.provider
-
         self.host = host
-        self.api_host = DOCKER_HUB_API if host in _DOCKER_HUB_ALIASES else host
+        self.api_host = DOCKER_HUB_API if host in DOCKER_HUB_ALIASES else host
         self.insecure = insecure
-        # Loopback registries may speak either: try HTTPS first and fall back to plain HTTP
-        # when the server answers the TLS handshake in plain text (as Docker does).
+        # Loopback registries may speak either: try HTTPS first and fall back to plain HTTP when
+        # the server answers the TLS handshake in plain text (as Docker does). A certificate that
+        # fails verification is an error, never a reason to fall back. ``insecure`` means plain
+        # HTTP; an explicit ``scheme="https"`` with it still verifies certificates.
         self._probe_tls = scheme is None and not insecure and use_plain_http(self.api_host)
         if scheme is None:
             scheme = "http" if insecure else "https"
@@ -204,41 +186,21 @@ class RegistryClient:
                 hint="use HTTPS, or pass --insecure if you really mean it",
             )
         self.scheme = scheme
-        ca = ca_file if ca_file is not None else os.environ.get("MCPKIT_CA_FILE") or None
-        self.verify: bool | str = str(ca) if ca else True
+        self.transport = Transport(f"registry {host}", insecure=insecure, ca_file=ca_file, timeout=timeout,
+                                   deadline=deadline, retry_pauses=tuple(retry_pauses))
+        self.verify = self.transport.verify
         self.timeout = timeout
-        self.retry_pauses = tuple(retry_pauses)
         self.stats = TransferStats()
         self._credentials = credentials
-        self._oras = oras.provider.Registry(
-            hostname=self.api_host, insecure=insecure, tls_verify=self.verify
-        )
-        self.session: requests.Session = self._oras.session
-        self.session.headers["User-Agent"] = USER_AGENT
-        self.session.get_redirect_target = self._checked_redirect
+        self.session: requests.Session = self.transport.session
         self._tokens: dict[str, str] = {}
         self._basic = False  # the registry asked for HTTP basic auth
 
     def __repr__(self) -> str:
         return f"RegistryClient({self.host!r}, scheme={self.scheme!r}, credentials={self._credentials!r})"
 
-    def _checked_redirect(self, response: requests.Response) -> str | None:
-        """Where a redirect leads, refusing plain HTTP off loopback (unless insecure)."""
-        import requests
-
-        target = requests.Session.get_redirect_target(self.session, response)
-        if target:
-            parts = urlsplit(urljoin(response.url, target))
-            if parts.scheme != "https" and not (self.insecure or is_loopback(parts.netloc.rsplit("@", 1)[-1])):
-                response.close()
-                raise RegistryError(
-                    f"registry {self.host} redirected to plain HTTP at {parts.scheme}://{parts.netloc}; refusing",
-                    hint="pass --insecure if you really trust this network",
-                )
-        return target
-
     def close(self) -> None:
-        self.session.close()
+        self.transport.close()
 
     def __enter__(self) -> RegistryClient:
         return self
@@ -251,6 +213,10 @@ class RegistryClient:
     def _url(self, path: str) -> str:
         return f"{self.scheme}://{self.api_host}{path}"
 
+    @property
+    def _origin(self) -> tuple[str, str]:
+        return origin(self._url("/"))
+
     def _where(self, repository: str | None = None) -> str:
         return f"{self.host}/{repository}" if repository else self.host
 
@@ -262,109 +228,97 @@ class RegistryClient:
             return self._credentials.basic_header()
         return None
 
-    def _parse_challenge(self, response: requests.Response) -> _Challenge | None:
-        from oras.auth.utils import parse_auth_header
-
-        raw = response.headers.get("Www-Authenticate", "")
-        scheme = raw.strip().split(" ", 1)[0].lower()
-        if scheme not in ("bearer", "basic"):
-            return None
-        parsed = parse_auth_header(raw)
-        return _Challenge(scheme, parsed.realm, parsed.service, parsed.scope)
-
     def _creds_hint(self) -> str:
         if self._credentials is None:
             return (
-                "no credentials were found; set MCPKIT_REGISTRY_USERNAME and MCPKIT_REGISTRY_PASSWORD, "
-                "add distribution.auth to config.yaml, or log in with docker"
+                "no credentials were found; pass --username/--password-stdin, set MCPKIT_REGISTRY_HOST with "
+                "MCPKIT_REGISTRY_USERNAME and MCPKIT_REGISTRY_PASSWORD, add distribution.auth to config.yaml, "
+                "or log in with docker"
             )
         return f"check the credentials from {self._credentials.source}"
 
-    def _authenticate(self, challenge: _Challenge, scope: str, response: requests.Response) -> None:
+    def _message(self, response: requests.Response) -> str | None:
+        return error_message(self.transport.error_body(response))
+
+    def _authenticate(self, challenge: Challenge, scope: str, response: requests.Response) -> None:
         """Answer a 401 challenge: remember basic auth, or fetch a token for ``scope``."""
         if challenge.scheme == "basic":
             if self._credentials is None or not self._credentials.has_basic:
                 raise AuthError(
                     f"registry {self.host} requires a user name and password",
                     status=response.status_code,
-                    registry_message=_registry_message(response),
+                    registry_message=self._message(response),
                     hint=self._creds_hint(),
                 )
             if self._basic:  # already sent them: refused
                 raise AuthError(
                     f"registry {self.host} refused the credentials from {self._credentials.source}",
                     status=response.status_code,
-                    registry_message=_registry_message(response),
+                    registry_message=self._message(response),
                     hint=self._creds_hint(),
                 )
             self._basic = True
+            response.close()
             return
+        response.close()
         if not challenge.realm:
             raise AuthError(f"registry {self.host} sent a bearer challenge without a realm", status=401)
-        realm = challenge.realm
-        parts = urlsplit(realm)
-        if parts.scheme == "http" and not (self.insecure or is_loopback(parts.netloc)):
-            raise AuthError(
-                f"registry {self.host} wants credentials sent to a plain-HTTP token service ({realm}); refusing"
-            )
         scopes = [scope]
         if challenge.scope:  # what the registry says it needs, unless ours already covers it
             scopes.extend(s for s in challenge.scope.split(" ") if s and not _covers(scope, s))
-        self._tokens[scope] = self._fetch_token(realm, challenge.service, scopes)
+        self._tokens[scope] = self._fetch_token(challenge.realm, challenge.service, scopes)
 
     def _fetch_token(self, realm: str, service: str | None, scopes: list[str]) -> str:
-        import requests
-
+        """The standard token flow: the realm gets the credentials (over https), the token goes to the registry."""
         creds = self._credentials
         params: list[tuple[str, str]] = []
         if service:
             params.append(("service", service))
         params.extend(("scope", s) for s in scopes)
         headers = {"Accept": "application/json"}
+        what = "get a token from its token service"
+        auth = None
+        body: Callable[[], Any] | None = None
+        method = "GET"
+        if creds is not None and creds.identity_token:
+            method = "POST"
+            form = [*params, ("grant_type", "refresh_token"), ("refresh_token", creds.identity_token),
+                    ("client_id", "hatch-mcpkit")]
+            encoded = urlencode(form)
+            body = lambda: encoded  # noqa: E731
+            params = []
+            headers["Content-Type"] = "application/x-www-form-urlencoded"
+        elif creds is not None and creds.has_basic:
+            auth = creds.basic_header()
         try:
-            if creds is not None and creds.identity_token:
-                form = dict(params)
-                form.update(
-                    grant_type="refresh_token", refresh_token=creds.identity_token, client_id=USER_AGENT
-                )
-                data = urlencode([*params, *((k, v) for k, v in form.items() if k not in ("service",))])
-                headers["Content-Type"] = "application/x-www-form-urlencoded"
-                resp = self.session.post(realm, data=data, headers=headers, timeout=self.timeout,
-                                         verify=self.verify)
-            else:
-                if creds is not None and creds.has_basic:
-                    headers["Authorization"] = creds.basic_header()
-                resp = self.session.get(realm, params=params, headers=headers, timeout=self.timeout,
-                                        verify=self.verify)
-        except requests.exceptions.SSLError:
-            raise RegistryError(
-                f"TLS verification failed for the token service of {self.host}",
-                hint="pass --ca-file or set MCPKIT_CA_FILE to trust a private certificate authority",
+            check_url(realm, insecure=self.insecure, where=f"registry {self.host}")
+        except RegistryError:
+            from hatch_mcpkit._text import clean
+
+            raise AuthError(
+                f"registry {self.host} wants credentials sent to a plain-HTTP token service "
+                f"({clean(realm, limit=200)}); refusing",
+                hint="pass --insecure only if you really trust this network",
             ) from None
-        except requests.exceptions.RequestException as exc:
-            raise RegistryError(
-                f"cannot reach the token service of {self.host}: {type(exc).__name__}"
-            ) from None
+        clock = self.transport.start()
+        resp = self.transport.retry(lambda: self.transport.request(
+            method, realm, what=what, headers=headers, auth=auth, body=body, params=params or None,
+            deadline=clock))
         self.stats.requests += 1
         if resp.status_code in (401, 403):
             who = f"from {creds.source}" if creds else "(anonymous)"
             raise AuthError(
                 f"registry {self.host} refused the credentials {who} for {' '.join(scopes)}",
                 status=resp.status_code,
-                registry_message=_registry_message(resp),
+                registry_message=self._message(resp),
                 hint=self._creds_hint(),
             )
         if resp.status_code != 200:
-            raise RegistryError(
-                f"token service of {self.host} failed",
-                status=resp.status_code,
-                registry_message=_registry_message(resp),
-            )
-        try:
-            body = resp.json()
-            token = body.get("token") or body.get("access_token")
-        except (ValueError, AttributeError):
-            token = None
+            raise RegistryError(f"token service of {self.host} failed", status=resp.status_code,
+                                registry_message=self._message(resp))
+        doc = _json(self.transport.read_body(resp, limit=MAX_TOKEN_ANSWER, what=what, deadline=clock),
+                    f"token answer for {self.host}", MAX_TOKEN_ANSWER)
+        token = (doc.get("token") or doc.get("access_token")) if isinstance(doc, dict) else None
         if not isinstance(token, str) or not token:
             raise RegistryError(f"token service of {self.host} answered without a token")
         return token
@@ -378,109 +332,81 @@ class RegistryClient:
         what: str,
         headers: dict[str, str] | None = None,
         body: Callable[[], Any] | None = None,
-        stream: bool = False,
         params: dict[str, str] | None = None,
+        deadline: Deadline | None = None,
+        retry: bool = True,
     ) -> requests.Response:
-        """One registry call with auth challenges, bounded retries and clear errors.
+        """One registry call with auth challenges (retried as a unit unless ``retry=False``).
 
-        ``body`` is a factory (a file is reopened for each try). Answers other than 401 and
-        retryable 5xx are returned to the caller, which checks the status.
+        ``body`` is a factory (a file is reopened for each try). Answers other than 401/403
+        are returned to the caller, which checks the status and reads the body.
         """
-        import requests
-
         own = f"{self.scheme}://{self.api_host}/"
         if path_or_url.startswith(own):  # our own URL: keep it relative so a scheme switch applies
             path_or_url = path_or_url[len(own) - 1 :]
-        pauses = list(self.retry_pauses)
+
+        def once() -> requests.Response:
+            return self._authorized(method, path_or_url, scope=scope, what=what, headers=headers, body=body,
+                                    params=params, deadline=deadline)
+
+        return self.transport.retry(once) if retry else once()
+
+    def _authorized(self, method: str, path_or_url: str, *, scope: str, what: str,
+                    headers: dict[str, str] | None, body: Callable[[], Any] | None,
+                    params: dict[str, str] | None, deadline: Deadline | None) -> requests.Response:
+        import requests
+
         auth_tries = 0
         while True:
             url = path_or_url if "://" in path_or_url else self._url(path_or_url)
-            hdrs = dict(headers or {})
-            auth = self._auth_header(scope)
-            if auth:
-                hdrs["Authorization"] = auth
-            data = body() if body is not None else None
             try:
-                log.debug("%s %s", method, url)
-                resp = self.session.request(
-                    method, url, headers=hdrs, data=data, stream=stream, params=params,
-                    timeout=self.timeout, verify=self.verify, allow_redirects=True,
+                resp = self.transport.request(
+                    method, url, what=what, headers=headers, auth=self._auth_header(scope),
+                    auth_origin=self._origin, body=body, params=params, deadline=deadline, probe=self._probe_tls,
                 )
-                self.stats.requests += 1
-            except requests.exceptions.SSLError as exc:
-                if self._probe_tls and "://" not in path_or_url and _speaks_plain_http(exc):
+            except requests.exceptions.SSLError as exc:  # only while probing a loopback registry
+                self._probe_tls = False
+                if "://" not in path_or_url and _speaks_plain_http(exc):
                     log.debug("%s answers in plain HTTP; using http://", self.host)
-                    self._probe_tls = False
                     self.scheme = "http"
                     continue
                 raise RegistryError(
                     f"TLS verification failed for registry {self.host} while trying to {what}",
-                    hint="pass --ca-file or set MCPKIT_CA_FILE to trust a private certificate authority"
+                    hint="pass --ca-file (or set MCPKIT_CA_FILE) to trust a private certificate authority",
                 ) from None
-            except requests.exceptions.ConnectTimeout:
-                raise RegistryError(
-                    f"registry {self.host} did not answer within {self.timeout[0]:g} s while trying to {what}",
-                    hint="check the host name and your network",
-                ) from None
-            except requests.exceptions.Timeout:
-                raise RegistryError(
-                    f"registry {self.host} stopped answering (no data for {self.timeout[1]:g} s) "
-                    f"while trying to {what}",
-                    hint="try again later; the registry may be overloaded",
-                ) from None
-            except (requests.exceptions.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
-                if pauses:
-                    time.sleep(pauses.pop(0))
-                    continue
-                raise RegistryError(
-                    f"cannot reach registry {self.host} ({self.scheme}) to {what}: {type(exc).__name__}",
-                    hint="is the registry running and the address right?",
-                ) from None
-            finally:
-                if data is not None and hasattr(data, "close"):
-                    data.close()
             self._probe_tls = False
+            self.stats.requests += 1
             if resp.status_code == 401:
-                challenge = self._parse_challenge(resp)
-                resp.close()
-                if challenge is None:
-                    raise AuthError(
-                        f"registry {self.host} refused to {what}", status=401,
-                        registry_message=_registry_message(resp), hint=self._creds_hint(),
-                    )
-                if auth_tries >= 1:
-                    who = f" from {self._credentials.source}" if self._credentials else ""
-                    raise AuthError(
-                        f"registry {self.host} refused the credentials{who}: cannot {what}",
-                        status=401,
-                        registry_message=_registry_message(resp),
-                        hint=self._creds_hint(),
-                    )
-                self._tokens.pop(scope, None)
-                self._authenticate(challenge, scope, resp)
+                self._answer_challenge(resp, scope, what, auth_tries)
                 auth_tries += 1
                 continue
             if resp.status_code == 403:
-                msg = _registry_message(resp)
-                resp.close()
-                raise AuthError(
-                    f"registry {self.host} denied access: cannot {what}",
-                    status=403,
-                    registry_message=msg,
-                    hint=self._creds_hint(),
-                )
-            if resp.status_code in (500, 502, 503, 504) and pauses:
-                log.debug("%s %s -> %s, retrying", method, url, resp.status_code)
-                resp.close()
-                time.sleep(pauses.pop(0))
-                continue
+                raise AuthError(f"registry {self.host} denied access: cannot {what}", status=403,
+                                registry_message=self._message(resp), hint=self._creds_hint())
             return resp
 
+    def _answer_challenge(self, resp: requests.Response, scope: str, what: str, auth_tries: int) -> None:
+        if origin(resp.url) != self._origin:
+            from hatch_mcpkit._text import clean
+
+            raise AuthError(
+                f"registry {self.host} sent the request to {clean(resp.url.split('?', 1)[0], limit=200)}, "
+                f"which asks for credentials; refusing to send the registry's credentials to another host",
+                status=401, registry_message=self._message(resp),
+            )
+        challenge = parse_challenge(resp.headers.get("Www-Authenticate", ""))
+        if challenge is None:
+            raise AuthError(f"registry {self.host} refused to {what}", status=401,
+                            registry_message=self._message(resp), hint=self._creds_hint())
+        if auth_tries >= 1:
+            who = f" from {self._credentials.source}" if self._credentials else ""
+            raise AuthError(f"registry {self.host} refused the credentials{who}: cannot {what}", status=401,
+                            registry_message=self._message(resp), hint=self._creds_hint())
+        self._tokens.pop(scope, None)
+        self._authenticate(challenge, scope, resp)
+
     def _fail(self, response: requests.Response, what: str, hint: str | None = None) -> RegistryError:
-        msg = _registry_message(response)
-        response.close()
-        return RegistryError(f"registry {self.host} failed to {what}", status=response.status_code,
-                             registry_message=msg, hint=hint)
+        return self.transport.fail(response, what, hint=hint)
 
     # ------------------------------------------------------------------ checks
 
@@ -494,59 +420,54 @@ class RegistryClient:
     # ------------------------------------------------------------------ blobs
 
     def blob_exists(self, repository: str, descriptor: Descriptor, *, push: bool = False) -> bool:
-        resp = self._request(
-            "HEAD", f"/v2/{repository}/blobs/{descriptor.digest}", scope=_scope(repository, push),
-            what=f"check blob {descriptor.digest} in {repository}",
-        )
-        resp.close()
+        what = f"check blob {descriptor.digest} in {repository}"
+        resp = self._request("HEAD", f"/v2/{repository}/blobs/{descriptor.digest}", scope=_scope(repository, push),
+                             what=what)
         if resp.status_code == 200:
+            resp.close()
             length = resp.headers.get("Content-Length")
-            return length is None or int(length) == descriptor.size
+            return length is None or not length.isdigit() or int(length) == descriptor.size
         if resp.status_code == 404:
+            resp.close()
             return False
-        raise self._fail(resp, f"check blob {descriptor.digest} in {repository}")
+        raise self._fail(resp, what)
 
     def upload_blob(self, repository: str, descriptor: Descriptor, path: Path) -> None:
-        """Upload one blob from a file, streaming (POST an upload session, then one PUT)."""
+        """Upload one blob from a file, streaming (POST an upload session, then one PUT); retried as a unit."""
+        self.transport.retry(lambda: self._upload_once(repository, descriptor, path))
+
+    def _upload_once(self, repository: str, descriptor: Descriptor, path: Path) -> None:
         what = f"upload blob {descriptor.digest} to {repository}"
         scope = _scope(repository, True)
-        pauses = list(self.retry_pauses)
-        while True:
-            start = self._request(
-                "POST", f"/v2/{repository}/blobs/uploads/", scope=scope, what=what,
-                headers={"Content-Length": "0"},
-            )
-            if start.status_code not in (201, 202):
-                raise self._fail(start, what)
-            start.close()
-            if start.status_code == 201:  # the registry mounted/has it already
-                return
-            location = start.headers.get("Location")
-            if not location:
-                raise RegistryError(f"registry {self.host} started an upload without a Location header")
-            target = urljoin(self._url(f"/v2/{repository}/blobs/uploads/"), location)
-            sep = "&" if "?" in target else "?"
-            target = f"{target}{sep}{urlencode({'digest': descriptor.digest})}"
-            resp = self._request(
-                "PUT", target, scope=scope, what=what, body=functools.partial(Path.open, path, "rb"),
-                headers={"Content-Type": "application/octet-stream",
-                         "Content-Length": str(descriptor.size)},
-            )
-            if resp.status_code in (201, 204):
-                resp.close()
-                self.stats.blobs_uploaded += 1
-                self.stats.bytes_uploaded += descriptor.size
-                return
-            if resp.status_code >= 500 and pauses:
-                resp.close()
-                time.sleep(pauses.pop(0))
-                continue
+        start = self._request("POST", f"/v2/{repository}/blobs/uploads/", scope=scope, what=what,
+                              headers={"Content-Length": "0"}, retry=False)
+        if start.status_code not in (201, 202):
+            raise self._fail(start, what)
+        start.close()
+        if start.status_code == 201:  # the registry mounted/has it already
+            return
+        location = start.headers.get("Location")
+        if not location:
+            raise RegistryError(f"registry {self.host} started an upload without a Location header")
+        target = urljoin(start.url, location)
+        sep = "&" if "?" in target else "?"
+        target = f"{target}{sep}{urlencode({'digest': descriptor.digest})}"
+        resp = self._request(
+            "PUT", target, scope=scope, what=what, body=lambda: Path.open(path, "rb"), retry=False,
+            headers={"Content-Type": "application/octet-stream", "Content-Length": str(descriptor.size)},
+        )
+        if resp.status_code not in (201, 204):
             raise self._fail(resp, what)
+        resp.close()
+        self.stats.blobs_uploaded += 1
+        self.stats.bytes_uploaded += descriptor.size
 
-    def _open_blob(self, repository: str, descriptor: Descriptor) -> requests.Response:
+    def _blob_chunks(self, repository: str, descriptor: Descriptor) -> Iterator[bytes]:
+        """The blob's bytes as they arrive (one try: no retry inside), bounded by the transfer deadline."""
         what = f"download blob {descriptor.digest} from {repository}"
+        clock = self.transport.start()
         resp = self._request("GET", f"/v2/{repository}/blobs/{descriptor.digest}",
-                             scope=_scope(repository, False), what=what, stream=True)
+                             scope=_scope(repository, False), what=what, deadline=clock, retry=False)
         if resp.status_code != 200:
             raise self._fail(resp, what)
         length = resp.headers.get("Content-Length")
@@ -557,112 +478,64 @@ class RegistryClient:
                 f"but the manifest says {descriptor.size}",
                 digest=descriptor.digest,
             )
-        return resp
-
-    def _stream_verified(self, repository: str, descriptor: Descriptor, sink: IO[bytes]) -> None:
-        expected = _sha256_hex(descriptor.digest)
-        resp = self._open_blob(repository, descriptor)
-        h = hashlib.sha256()
-        size = 0
-        try:
-            for chunk in resp.iter_content(CHUNK):
-                size += len(chunk)
-                if size > descriptor.size:
-                    raise IntegrityError(
-                        f"blob {descriptor.digest} from {self._where(repository)} is larger than the "
-                        f"{descriptor.size} bytes the manifest says",
-                        digest=descriptor.digest,
-                    )
-                h.update(chunk)
-                sink.write(chunk)
-        finally:
-            resp.close()
-        if size != descriptor.size:
-            raise IntegrityError(
-                f"blob {descriptor.digest} from {self._where(repository)} has {size} bytes, "
-                f"the manifest says {descriptor.size}",
-                digest=descriptor.digest,
-            )
-        if h.hexdigest() != expected:
-            raise IntegrityError(
-                f"blob {descriptor.digest} from {self._where(repository)} does not match its digest "
-                f"(got sha256:{h.hexdigest()})",
-                digest=descriptor.digest,
-                hint="the registry's copy is damaged or was tampered with; nothing was installed",
-            )
-        self.stats.blobs_downloaded += 1
-        self.stats.bytes_downloaded += size
+        return self.transport.chunks(resp, what=what, deadline=clock)
 
     def fetch_blob(self, repository: str, descriptor: Descriptor, dest: Path) -> None:
         """Download a blob to ``dest``: streamed into a temporary file beside it, size and
         SHA-256 checked, then renamed into place. On any failure ``dest`` is untouched and
         the temporary file is gone."""
-        import requests
+        from hatch_mcpkit._files import write_verified
 
         dest = Path(dest)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        pauses = list(self.retry_pauses)
-        while True:
-            fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-            tmp = Path(tmp_name)
-            try:
-                with os.fdopen(fd, "wb") as sink:
-                    self._stream_verified(repository, descriptor, sink)
-                os.replace(tmp, dest)
-                return
-            except (requests.exceptions.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
-                tmp.unlink(missing_ok=True)
-                if pauses:
-                    time.sleep(pauses.pop(0))
-                    continue
-                raise RegistryError(
-                    f"download of blob {descriptor.digest} from {self._where(repository)} broke off: "
-                    f"{type(exc).__name__}"
-                ) from None
-            except BaseException:
-                tmp.unlink(missing_ok=True)
-                raise
+
+        def once() -> None:
+            write_verified(self._blob_chunks(repository, descriptor), dest, digest=descriptor.digest,
+                           size=descriptor.size, where=f"registry {self._where(repository)}")
+
+        self.transport.retry(once)
+        self.stats.blobs_downloaded += 1
+        self.stats.bytes_downloaded += descriptor.size
 
     def read_blob(self, repository: str, descriptor: Descriptor, *, max_size: int = MAX_SMALL_BLOB) -> bytes:
         """A small blob (config, config.yaml) in memory, verified."""
+        from hatch_mcpkit._files import read_verified
+
         if descriptor.size > max_size:
             raise RegistryError(
                 f"blob {descriptor.digest} in {self._where(repository)} is {descriptor.size} bytes; "
                 f"refusing to read more than {max_size} into memory"
             )
-        import io
-
-        sink = io.BytesIO()
-        self._stream_verified(repository, descriptor, sink)
-        return sink.getvalue()
+        data = self.transport.retry(lambda: read_verified(
+            self._blob_chunks(repository, descriptor), digest=descriptor.digest, size=descriptor.size,
+            where=f"registry {self._where(repository)}"))
+        self.stats.blobs_downloaded += 1
+        self.stats.bytes_downloaded += descriptor.size
+        return data
 
     # ------------------------------------------------------------------ manifests
 
     def fetch_manifest(self, ref: Reference) -> RawManifest:
         """The manifest bytes for ``ref``; the digest is computed from those bytes and checked
         against a pinned digest and the registry's ``Docker-Content-Digest``."""
+        return self.transport.retry(lambda: self._fetch_manifest_once(ref))
+
+    def _fetch_manifest_once(self, ref: Reference) -> RawManifest:
+        from hatch_mcpkit._text import clean
+
         what = f"get manifest {ref}"
+        clock = self.transport.start()
         resp = self._request(
             "GET", f"/v2/{ref.repository}/manifests/{ref.identifier}",
-            scope=_scope(ref.repository, False), what=what, stream=True,
-            headers={"Accept": _ACCEPT_MANIFEST},
+            scope=_scope(ref.repository, False), what=what, headers={"Accept": _ACCEPT_MANIFEST},
+            deadline=clock, retry=False,
         )
         if resp.status_code == 404:
-            msg = _registry_message(resp)
-            resp.close()
-            raise RegistryError(f"{ref} not found in registry {self.host}", status=404, registry_message=msg,
-                                hint="check the repository name and tag")
+            raise RegistryError(f"{ref} not found in registry {self.host}", status=404,
+                                registry_message=self._message(resp), hint="check the repository name and tag")
         if resp.status_code != 200:
             raise self._fail(resp, what)
-        buf = bytearray()
-        try:
-            for chunk in resp.iter_content(64 * 1024):
-                buf += chunk
-                if len(buf) > MAX_MANIFEST_BYTES:
-                    raise RegistryError(f"manifest of {ref} is larger than {MAX_MANIFEST_BYTES} bytes")
-        finally:
-            resp.close()
-        raw = bytes(buf)
+        raw = self.transport.read_body(resp, limit=MAX_MANIFEST_BYTES, what=what, deadline=clock)
         digest = "sha256:" + hashlib.sha256(raw).hexdigest()
         if ref.digest and digest != ref.digest:
             raise IntegrityError(
@@ -671,13 +544,13 @@ class RegistryClient:
         header = resp.headers.get("Docker-Content-Digest")
         if header and header.startswith("sha256:") and header != digest:
             raise IntegrityError(
-                f"manifest of {ref} has digest {digest}, but registry {self.host} says {header}",
-                digest=header,
+                f"manifest of {ref} has digest {digest}, but registry {self.host} says {clean(header, limit=100)}",
+                digest=digest,
             )
+        doc = _json(raw, f"manifest of {ref}", MAX_MANIFEST_BYTES)  # depth and size bounded before anyone parses it
         media_type = resp.headers.get("Content-Type", "").split(";", 1)[0].strip()
-        if not media_type:
-            with contextlib.suppress(ValueError, AttributeError):
-                media_type = str(json.loads(raw).get("mediaType") or "")
+        if not media_type and isinstance(doc, dict) and isinstance(doc.get("mediaType"), str):
+            media_type = doc["mediaType"]
         return RawManifest(raw, digest, media_type)
 
     def get_manifest(self, ref: Reference) -> Manifest:
@@ -702,6 +575,8 @@ class RegistryClient:
         return self.fetch_manifest(ref).digest
 
     def put_manifest(self, repository: str, reference: str, raw: bytes, media_type: str) -> str:
+        from hatch_mcpkit._text import clean
+
         what = f"push manifest {repository}:{reference}"
         resp = self._request(
             "PUT", f"/v2/{repository}/manifests/{reference}", scope=_scope(repository, True), what=what,
@@ -714,7 +589,8 @@ class RegistryClient:
         header = resp.headers.get("Docker-Content-Digest")
         if header and header != digest:
             raise IntegrityError(
-                f"registry {self.host} stored manifest {repository}:{reference} as {header}, expected {digest}",
+                f"registry {self.host} stored manifest {repository}:{reference} as {clean(header, limit=100)}, "
+                f"expected {digest}",
                 digest=digest,
             )
         return digest
@@ -746,28 +622,24 @@ class RegistryClient:
     # ------------------------------------------------------------------ listings
 
     def _paginated(self, path: str, key: str, scope: str, what: str) -> Iterator[str]:
+        """Items of a listing, following ``Link: rel=next`` (same URL rule, credentials only to the registry)."""
         url: str | None = self._url(path)
-        seen = 0
+        pages = 0
         while url:
-            resp = self._request("GET", url, scope=scope, what=what)
+            clock = self.transport.start()
+            resp = self._request("GET", url, scope=scope, what=what, deadline=clock)
             if resp.status_code != 200:
                 raise self._fail(resp, what)
-            try:
-                body = resp.json()
-            except ValueError:
-                raise RegistryError(f"registry {self.host} sent a listing that is not JSON") from None
-            finally:
-                resp.close()
+            following = resp.links.get("next", {}).get("url")
+            here = resp.url
+            body = _json(self.transport.read_body(resp, limit=MAX_LISTING_PAGE, what=what, deadline=clock),
+                         f"listing from registry {self.host}", MAX_LISTING_PAGE)
             items = body.get(key) if isinstance(body, dict) else None
-            for item in items or ():
+            for item in items if isinstance(items, list) else ():
                 if isinstance(item, str):
                     yield item
-            seen += 1
-            link = resp.headers.get("Link")
-            url = None
-            if link and 'rel="next"' in link and seen < 10_000:
-                target = link.split(";", 1)[0].strip().strip("<>")
-                url = urljoin(self._url("/"), target)
+            pages += 1
+            url = urljoin(here, following) if following and pages < MAX_PAGES else None
 
     def list_tags(self, repository: str) -> list[str]:
         what = f"list tags of {repository}"
