@@ -3,13 +3,21 @@
 1. explicit -- command-line flags or publisher options (``source="command line"`` or what the
    caller names);
 2. ``distribution.auth`` in config.yaml, ``${VAR}`` expanded now (``source="config"``);
-3. the environment: ``MCPKIT_REGISTRY_USERNAME`` + ``MCPKIT_REGISTRY_PASSWORD``, or for
-   ``ghcr.io`` ``GITHUB_TOKEN`` with ``GITHUB_ACTOR``/``GITHUB_USER`` (or ``token``) as user
-   (``source="environment"``);
+3. the environment: ``MCPKIT_REGISTRY_USERNAME`` + ``MCPKIT_REGISTRY_PASSWORD`` for the one
+   registry named by ``MCPKIT_REGISTRY_HOST`` (``host[:port]``; Docker Hub's aliases are one
+   registry), or for ``ghcr.io`` ``GITHUB_TOKEN`` with ``GITHUB_ACTOR``/``GITHUB_USER`` (or
+   ``token``) as user (``source="environment"``);
 4. the Docker config (``$DOCKER_CONFIG/config.json`` or ``~/.docker/config.json``): ``auths``
    (base64 ``auth``, ``username``/``password``, ``identitytoken``), ``credHelpers`` for the
    registry, then ``credsStore`` (``source="docker config"``). Helpers are run as
    ``docker-credential-<name> get`` with the server URL on stdin, as Docker does.
+
+Environment credentials name their registry: ``MCPKIT_REGISTRY_USERNAME``/``PASSWORD`` are
+used only for the registry ``MCPKIT_REGISTRY_HOST`` names, so a registry that merely asks
+(any ``oci://`` reference someone hands you) never gets them. When the pair is set without
+``MCPKIT_REGISTRY_HOST`` it is sent nowhere and every lookup is an :class:`AuthError` saying
+to set it (a silent fall-through would look like "wrong password" later). Likewise
+``GITHUB_TOKEN`` is used for ``ghcr.io`` only, and Docker config entries for their own host.
 
 The Docker config is only ever read, never written (oras-py's ``login()`` writes it; it is
 not called). :class:`Credentials` never shows its secret in ``repr``/``str``, and no message
@@ -31,6 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hatch_mcpkit.errors import AuthError
+from hatch_mcpkit.reference import DOCKER_HUB_ALIASES
 
 if TYPE_CHECKING:
     from hatch_mcpkit.config import Auth
@@ -44,7 +53,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 DOCKER_HUB_SERVER = "https://index.docker.io/v1/"
-_DOCKER_HUB_HOSTS = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io"})
 _HELPER_TIMEOUT = 30.0
 
 
@@ -82,7 +90,7 @@ def _canonical_host(server: str) -> str:
     if "://" in text:
         text = text.split("://", 1)[1]
     text = text.split("/", 1)[0].lower()
-    if text in _DOCKER_HUB_HOSTS:
+    if text in DOCKER_HUB_ALIASES:
         return "docker.io"
     return text
 
@@ -105,14 +113,22 @@ def docker_config_path(environ: Mapping[str, str] | None = None) -> Path:
 def _from_environment(registry: str, env: Mapping[str, str]) -> Credentials | None:
     user = env.get("MCPKIT_REGISTRY_USERNAME") or None
     password = env.get("MCPKIT_REGISTRY_PASSWORD") or None
-    if user and password:
-        return Credentials(user, password, source="environment (MCPKIT_REGISTRY_USERNAME/PASSWORD)")
     if user or password:
-        missing = "MCPKIT_REGISTRY_PASSWORD" if user else "MCPKIT_REGISTRY_USERNAME"
-        raise AuthError(
-            f"registry credentials for {registry} in the environment are incomplete: {missing} is not set",
-            hint="set both MCPKIT_REGISTRY_USERNAME and MCPKIT_REGISTRY_PASSWORD, or neither",
-        )
+        if not (user and password):
+            missing = "MCPKIT_REGISTRY_PASSWORD" if user else "MCPKIT_REGISTRY_USERNAME"
+            raise AuthError(
+                f"registry credentials for {registry} in the environment are incomplete: {missing} is not set",
+                hint="set both MCPKIT_REGISTRY_USERNAME and MCPKIT_REGISTRY_PASSWORD, or neither",
+            )
+        named = env.get("MCPKIT_REGISTRY_HOST", "").strip()
+        if not named:
+            raise AuthError(
+                "MCPKIT_REGISTRY_USERNAME and MCPKIT_REGISTRY_PASSWORD are set, but MCPKIT_REGISTRY_HOST does not "
+                "name the registry they belong to, so they are sent to none",
+                hint="set MCPKIT_REGISTRY_HOST to that registry's host[:port] (e.g. ghcr.io or localhost:5000)",
+            )
+        if _canonical_host(named) == _canonical_host(registry):
+            return Credentials(user, password, source="environment (MCPKIT_REGISTRY_USERNAME/PASSWORD)")
     token = env.get("GITHUB_TOKEN")
     if token and _canonical_host(registry) == "ghcr.io":
         actor = env.get("GITHUB_ACTOR") or env.get("GITHUB_USER") or "token"

@@ -97,12 +97,24 @@ def test_config_auth_expands_variables() -> None:
 
 def test_environment(tmp_path: Path) -> None:
     base = {"DOCKER_CONFIG": str(tmp_path / "none")}
-    creds = resolve_credentials("r.example.com", environ={
-        **base, "MCPKIT_REGISTRY_USERNAME": "u", "MCPKIT_REGISTRY_PASSWORD": SECRET})
+    pair = {**base, "MCPKIT_REGISTRY_USERNAME": "u", "MCPKIT_REGISTRY_PASSWORD": SECRET}
+    creds = resolve_credentials("r.example.com", environ={**pair, "MCPKIT_REGISTRY_HOST": "r.example.com"})
     assert creds is not None and (creds.username, creds.password) == ("u", SECRET)
     assert creds.source.startswith("environment")
     with pytest.raises(AuthError, match="MCPKIT_REGISTRY_PASSWORD is not set") as info:
         resolve_credentials("r.example.com", environ={**base, "MCPKIT_REGISTRY_USERNAME": "u"})
+    assert SECRET not in str(info.value)
+
+
+def test_environment_credentials_name_their_registry(tmp_path: Path) -> None:
+    pair = {"DOCKER_CONFIG": str(tmp_path / "none"), "MCPKIT_REGISTRY_USERNAME": "u",
+            "MCPKIT_REGISTRY_PASSWORD": SECRET}
+    for other in ("evil.example.com", "r.example.com:5000", "r.example.com.evil.net"):
+        assert resolve_credentials(other, environ={**pair, "MCPKIT_REGISTRY_HOST": "r.example.com"}) is None
+    hub = resolve_credentials("registry-1.docker.io", environ={**pair, "MCPKIT_REGISTRY_HOST": "docker.io"})
+    assert hub is not None and hub.password == SECRET
+    with pytest.raises(AuthError, match="MCPKIT_REGISTRY_HOST") as info:
+        resolve_credentials("r.example.com", environ=pair)
     assert SECRET not in str(info.value)
 
 

@@ -164,7 +164,8 @@ def test_credentials_from_stdin_and_environment_never_printed(env: dict[str, str
 
     anonymous = mcpkit(env, "pull", ref, ok=False)
     assert anonymous.returncode != 0
-    env = {**env, "MCPKIT_REGISTRY_USERNAME": "testuser", "MCPKIT_REGISTRY_PASSWORD": PASSWORD}
+    env = {**env, "MCPKIT_REGISTRY_USERNAME": "testuser", "MCPKIT_REGISTRY_PASSWORD": PASSWORD,
+           "MCPKIT_REGISTRY_HOST": auth_registry.host}
     pulled = mcpkit(env, "pull", ref).stdout
     assert "pulled" in pulled
     for p in Path(env["MCPKIT_HOME"]).rglob("*"):

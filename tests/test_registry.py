@@ -278,7 +278,7 @@ def test_docker_config_credentials(auth_registry: RunningRegistry, repo_name: st
 def test_environment_credentials(auth_registry: RunningRegistry, repo_name: str, bundle: BundleLayout,
                                  tmp_path: Path) -> None:
     env = {"MCPKIT_REGISTRY_USERNAME": "testuser", "MCPKIT_REGISTRY_PASSWORD": "testpass",
-           "DOCKER_CONFIG": str(tmp_path / "none")}
+           "MCPKIT_REGISTRY_HOST": auth_registry.host, "DOCKER_CONFIG": str(tmp_path / "none")}
     creds = resolve_credentials(auth_registry.host, environ=env)
     assert creds is not None and creds.source.startswith("environment")
     with RegistryClient(auth_registry.host, credentials=creds) as client:

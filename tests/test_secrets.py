@@ -92,7 +92,8 @@ def test_credentials_from_config_env_and_docker_config_never_leak(auth_registry:
     assert "${SEC_TOKEN}" in config_yaml
 
     # 2. pull, list, inspect with MCPKIT_REGISTRY_USERNAME / MCPKIT_REGISTRY_PASSWORD
-    env = {**base_env, "MCPKIT_REGISTRY_USERNAME": USER, "MCPKIT_REGISTRY_PASSWORD": PASSWORD}
+    env = {**base_env, "MCPKIT_REGISTRY_USERNAME": USER, "MCPKIT_REGISTRY_PASSWORD": PASSWORD,
+           "MCPKIT_REGISTRY_HOST": auth_registry.host}
     for args in (["pull", ref], ["list"], ["list", "--json"], ["inspect", ref, "--json"], ["inspect", ref],
                  ["inspect", "fault-tool", "--json"], ["list", "--registry", f"{auth_registry.host}/{repo_name}"]):
         proc = run(env, *args)
@@ -135,6 +136,7 @@ def test_debug_logs_never_carry_credentials(auth_registry: Any, tmp_path: Path, 
     monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "none"))
     monkeypatch.setenv("MCPKIT_REGISTRY_USERNAME", USER)
     monkeypatch.setenv("MCPKIT_REGISTRY_PASSWORD", PASSWORD)
+    monkeypatch.setenv("MCPKIT_REGISTRY_HOST", auth_registry.host)
     with build_layout(make_project(tmp_path / "p"), tmp_path / "dist") as layout, \
             auth_registry.client() as client:
         client.push_layout(layout, repo_name, ["v1"])
