@@ -1,0 +1,441 @@
+"""Hostile registries and download hosts: each attack is a small real HTTP(S) server written here.
+
+What they prove (see docs/security.md): ``--insecure`` never turns certificate checks off; an
+endless error body is read only up to a cap; a server that drips bytes hits the transfer
+deadline; URLs a registry hands back (upload ``Location``, ``Link: rel=next``, redirects, a
+401 from elsewhere) never receive the registry's credentials; environment credentials go
+only to the registry they name; registry messages reach the terminal without control
+sequences; deeply nested JSON is a clear error.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.server
+import json
+import os
+import ssl
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hatch_mcpkit._transport import download
+from hatch_mcpkit.auth import Credentials
+from hatch_mcpkit.bundle import BundleLayout
+from hatch_mcpkit.cache import BundleCache
+from hatch_mcpkit.errors import AuthError, McpkitError, RegistryError
+from hatch_mcpkit.reference import parse_reference
+from hatch_mcpkit.registry import RegistryClient
+from tests.builders import TINY_WASM, build_layout, make_project
+from tests.plugins.registry import make_cert
+
+MCPKIT = [sys.executable, "-m", "hatch_mcpkit"]
+USER, SECRET = "victim", "s3cret-Registry-Passw0rd"
+BASIC = "Basic " + base64.b64encode(f"{USER}:{SECRET}".encode()).decode()
+
+
+@dataclass
+class Seen:
+    method: str
+    path: str
+    authorization: str | None
+
+
+@dataclass
+class Server:
+    """A real HTTP(S) server on loopback whose answers the test writes (``route``)."""
+
+    route: Callable[[http.server.BaseHTTPRequestHandler], None]
+    tls: tuple[Path, Path] | None = None
+    seen: list[Seen] = field(default_factory=list)
+    sent: int = 0  # body bytes written by streaming routes
+
+    def start(self) -> Server:
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def _any(self) -> None:
+                outer.seen.append(Seen(self.command, self.path, self.headers.get("Authorization")))
+                length = int(self.headers.get("Content-Length") or 0)
+                while length > 0:
+                    length -= len(self.rfile.read(min(length, 1 << 20)) or b"x" * length)
+                try:
+                    outer.route(self)
+                except (BrokenPipeError, ConnectionResetError, ssl.SSLError):
+                    pass
+
+            do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = _any
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        if self.tls:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(str(self.tls[0]), str(self.tls[1]))
+            self.httpd.socket = ctx.wrap_socket(self.httpd.socket, server_side=True)
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        return self
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.httpd.server_address[1]}"
+
+    @property
+    def url(self) -> str:
+        return f"{'https' if self.tls else 'http'}://{self.host}"
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def credentials_seen(self) -> list[Seen]:
+        return [s for s in self.seen if s.authorization]
+
+
+@pytest.fixture
+def servers() -> Iterator[Callable[..., Server]]:
+    made: list[Server] = []
+
+    def make(route: Callable[[http.server.BaseHTTPRequestHandler], None], **kw: Any) -> Server:
+        server = Server(route, **kw).start()
+        made.append(server)
+        return server
+
+    yield make
+    for server in made:
+        server.close()
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    h = tmp_path / "home"
+    monkeypatch.setenv("MCPKIT_HOME", str(h))
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "no-docker-config"))
+    for key in ("MCPKIT_REGISTRY_USERNAME", "MCPKIT_REGISTRY_PASSWORD", "MCPKIT_REGISTRY_HOST",
+                "MCPKIT_TRANSFER_DEADLINE", "MCPKIT_CA_FILE", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE"):
+        monkeypatch.delenv(key, raising=False)
+    return h
+
+
+def cli_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("MCPKIT_", "DOCKER_CONFIG")) and k not in ("REQUESTS_CA_BUNDLE", "SSL_CERT_FILE")}
+    env.update(MCPKIT_HOME=str(tmp_path / "cli-home"), DOCKER_CONFIG=str(tmp_path / "no-docker-config"), **extra)
+    return env
+
+
+def mcpkit(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([*MCPKIT, *args], env=env, capture_output=True, text=True, timeout=timeout)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return proc
+
+
+def send(handler: http.server.BaseHTTPRequestHandler, status: int, body: bytes = b"",
+         headers: dict[str, str] | None = None) -> None:
+    handler.send_response(status)
+    for key, value in (headers or {}).items():
+        handler.send_header(key, value)
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    if handler.command != "HEAD":
+        handler.wfile.write(body)
+
+
+def needs_basic(handler: http.server.BaseHTTPRequestHandler) -> bool:
+    """Answer 401 Basic unless the request carries the victim's credentials."""
+    if handler.headers.get("Authorization") == BASIC:
+        return False
+    send(handler, 401, b'{"errors":[{"code":"UNAUTHORIZED","message":"login"}]}',
+         {"Www-Authenticate": 'Basic realm="hostile"', "Content-Type": "application/json"})
+    return True
+
+
+# --------------------------------------------------------------------------- TLS: one policy
+
+
+def _bundle_tgz(path: Path) -> Path:
+    import io
+
+    project = make_project(path.parent / "src")
+    files = {"module.wasm": TINY_WASM, "config.yaml": (project / "config.yaml").read_bytes(), "README.md": b"# x\n"}
+    with tarfile.open(path, "w:gz") as tar:
+        for name, content in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(content)
+            tar.addfile(info, io.BytesIO(content))
+    return path
+
+
+def test_insecure_never_skips_certificate_checks_on_https_downloads(servers: Callable[..., Server], tmp_path: Path,
+                                                                    home: Path) -> None:
+    """A self-signed https host: --insecure still refuses it; --ca-file (or the CA variables) make it work."""
+    cert, key = make_cert(tmp_path)
+    archive = _bundle_tgz(tmp_path / "bundle.tar.gz").read_bytes()
+    web = servers(lambda h: send(h, 200, archive, {"Content-Type": "application/gzip"}), tls=(cert, key))
+    url = f"{web.url}/bundle.tar.gz"
+
+    with pytest.raises(RegistryError, match="TLS verification failed"):
+        download(url, tmp_path / "a", max_bytes=1 << 20, insecure=True)
+    assert not (tmp_path / "a").exists()
+    env = cli_env(tmp_path)
+    refused = mcpkit(env, "pull", url, "--insecure")
+    assert refused.returncode != 0 and "TLS" in refused.stderr and "--ca-file" in refused.stderr
+
+    download(url, tmp_path / "b", max_bytes=1 << 20, ca_file=str(cert))
+    assert (tmp_path / "b").read_bytes() == archive
+    pulled = mcpkit(env, "pull", url, "--ca-file", str(cert))
+    assert pulled.returncode == 0, pulled.stderr
+    for variable in ("MCPKIT_CA_FILE", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE"):
+        proc = mcpkit(cli_env(tmp_path / variable, **{variable: str(cert)}), "pull", url)
+        assert proc.returncode == 0, (variable, proc.stderr)
+
+
+def test_insecure_never_skips_certificate_checks_on_registries(tls_registry: Any, home: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    with RegistryClient(tls_registry.host, insecure=True, scheme="https") as client, \
+            pytest.raises(RegistryError) as info:
+        client.list_tags("test/x")
+    assert "TLS verification failed" in str(info.value)
+    with RegistryClient(tls_registry.host) as client, pytest.raises(RegistryError) as info:
+        client.list_tags("test/x")
+    assert "TLS verification failed" in str(info.value)
+    assert client.scheme == "https", "a certificate that fails is never a reason to fall back to plain HTTP"
+    for variable in ("REQUESTS_CA_BUNDLE", "SSL_CERT_FILE"):
+        monkeypatch.setenv(variable, str(tls_registry.ca_file))
+        with RegistryClient(tls_registry.host) as client, pytest.raises(RegistryError) as info:
+            client.list_tags("test/none-here")
+        assert info.value.status == 404, variable
+        monkeypatch.delenv(variable)
+
+
+# --------------------------------------------------------------------------- bounded bodies and time
+
+
+def test_an_endless_error_body_is_read_only_up_to_a_cap(servers: Callable[..., Server], home: Path) -> None:
+    state: dict[str, int] = {"sent": 0}
+
+    def endless(h: http.server.BaseHTTPRequestHandler) -> None:
+        h.send_response(404)
+        h.send_header("Content-Type", "application/json")
+        h.send_header("Transfer-Encoding", "chunked")
+        h.end_headers()
+        piece = b'{"errors":[{"code":"NAME_UNKNOWN","message":"' + b"A" * 65536
+        h.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+        block = b"B" * 65536
+        while state["sent"] < 256 * 1024 * 1024:  # the old client read all of it into memory
+            h.wfile.write(b"%x\r\n%s\r\n" % (len(block), block))
+            state["sent"] += len(block)
+        h.wfile.write(b"0\r\n\r\n")
+
+    reg = servers(endless)
+    start = time.monotonic()
+    with pytest.raises(RegistryError) as info:
+        BundleCache().pull(f"oci://{reg.host}/evil/tool:1")
+    assert info.value.status == 404
+    assert time.monotonic() - start < 10
+    time.sleep(0.2)
+    assert state["sent"] < 16 * 1024 * 1024, f"the client read {state['sent']} bytes of an error body"
+
+
+def test_a_dripping_registry_hits_the_transfer_deadline(servers: Callable[..., Server], home: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """One byte a second never trips the 30 s read timeout; the overall deadline stops it."""
+    def drip(h: http.server.BaseHTTPRequestHandler) -> None:
+        h.send_response(200)
+        h.send_header("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+        h.send_header("Content-Length", "1000")
+        h.end_headers()
+        for _ in range(12):
+            h.wfile.write(b" ")
+            h.wfile.flush()
+            time.sleep(1.0)
+
+    reg = servers(drip)
+    monkeypatch.setenv("MCPKIT_TRANSFER_DEADLINE", "2")
+    start = time.monotonic()
+    with pytest.raises(RegistryError, match="transfer deadline") as info:
+        BundleCache().pull(f"oci://{reg.host}/slow/tool:1")
+    assert time.monotonic() - start < 6
+    assert "MCPKIT_TRANSFER_DEADLINE" in str(info.value)
+    assert len(reg.seen) == 1, "a deadline is not retried"
+
+
+def test_a_dripping_download_hits_the_transfer_deadline(servers: Callable[..., Server], tmp_path: Path,
+                                                        home: Path) -> None:
+    def drip(h: http.server.BaseHTTPRequestHandler) -> None:
+        h.send_response(200)
+        h.send_header("Content-Length", "1000")
+        h.end_headers()
+        for _ in range(12):
+            h.wfile.write(b"x")
+            h.wfile.flush()
+            time.sleep(1.0)
+
+    web = servers(drip)
+    start = time.monotonic()
+    proc = mcpkit(cli_env(tmp_path, MCPKIT_TRANSFER_DEADLINE="2"), "pull", f"{web.url}/bundle.tar.gz")
+    assert proc.returncode != 0 and "transfer deadline" in proc.stderr
+    assert time.monotonic() - start < 8
+
+
+def test_a_bad_transfer_deadline_is_a_usage_error(tmp_path: Path) -> None:
+    proc = mcpkit(cli_env(tmp_path, MCPKIT_TRANSFER_DEADLINE="soon"), "pull", "oci://127.0.0.1:9/x/y:1")
+    assert proc.returncode == 2 and "MCPKIT_TRANSFER_DEADLINE" in proc.stderr
+
+
+# --------------------------------------------------------------------------- where credentials go
+
+
+def _layout(tmp_path: Path) -> BundleLayout:
+    return build_layout(make_project(tmp_path / "proj"), tmp_path / "dist")
+
+
+def test_an_upload_location_on_another_host_never_gets_the_credentials(servers: Callable[..., Server],
+                                                                        tmp_path: Path, home: Path) -> None:
+    elsewhere = servers(lambda h: send(h, 201))
+
+    def registry(h: http.server.BaseHTTPRequestHandler) -> None:
+        if needs_basic(h):
+            return
+        if h.command == "HEAD":
+            send(h, 404)
+        elif h.command == "POST":
+            send(h, 202, headers={"Location": f"{elsewhere.url}/upload/abc?state=1"})
+        else:
+            send(h, 201, headers={"Location": h.path})
+
+    reg = servers(registry)
+    with _layout(tmp_path) as layout, \
+            RegistryClient(reg.host, credentials=Credentials(USER, SECRET, source="test")) as client:
+        client.push_layout(layout, "org/tool", ["1"])
+    assert reg.credentials_seen(), "the registry itself does get them"
+    assert [s.method for s in elsewhere.seen] and all(s.method == "PUT" for s in elsewhere.seen)
+    assert elsewhere.credentials_seen() == []
+
+
+def test_a_401_from_another_host_is_not_answered_with_the_credentials(servers: Callable[..., Server],
+                                                                       tmp_path: Path, home: Path) -> None:
+    elsewhere = servers(needs_basic)
+
+    def registry(h: http.server.BaseHTTPRequestHandler) -> None:
+        if needs_basic(h):
+            return
+        if h.command == "HEAD":
+            send(h, 404)
+        elif h.command == "POST":
+            send(h, 202, headers={"Location": f"{elsewhere.url}/upload/abc"})
+        else:
+            send(h, 201)
+
+    reg = servers(registry)
+    with _layout(tmp_path) as layout, pytest.raises(AuthError, match="another host"), \
+            RegistryClient(reg.host, credentials=Credentials(USER, SECRET, source="test")) as client:
+        client.push_layout(layout, "org/tool", ["1"])
+    assert elsewhere.seen and elsewhere.credentials_seen() == []
+
+
+def test_a_link_next_on_another_host_never_gets_the_credentials(servers: Callable[..., Server], home: Path) -> None:
+    elsewhere = servers(lambda h: send(h, 200, b'{"name":"org/tool","tags":["stolen"]}'))
+
+    def registry(h: http.server.BaseHTTPRequestHandler) -> None:
+        if needs_basic(h):
+            return
+        send(h, 200, b'{"name":"org/tool","tags":["1"]}',
+             {"Link": f'<{elsewhere.url}/v2/org/tool/tags/list?last=1>; rel="next"'})
+
+    reg = servers(registry)
+    with RegistryClient(reg.host, credentials=Credentials(USER, SECRET, source="test")) as client:
+        assert client.list_tags("org/tool") == ["1", "stolen"]
+    assert elsewhere.seen and elsewhere.credentials_seen() == []
+
+
+def test_a_redirect_to_another_host_drops_the_credentials(servers: Callable[..., Server], tmp_path: Path,
+                                                           home: Path) -> None:
+    elsewhere = servers(lambda h: send(h, 200, b'{"name":"org/tool","tags":["x"]}'))
+
+    def registry(h: http.server.BaseHTTPRequestHandler) -> None:
+        if not needs_basic(h):
+            send(h, 307, headers={"Location": f"{elsewhere.url}/v2/org/tool/tags/list"})
+
+    reg = servers(registry)
+    with RegistryClient(reg.host, credentials=Credentials(USER, SECRET, source="test")) as client:
+        assert client.list_tags("org/tool") == ["x"]
+    assert elsewhere.seen and elsewhere.credentials_seen() == []
+
+
+def test_environment_credentials_go_only_to_the_registry_they_name(servers: Callable[..., Server],
+                                                                    tmp_path: Path) -> None:
+    """MCPKIT_REGISTRY_USERNAME/PASSWORD belong to MCPKIT_REGISTRY_HOST; any other registry asking gets nothing."""
+    hostile = servers(needs_basic)
+    ref = f"oci://{hostile.host}/org/tool:1"
+    env = cli_env(tmp_path, MCPKIT_REGISTRY_USERNAME=USER, MCPKIT_REGISTRY_PASSWORD=SECRET,
+                  MCPKIT_REGISTRY_HOST="registry.example.com")
+    proc = mcpkit(env, "pull", ref)
+    assert proc.returncode != 0
+    assert hostile.seen and hostile.credentials_seen() == []
+    # without MCPKIT_REGISTRY_HOST the pair is not sent anywhere: a clear error says what to set
+    env.pop("MCPKIT_REGISTRY_HOST")
+    proc = mcpkit(env, "pull", ref)
+    assert proc.returncode != 0 and "MCPKIT_REGISTRY_HOST" in proc.stderr
+    assert hostile.credentials_seen() == []
+    assert SECRET not in proc.stderr + proc.stdout
+    # naming this registry sends them to it
+    proc = mcpkit({**env, "MCPKIT_REGISTRY_HOST": hostile.host}, "pull", ref)
+    assert [s.authorization for s in hostile.credentials_seen()] != []
+
+
+# --------------------------------------------------------------------------- what a registry says
+
+
+ESCAPES = "\x1b]52;c;ZXZpbA==\x07\x1b[2K\x1b[1A\rfake line\u202e"
+
+
+def test_registry_messages_reach_the_terminal_without_control_sequences(servers: Callable[..., Server],
+                                                                         tmp_path: Path) -> None:
+    body = json.dumps({"errors": [{"code": "DENIED", "message": f"nope {ESCAPES}"}]}).encode()
+    reg = servers(lambda h: send(h, 400, body, {"Content-Type": "application/json"}))
+    proc = mcpkit(cli_env(tmp_path), "pull", f"oci://{reg.host}/org/tool:1")
+    assert proc.returncode != 0 and "nope" in proc.stderr
+    for char in ("\x1b", "\x07", "\r", "\u202e"):
+        assert char not in proc.stderr + proc.stdout
+
+
+@pytest.mark.parametrize("where", ["manifest", "token", "listing", "error"])
+def test_deeply_nested_registry_json_is_a_clear_error(servers: Callable[..., Server], home: Path, where: str) -> None:
+    deep = b"[" * 200_000 + b"]" * 200_000
+    token_url: list[str] = []
+
+    def registry(h: http.server.BaseHTTPRequestHandler) -> None:
+        if where == "token":
+            if h.path.startswith("/token"):
+                send(h, 200, b'{"token":' + deep + b"}")
+            else:
+                send(h, 401, headers={"Www-Authenticate": f'Bearer realm="{token_url[0]}",service="x"'})
+        elif where == "error":
+            send(h, 400, b'{"errors":' + deep + b"}")
+        else:
+            send(h, 200, deep, {"Content-Type": "application/json"})
+
+    reg = servers(registry)
+    token_url.append(f"{reg.url}/token")
+    with RegistryClient(reg.host) as client, pytest.raises(McpkitError) as info:
+        if where == "listing":
+            client.list_tags("org/tool")
+        else:
+            client.fetch_manifest(parse_reference(f"{reg.host}/org/tool:1"))
+    if where == "error":
+        assert info.value.__class__ is RegistryError and info.value.status == 400
+    else:
+        assert "nested more than" in str(info.value)
