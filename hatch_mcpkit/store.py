@@ -624,7 +624,7 @@ class BundleCache:
 
     def _pull_http(self, source: HttpsRef, opts: PullOptions) -> PullResult:
         from hatch_mcpkit._archive import extract
-        from hatch_mcpkit._https import download
+        from hatch_mcpkit._transport import download
 
         parsed = urllib.parse.urlsplit(source.url)
         netloc = parsed.netloc.rsplit("@", 1)[-1]
