@@ -13,10 +13,12 @@ import yaml
 
 from hatch_mcpkit.errors import Problem
 
-__all__ = ["MAX_NODES", "MAX_YAML_BYTES", "KeyPath", "LineMap", "format_path", "load_yaml"]
+__all__ = ["MAX_NODES", "MAX_YAML_BYTES", "KeyPath", "LineMap", "SpanMap", "format_path", "load_yaml"]
 
 KeyPath = tuple[str | int, ...]
 LineMap = dict[KeyPath, int]
+# key path of a scalar -> (start, end) character offsets of its source text
+SpanMap = dict[KeyPath, tuple[int, int]]
 
 MAX_YAML_BYTES = 1024 * 1024
 # Aliases let a tiny document describe a huge tree (the "billion laughs"); the
@@ -38,8 +40,11 @@ def format_path(path: KeyPath) -> str:
     return out
 
 
-def load_yaml(text: str, file: str) -> tuple[Any, LineMap, list[Problem]]:
-    """Parse one YAML document; on failure return ``(None, {}, [problem])``."""
+def load_yaml(text: str, file: str, spans: SpanMap | None = None) -> tuple[Any, LineMap, list[Problem]]:
+    """Parse one YAML document; on failure return ``(None, {}, [problem])``.
+
+    ``spans``, when given, is filled with where each scalar's source text lies.
+    """
     if len(text.encode("utf-8", "surrogatepass")) > MAX_YAML_BYTES:
         return (
             None,
@@ -70,7 +75,7 @@ def load_yaml(text: str, file: str) -> tuple[Any, LineMap, list[Problem]]:
         problems: list[Problem] = []
         counter = [0]
         try:
-            data = _walk(loader, node, (), lines, problems, file, counter)
+            data = _walk(loader, node, (), lines, problems, file, counter, spans)
         except RecursionError:
             return None, {}, [Problem(file, "", "document is nested too deeply; refusing to load it")]
         except _TooLarge:
@@ -99,6 +104,7 @@ def _walk(
     problems: list[Problem],
     file: str,
     counter: list[int],
+    spans: SpanMap | None = None,
 ) -> Any:
     counter[0] += 1
     if counter[0] > MAX_NODES:
@@ -127,13 +133,15 @@ def _walk(
                     Problem(file, format_path(child), "duplicate key", key_node.start_mark.line + 1)
                 )
             lines[child] = key_node.start_mark.line + 1
-            result[key] = _walk(loader, value_node, child, lines, problems, file, counter)
+            result[key] = _walk(loader, value_node, child, lines, problems, file, counter, spans)
         return result
     if isinstance(node, yaml.SequenceNode):
         return [
-            _walk(loader, item, (*path, index), lines, problems, file, counter)
+            _walk(loader, item, (*path, index), lines, problems, file, counter, spans)
             for index, item in enumerate(node.value)
         ]
+    if spans is not None:
+        spans[path] = (node.start_mark.index, node.end_mark.index)
     try:
         return loader.construct_object(node, deep=True)
     except yaml.YAMLError as exc:

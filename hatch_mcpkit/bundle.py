@@ -410,7 +410,7 @@ def build_bundle(
     module_digest, module_size = file_digest(module)
     layers = [Descriptor(WASM_MEDIA_TYPE, module_digest, module_size, {TITLE_ANNOTATION: MODULE_TITLE})]
     sources.append(_Source(layers[0], path=module))
-    config_bytes = config.raw  # shipped as written: ${VAR} text stays unexpanded
+    config_bytes = config.shipped  # the publisher's ${VAR}s expanded, distribution.auth kept as ${...}
     layers.append(
         Descriptor(
             CONFIG_YAML_MEDIA_TYPE,

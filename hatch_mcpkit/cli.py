@@ -196,7 +196,7 @@ def _cmd_push(args: argparse.Namespace) -> int:
 
             if config_path is None:
                 config_path = (module.parent if module is not None else Path.cwd()) / "config.yaml"
-            config = load_config(config_path)
+            config = load_config(config_path, os.environ)  # the publisher's own config.yaml
             module = module or config_path.parent / "module.wasm"
             check_guest_module(module)
             archive = build_bundle(config, module, Path(tmp)).path

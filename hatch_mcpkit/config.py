@@ -1,22 +1,32 @@
 """The config.yaml model: loading, ``${VAR}`` expansion and validation.
 
-``load_config(path)`` returns a :class:`Config` or raises one
+``load_config(path, environ=None)`` returns a :class:`Config` or raises one
 :class:`~hatch_mcpkit.errors.ConfigError` listing *every* problem with file,
-key path and line. The file's original bytes are kept (``Config.raw``) because
-the bundle ships them unexpanded: a secret that came from ``${VAR}`` never
-reaches a bundle.
+key path and line.
+
+Two modes, chosen by ``environ``:
+
+* ``environ=None`` (the default): the file is **data** -- a pulled bundle's or any
+  other foreign config.yaml. Nothing is expanded from anyone's environment; a
+  ``${...}`` is literal text and is validated as such.
+* ``environ=os.environ`` (the publisher's own config.yaml, on ``hatch build`` and
+  ``mcpkit bundle push``): ``${VAR}`` and ``${VAR:-default}`` expand from it, and an
+  unset variable without default is an error naming it.
+
+The file's original bytes are kept (``Config.raw``); ``distribution.auth`` is never
+expanded while loading (``Auth.resolve`` does that at push time, given an environment).
 """
 
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from hatch_mcpkit._yaml import KeyPath, LineMap, format_path, load_yaml
+from hatch_mcpkit._yaml import KeyPath, LineMap, SpanMap, format_path, load_yaml
 from hatch_mcpkit.errors import ConfigError, Problem
 
 __all__ = [
@@ -27,7 +37,6 @@ __all__ = [
     "EnvGrant",
     "Limits",
     "Metadata",
-    "PlaceholderEnviron",
     "Policy",
     "StorageGrant",
     "Tool",
@@ -137,8 +146,9 @@ class Auth:
     password: str | None = field(default=None, repr=False)
     file: str = field(default="", compare=False)
 
-    def resolve(self, environ: Mapping[str, str] | None = None) -> tuple[str | None, str | None]:
-        env = os.environ if environ is None else environ
+    def resolve(self, environ: Mapping[str, str]) -> tuple[str | None, str | None]:
+        """Expand the templates from ``environ`` -- the publisher's, never a consumer's."""
+        env = environ
         problems: list[Problem] = []
         user = (
             expand_vars(self.username, env, "distribution.auth.username", problems, self.file)
@@ -176,6 +186,14 @@ class Config:
     tools: tuple[Tool, ...]
     policy: Policy = field(default_factory=Policy)
     distribution: Distribution | None = None
+    # what a bundle ships as config.yaml: ``raw`` with the publisher's ${VAR}s expanded in
+    # place (except distribution.auth); empty means "the same as raw"
+    expanded_raw: bytes = field(default=b"", repr=False)
+
+    @property
+    def shipped(self) -> bytes:
+        """config.yaml as a bundle carries it (consumers read it as data, never expanded)."""
+        return self.expanded_raw or self.raw
 
     @property
     def base_dir(self) -> Path:
@@ -253,35 +271,15 @@ def expand_vars(
     return VAR_RE.sub(repl, value)
 
 
-class PlaceholderEnviron(Mapping[str, str]):
-    """An environment in which every variable is set: unset ones read as ``/unset-NAME``.
-
-    For checking a bundle's config.yaml where its ``${VAR}`` values belong to another machine
-    (pulling, pushing): the structure is validated, a missing variable is not an error.
-    ``distribution.auth`` is never expanded with it (``Auth.resolve`` takes the real one).
-    """
-
-    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
-        self._env = os.environ if environ is None else environ
-
-    def __getitem__(self, key: str) -> str:
-        return self._env.get(key, f"/unset-{key}")
-
-    def __contains__(self, key: object) -> bool:
-        return True
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._env)
-
-    def __len__(self) -> int:
-        return len(self._env)
-
-
 # --------------------------------------------------------------------------- loading
 
 
 def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Config:
-    """Read and validate a config.yaml; raise ConfigError with every problem found."""
+    """Read and validate a config.yaml; raise ConfigError with every problem found.
+
+    ``environ=None`` reads the file as data (no ``${VAR}`` expansion); the publisher
+    passes ``os.environ`` for its own config.yaml.
+    """
     p = Path(path)
     try:
         raw = p.read_bytes()
@@ -301,27 +299,123 @@ def parse_config(
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError([Problem(file, "", f"file is not UTF-8 (byte {exc.start})")]) from None
-    data, lines, problems = load_yaml(text, file)
+    spans: SpanMap = {}
+    data, lines, problems = load_yaml(text, file, spans)
     if data is None and problems:
         raise ConfigError(problems)
-    v = _Validator(file, lines, problems, os.environ if environ is None else environ)
+    expanded: dict[KeyPath, str] = {}
+    broken: set[str] = set()
+    if environ is not None:
+        data = _expand_document(data, (), environ, _Where(file, lines), problems, expanded, broken)
+    v = _Validator(file, lines, problems)
     config = v.config(data, p, raw)
     if v.problems:
+        if broken:  # an unset variable is reported once, not again as a bad value
+            v.problems = [q for q in v.problems if q.path not in broken or q in problems]
         raise ConfigError(v.problems)
     assert config is not None
+    if expanded:
+        config = replace(config, expanded_raw=_render(text, spans, expanded, data).encode("utf-8"))
     return config
+
+
+# Strings that are never expanded while loading: schemas are the tool's own text, and
+# distribution.auth is expanded only at push time (Auth.resolve).
+_VERBATIM: tuple[KeyPath, ...] = (("version",), ("distribution", "auth"))
+_VERBATIM_TOOL_KEYS = ("input_schema", "output_schema")
+
+
+@dataclass(frozen=True)
+class _Where:
+    file: str
+    lines: LineMap
+
+    def line(self, path: KeyPath) -> int | None:
+        while path:
+            if path in self.lines:
+                return self.lines[path]
+            path = path[:-1]
+        return self.lines.get(())
+
+
+def _verbatim(path: KeyPath) -> bool:
+    if any(path[: len(v)] == v for v in _VERBATIM):
+        return True
+    return len(path) >= 4 and path[:2] == ("mcp", "tools") and path[3] in _VERBATIM_TOOL_KEYS
+
+
+def _expand_document(
+    value: Any,
+    path: KeyPath,
+    environ: Mapping[str, str],
+    where: _Where,
+    problems: list[Problem],
+    expanded: dict[KeyPath, str],
+    broken: set[str],
+) -> Any:
+    """The document with ``${VAR}`` expanded in every string value outside ``_VERBATIM``."""
+    if _verbatim(path):
+        return value
+    if isinstance(value, dict):
+        return {
+            k: _expand_document(v, (*path, k), environ, where, problems, expanded, broken)
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [
+            _expand_document(v, (*path, i), environ, where, problems, expanded, broken)
+            for i, v in enumerate(value)
+        ]
+    if not isinstance(value, str) or "$" not in value:
+        return value
+    before = len(problems)
+    out = expand_vars(value, environ, format_path(path), problems, where.file, where.line(path))
+    if len(problems) > before:
+        broken.add(format_path(path))
+        return value
+    if out != value:
+        expanded[path] = out
+    return out
+
+
+def _render(text: str, spans: SpanMap, expanded: dict[KeyPath, str], data: Any) -> str:
+    """config.yaml as a bundle ships it: the publisher's file with expanded values in place.
+
+    Each expanded scalar's source text is replaced by a double-quoted YAML string (JSON is
+    one); comments and layout stay. ``distribution.auth`` keeps its ``${...}`` text. If the
+    edit cannot be made faithfully (anchors, odd scalars), the document is re-serialised.
+    """
+    import json
+
+    import yaml
+
+    edits = sorted({spans[kp]: v for kp, v in expanded.items() if kp in spans}.items())
+    out: list[str] = []
+    pos = 0
+    ok = len(edits) == len(expanded)
+    for (start, end), value in edits:
+        if start < pos:
+            ok = False
+            break
+        source = text[start:end]
+        out += [text[pos:start], json.dumps(value, ensure_ascii=False), source[len(source.rstrip()) :]]
+        pos = end
+    out.append(text[pos:])
+    rendered = "".join(out)
+    if ok:
+        again, _, problems = load_yaml(rendered, "")
+        if not problems and again == data:
+            return rendered
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
 
 
 class _Validator:
     """Walks the loaded document, collecting problems instead of stopping at the first."""
 
-    def __init__(
-        self, file: str, lines: LineMap, problems: list[Problem], environ: Mapping[str, str]
-    ) -> None:
+    def __init__(self, file: str, lines: LineMap, problems: list[Problem]) -> None:
         self.file = file
         self.lines = lines
         self.problems = list(problems)
-        self.environ = environ
 
     # -- helpers
     def line(self, path: KeyPath) -> int | None:
@@ -373,16 +467,17 @@ class _Validator:
         if not isinstance(value, str):
             self.error(kp, f"must be a string, not {_type_name(value)}")
             return default
-        before = len(self.problems)
-        value = self.expand(value, kp)
-        if len(self.problems) > before:  # unset variable: already reported
-            return default
         if pattern is not None and not pattern.match(value):
-            self.error(kp, f"{value!r} is not a valid {what or key} (must match {pattern.pattern})")
+            self.error(
+                kp,
+                f"{value!r} is not a valid {what or key} (must match {pattern.pattern})" + self.literal_note(value),
+            )
         return value
 
-    def expand(self, value: str, kp: KeyPath) -> str:
-        return expand_vars(value, self.environ, format_path(kp), self.problems, self.file, self.line(kp))
+    def literal_note(self, value: str) -> str:
+        if "${" in value:  # only left after expansion when the file is data
+            return "; a bundle's config.yaml is data: ${...} in it is literal text, never expanded"
+        return ""
 
     def int_(self, m: dict[str, Any], key: str, path: KeyPath) -> int | None:
         value = m.get(key)
@@ -414,7 +509,6 @@ class _Validator:
             if not isinstance(item, str):
                 self.error((*kp, i), f"must be a string, not {_type_name(item)}")
                 continue
-            item = self.expand(item, (*kp, i))
             if pattern is not None and not pattern.match(item):
                 self.error((*kp, i), f"{item!r} is not a valid {what} (must match {pattern.pattern})")
             out.append(item)
@@ -634,7 +728,8 @@ class _Validator:
                 if not (host.startswith("/") or host == "~" or host.startswith("~/")):
                     self.error(
                         (*path, "uri"),
-                        f"{uri!r}: fs:// grants need an absolute or ~/ path (fs:///abs/path or fs://~/path)",
+                        f"{uri!r}: fs:// grants need an absolute or ~/ path (fs:///abs/path or fs://~/path)"
+                        + self.literal_note(uri),
                     )
                     ok = False
             elif uri.startswith("bundle:"):
@@ -738,7 +833,7 @@ class _Validator:
         try:
             parse_repository(registry)
         except RefError as exc:
-            self.error(kp, exc.message)
+            self.error(kp, exc.message + self.literal_note(registry))
 
 
 # --------------------------------------------------------------------------- include

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hatch_mcpkit.bundle import ARCHIVE_SUFFIX, BundleLayout
-from hatch_mcpkit.config import Config, PlaceholderEnviron, parse_config
+from hatch_mcpkit.config import Config, parse_config
 from hatch_mcpkit.errors import BundleError
 
 __all__ = ["PushResult", "find_archives", "push_archive"]
@@ -53,11 +53,11 @@ def find_archives(paths: Sequence[str | os.PathLike[str]], root: Path) -> list[P
     return found
 
 
-def bundle_config_of(layout: BundleLayout, environ: Mapping[str, str] | None = None) -> Config:
+def bundle_config_of(layout: BundleLayout) -> Config:
     raw = layout.read_blob(layout.manifest.config_layer.digest)
-    # ${VAR}s in the bundle belong to the machines that will run it: check structure only.
-    # distribution.auth stays a template here and is expanded with the real environment later.
-    return parse_config(raw, f"{layout.source}!config.yaml", PlaceholderEnviron(environ))
+    # An archive's config.yaml is data: checked as written, never expanded here.
+    # distribution.auth stays a template; resolve_credentials expands it with the environment given.
+    return parse_config(raw, f"{layout.source}!config.yaml")
 
 
 def push_archive(
@@ -78,7 +78,7 @@ def push_archive(
     from hatch_mcpkit.registry import RegistryClient
 
     with BundleLayout.open(archive) as layout:
-        config = bundle_config_of(layout, environ)
+        config = bundle_config_of(layout)
         dist = config.distribution
         if target:
             text = target.removeprefix("oci://")

@@ -297,10 +297,10 @@ class _RegistryBlobs:
 
 
 def check_bundle_config_yaml(raw: bytes, label: str) -> Config:
-    """Validate a bundle's config.yaml structurally, as data (its ``${VAR}`` belong to another machine)."""
-    from hatch_mcpkit.config import PlaceholderEnviron, parse_config
+    """Validate a bundle's config.yaml as data (``${...}`` in it is literal text, never expanded)."""
+    from hatch_mcpkit.config import parse_config
 
-    return parse_config(raw, label, PlaceholderEnviron())
+    return parse_config(raw, label)
 
 
 def _file_matches(path: Path, desc: Descriptor) -> bool:
@@ -607,7 +607,7 @@ class BundleCache:
                        rel: Path | None = None, *, limit: int) -> PullResult:
         """Build a bundle from module.wasm + config.yaml (reproducibly) and install it."""
         from hatch_mcpkit.bundle import build_bundle
-        from hatch_mcpkit.config import PlaceholderEnviron, load_config
+        from hatch_mcpkit.config import load_config
 
         if not module.is_file():
             raise BundleError(f"{module}: module.wasm is missing", hint="a bundle is module.wasm + config.yaml")
@@ -616,7 +616,7 @@ class BundleCache:
                 f"{config_path}: config.yaml is missing (it must sit beside {module.name})",
                 hint="a bundle is module.wasm + config.yaml",
             )
-        config = load_config(config_path, PlaceholderEnviron())
+        config = load_config(config_path)  # a folder's config.yaml is data
         with self._workdir("build") as tmp:
             built = build_bundle(config, module, tmp, source_date_epoch=0)
             with BundleLayout.open(built.path, max_bytes=limit) as layout:

@@ -201,13 +201,13 @@ def demo_environ() -> dict[str, str]:
 
 def make_demo_project(root: Path | str, *, name: str = "demo-tool", version: str = "1.0.0",
                       marker: bytes = b"") -> Path:
-    """Two tools, a ``fs://${MCPKIT_TEST_UNSET_DIR}`` grant, ``data/`` files and an auth secret variable.
+    """Two tools, a ``fs:///tmp`` grant, ``data/`` files and an auth secret variable.
 
     ``marker`` changes the module bytes (the module stays valid).
     """
     config = config_yaml(
         name, version, tools=("echo", "add"),
-        storage=['{uri: "fs://${MCPKIT_TEST_UNSET_DIR}", guest: /notes, access: [read]}',
+        storage=['{uri: "fs:///tmp", guest: /notes, access: [read]}',
                  '{uri: "bundle:data", guest: /data}'],
         registry=f"127.0.0.1:5000/demo/{name}", include=["README.md", "data"],
         auth=("demo", "${MCPKIT_TEST_TOKEN}"))

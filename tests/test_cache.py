@@ -480,7 +480,13 @@ def test_plain_http_is_only_for_loopback(home: Path) -> None:
 
 def test_unset_variables_do_not_block_a_pull_but_bad_config_does(home: Path, project: Path) -> None:
     assert "MCPKIT_TEST_UNSET_DIR" not in os.environ
-    BundleCache().pull(str(project))  # fs://${MCPKIT_TEST_UNSET_DIR} is for the machine that runs it
+    config = project / "config.yaml"
+    config.write_text(config.read_text().replace("A demo tool", '"A demo tool for ${MCPKIT_TEST_UNSET_DIR}"'))
+    result = BundleCache().pull(str(project))  # a folder's config.yaml is data: ${...} is literal text
+    assert b"for ${MCPKIT_TEST_UNSET_DIR}" in (result.path / "config.yaml").read_bytes()
+    config.write_text(config.read_text().replace("fs:///tmp", "fs://${MCPKIT_TEST_UNSET_DIR}"))
+    with pytest.raises(ConfigError, match=r"allow\[0\]\.uri: .*literal text, never expanded"):
+        BundleCache().pull(str(project))
     (project / "config.yaml").write_text((project / "config.yaml").read_text().replace("echo", "bad name!"))
     with pytest.raises(ConfigError, match=r"mcp\.tools\[0\]\.name"):
         BundleCache().pull(str(project))

@@ -9,6 +9,7 @@ password option, so no secret sits in a file.
 
 from __future__ import annotations
 
+import os
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -85,6 +86,7 @@ class McpkitPublisher(PublisherInterface):
                     password=opts.password,
                     insecure=opts.insecure,
                     ca_file=opts.ca_file,
+                    environ=os.environ,  # the publisher's own archives: its own ${VAR}s
                     echo=self.app.display_waiting,
                 )
                 self.app.display_success(f"mcpkit: pushed {archive.name}")
