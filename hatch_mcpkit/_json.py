@@ -2,14 +2,15 @@
 
 ``json.loads`` on hostile input fails in ways a user should never see: a document nested a
 hundred thousand levels deep is a ``RecursionError``, a huge one eats memory. :func:`load`
-checks the size first and the nesting depth before parsing (a linear scan that skips
-strings), and turns every failure into the error class the caller names, with ``where``.
+checks the size first, parses (the C parser stops at the interpreter's recursion limit, which
+becomes a clear error), then checks the nesting depth of the result with an iterative walk --
+several times faster than scanning the text for brackets outside strings -- and turns every
+failure into the error class the caller names, with ``where``.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
 from hatch_mcpkit.errors import McpkitError
@@ -19,22 +20,21 @@ __all__ = ["MAX_DEPTH", "load"]
 MAX_DEPTH = 64
 
 
-_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)
-_BRACKET = re.compile(r"[\[\]{}]")
-
-
-def _depth(text: str) -> int:
-    """The deepest nesting of ``[``/``{`` outside strings (an upper bound for malformed input)."""
-    if text.count("[") + text.count("{") <= MAX_DEPTH:  # the common case: nothing to scan
-        return text.count("[") + text.count("{")
-    depth = deepest = 0
-    for match in _BRACKET.finditer(_STRING.sub("", text)):
-        if match.group() in "[{":
-            depth += 1
-            deepest = max(deepest, depth)
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether lists/objects in ``value`` nest more than ``limit`` levels (iterative; stops early)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
         else:
-            depth -= 1
-    return deepest
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return False
 
 
 def load(
@@ -52,9 +52,12 @@ def load(
         text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
     except UnicodeDecodeError as exc:
         raise error(f"{where}: JSON document is not UTF-8 ({exc.reason} at byte {exc.start})") from None
-    if _depth(text) > max_depth:
-        raise error(f"{where}: JSON document is nested more than {max_depth} levels deep")
     try:
-        return json.loads(text)
-    except (ValueError, RecursionError) as exc:
+        value = json.loads(text)
+    except RecursionError:
+        raise error(f"{where}: JSON document is nested more than {max_depth} levels deep") from None
+    except ValueError as exc:
         raise error(f"{where}: not valid JSON ({exc})") from None
+    if _deeper_than(value, max_depth):
+        raise error(f"{where}: JSON document is nested more than {max_depth} levels deep")
+    return value

@@ -452,6 +452,8 @@ class BundleCache:
         index = self._load_index()
         if text in index.by_ref:
             return [index.by_ref[text]]
+        if text in index.by_name:  # the common case: a bare name
+            return list(index.by_name[text])
         short = parse_cache_name(text)
         if short is not None and short.name in index.by_name:
             rows = index.by_name[short.name]
