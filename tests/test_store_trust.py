@@ -483,3 +483,30 @@ def test_registry_tags_and_messages_never_reach_the_terminal_raw(env: dict[str, 
     for proc in (listed, pulled):
         assert ESC not in proc.stdout + proc.stderr, proc
     assert pulled.returncode != 0
+
+
+# --------------------------------------------------------------------------- deeply nested JSON
+
+
+def test_deeply_nested_json_is_a_clear_error(env: dict[str, str], tmp_path: Path) -> None:
+    deep = "[" * 100_000 + "]" * 100_000
+    index = Path(env["MCPKIT_HOME"]) / "bundles" / "registry.json"
+    index.parent.mkdir(parents=True)
+    index.write_text(deep)
+    proc = mcpkit(env, "list", ok=False)
+    assert proc.returncode == 1 and "registry.json" in proc.stderr and "nested more than 64 levels" in proc.stderr
+    index.unlink()
+
+    layout = tmp_path / "layout"
+    (layout / "blobs" / "sha256").mkdir(parents=True)
+    (layout / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+    (layout / "index.json").write_text('{"manifests": ' + deep + "}")
+    proc = mcpkit(env, "inspect", str(layout), ok=False)
+    assert "index.json" in proc.stderr and "nested more than 64 levels" in proc.stderr
+
+    manifest = bundle_manifest(10, annotations={})
+    manifest["annotations"] = {"x": "y"}
+    with hostile_registry({**manifest, "extra": json.loads("[" * 80 + "]" * 80)}) as (host, requests):
+        proc = mcpkit(env, "pull", f"{host}/evil/tool:v1", ok=False)
+        assert "manifest" in proc.stderr and "nested more than 64 levels" in proc.stderr, proc.stderr
+        assert not any("/blobs/" in r for r in requests)
