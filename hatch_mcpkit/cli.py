@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import inspect
 import json
 import logging
 import os
@@ -482,27 +481,18 @@ def _runtime_class() -> type[Runtime]:
     return Runtime
 
 
-def _refuse_reserved() -> bool:
-    """Whether local folders holding cache-reserved names are refused (always, once the runtime compiles
-    through the store's CodeCache; the runtime before that wrote module.cwasm into the folders it served)."""
-    from hatch_mcpkit.runtime import Runtime
-
-    return "code_cache" in inspect.signature(Runtime).parameters
-
-
 @contextlib.contextmanager
 def _bundle_to_serve(args: argparse.Namespace, store: BundleCache) -> Iterator[BundleDir]:
     from hatch_mcpkit.reference import FileRef, classify
     from hatch_mcpkit.resolve import open_bundle, open_local
 
-    refuse = _refuse_reserved()
     if args.command == "run":
-        with open_bundle(args.reference, store, _pull_options(args), announce=_info, refuse_reserved=refuse,
+        with open_bundle(args.reference, store, _pull_options(args), announce=_info,
                          on_pull=lambda result: _precompile(store, result)) as found:
             yield found
         return
     if args.config:
-        with open_local(FileRef(Path(args.config).expanduser().absolute()), refuse_reserved=refuse) as found:
+        with open_local(FileRef(Path(args.config).expanduser().absolute())) as found:
             yield found
         return
     if args.from_bundle:
@@ -517,21 +507,10 @@ def _bundle_to_serve(args: argparse.Namespace, store: BundleCache) -> Iterator[B
             with open_bundle(args.path, store, _pull_options(args), pull=False) as found:
                 yield found
             return
-        with open_local(ref, refuse_reserved=refuse) as found:
+        with open_local(ref) as found:
             yield found
         return
     raise UsageError("nothing to serve", hint="use --from-bundle NAME, --config PATH/config.yaml or a PATH")
-
-
-def _runtime_options(runtime_cls: type[Runtime], store: BundleCache, found: BundleDir) -> dict[str, Any]:
-    """Keyword arguments for the runtime in use (the store's code cache and protected home, where supported)."""
-    params = inspect.signature(runtime_cls).parameters
-    wanted: dict[str, Any] = {
-        "code_cache": store.code_cache,
-        "protected_paths": [store.home],
-        "write_cwasm": found.cached,  # never write compiled code into a folder that is not the cache's
-    }
-    return {k: v for k, v in wanted.items() if k in params}
 
 
 @contextlib.contextmanager
@@ -552,7 +531,7 @@ def open_runtime(args: argparse.Namespace) -> Iterator[Runtime]:
         runtime = runtime_cls(
             config, found.module, bundle_dir=found.path, extra_grants=grants,
             extra_env_keys=args.env, deny_guests=args.deny_dir, deny_env_keys=args.deny_env,
-            **_runtime_options(runtime_cls, store, found),
+            code_cache=store.code_cache, protected_paths=[store.home],
         )
         try:
             yield runtime

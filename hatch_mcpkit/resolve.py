@@ -60,7 +60,6 @@ def open_bundle(
     pull: bool = True,
     on_pull: Callable[[PullResult], None] | None = None,
     announce: Callable[[str], None] | None = None,
-    refuse_reserved: bool = True,
 ) -> Iterator[BundleDir]:
     """The bundle ``text`` names, pulled into ``store`` first when it is remote and missing (unless
     ``pull`` is false or ``options.offline``)."""
@@ -71,7 +70,7 @@ def open_bundle(
             return
     ref = classify(text, insecure=options.insecure)
     if isinstance(ref, FileRef):
-        with open_local(ref, refuse_reserved=refuse_reserved) as local:
+        with open_local(ref) as local:
             yield local
         return
     if isinstance(ref, NameRef):
@@ -93,28 +92,23 @@ def open_bundle(
 
 
 @contextlib.contextmanager
-def open_local(ref: FileRef, *, max_bytes: int | None = None, refuse_reserved: bool = True) -> Iterator[BundleDir]:
-    """A local bundle: a folder, its config.yaml or module.wasm, an OCI layout folder or a ``.mcpkit.tar``.
-
-    ``refuse_reserved=False`` is only for a runtime that still writes ``module.cwasm`` into the folders it
-    serves (before compiled code moved to the store's CodeCache).
-    """
+def open_local(ref: FileRef, *, max_bytes: int | None = None) -> Iterator[BundleDir]:
+    """A local bundle: a folder, its config.yaml or module.wasm, an OCI layout folder or a ``.mcpkit.tar``."""
     label = str(ref.path)
     path = ref.resolved().path
-    check_folder = check_bundle_folder if refuse_reserved else (lambda folder, where=None: None)
     if path.is_dir() and not (path / "oci-layout").is_file():
         if not (path / CONFIG_TITLE).is_file():
             raise InvalidReferenceError(f"{label} is not a bundle directory: it has no config.yaml",
                                         hint="a bundle directory holds module.wasm and config.yaml")
-        check_folder(path, label)
+        check_bundle_folder(path, label)
         yield BundleDir(path, label, cached=False)
         return
     if path.suffix in (".yaml", ".yml"):
-        check_folder(path.parent, label)
+        check_bundle_folder(path.parent, label)
         yield BundleDir(path.parent, label, cached=False, config_path=path)
         return
     if path.suffix == ".wasm":
-        check_folder(path.parent, label)
+        check_bundle_folder(path.parent, label)
         yield BundleDir(path.parent, label, cached=False, module_path=path)
         return
     if path.is_dir() or path.name.endswith(".tar"):

@@ -91,7 +91,6 @@ __all__ = [
 ]
 
 METADATA = "metadata.json"
-LEGACY_CWASM = "module.cwasm"  # written into entries by the runtime's old precompile; never shipped
 INDEX = "registry.json"
 MAX_INDEX_BYTES = 256 * 1024 * 1024
 MAX_METADATA_BYTES = 16 * 1024 * 1024
@@ -670,7 +669,7 @@ class BundleCache:
         if meta.get("digest") != manifest.digest:
             return False
         expected = {d.title or "" for d in manifest.layers}
-        extra = _entry_files(target) - expected - {METADATA, LEGACY_CWASM}
+        extra = _entry_files(target) - expected - {METADATA}
         if extra:
             return False
         return all(_file_matches(target / (d.title or ""), d) for d in manifest.layers)

@@ -317,7 +317,7 @@ def test_oci_round_trip_with_the_example_crate(home: Path, tmp_path: Path, examp
     except ImportError:
         return
     assert result.warnings == ()
-    # the store never imports the runtime: `mcpkit pull` precompiles (tests/test_cli.py::test_pull_precompiles)
+    # the store never imports the runtime: `mcpkit pull` precompiles into compiled/ (tests/test_e2e.py)
     assert not (result.path / "module.cwasm").exists() and "precompiled" not in meta
 
 

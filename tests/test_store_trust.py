@@ -126,9 +126,8 @@ def test_a_folder_in_the_working_directory_never_shadows_a_cached_bundle(env: di
     view = json.loads(mcpkit(env, "inspect", "shadow-tool", "--json", cwd=work).stdout)
     assert view["reference"].startswith("file://" + str(trusted))
     # the folder is still reachable, as a path that looks like one -- and then it is refused (reserved names)
-    if _runtime_never_writes_into_folders():
-        proc = mcpkit(env, "run", "./shadow-tool", cwd=work, ok=False)
-        assert proc.returncode != 0 and "reserved" in proc.stderr
+    proc = mcpkit(env, "run", "./shadow-tool", cwd=work, ok=False)
+    assert proc.returncode != 0 and "reserved" in proc.stderr
 
 
 @pytest.mark.registry
@@ -163,14 +162,6 @@ def _with_members(archive: Path, members: dict[str, bytes]) -> Path:
     return archive
 
 
-def _runtime_never_writes_into_folders() -> bool:
-    import inspect
-
-    from hatch_mcpkit.runtime import Runtime
-
-    return "code_cache" in inspect.signature(Runtime).parameters
-
-
 RESERVED_PAYLOAD = {"module.cwasm": b"\x7fELF planted", "metadata.json": b'{"precompiled": {}}'}
 
 
@@ -192,8 +183,6 @@ def test_a_bundle_shipping_cache_reserved_names_is_refused(env: dict[str, str], 
         folder = hostile_folder(tmp_path / "folder", name="reserved-tool")
         target = {"bundle-folder": str(folder), "config": str(folder / "config.yaml"),
                   "module": str(folder / "module.wasm")}[shape]
-    if shape not in ("archive", "layout-folder") and not _runtime_never_writes_into_folders():
-        pytest.xfail("the runtime still compiles into the folders it serves; the CLI refuses once it does not")
     commands: list[tuple[str, ...]] = [("run", target), ("server", target), ("pull", target)]
     if shape in ("archive", "layout-folder", "bundle-folder"):
         commands.append(("inspect", target))
@@ -363,7 +352,7 @@ def test_a_tampered_entry_is_repaired_by_the_next_pull(env: dict[str, str], tmp_
     out = mcpkit(env, "pull", ref).stdout
     assert "repaired" in out
     assert {k: (entry / k).read_bytes() for k in shipped} == shipped
-    assert not (entry / "module.cwasm").exists() or (entry / "module.cwasm").read_bytes() != planted
+    assert not (entry / "module.cwasm").exists()
     # a planted file alone (the module untouched) is found too, as is a changed shipped file
     for rel, data in (("evil.so", b"planted"), (".mcpkit/hook", b"planted"), ("README.md", b"changed")):
         (entry / rel).parent.mkdir(parents=True, exist_ok=True)
