@@ -278,16 +278,11 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 def _list_registry(args: argparse.Namespace) -> int:
     from hatch_mcpkit.errors import RegistryError
-    from hatch_mcpkit.reference import parse_repository
+    from hatch_mcpkit.reference import parse_registry_scope, parse_repository
     from hatch_mcpkit.registry import RegistryClient
 
     text = args.registry.strip()
-    body = text[len("oci://"):] if text.startswith("oci://") else text
-    host, _, namespace = body.partition("/")
-    namespace = namespace.strip("/")
-    if not host:
-        raise UsageError(f"{text!r}: give a registry host, e.g. --registry ghcr.io/myorg")
-    registry = parse_repository(f"{host}/{namespace}").registry if namespace else host
+    registry, namespace = parse_registry_scope(text)
     credentials = _credentials(args, registry)
     listing: dict[str, list[str]] = {}
     with RegistryClient(registry, credentials=credentials, insecure=args.insecure, ca_file=args.ca_file) as client:
@@ -298,7 +293,7 @@ def _list_registry(args: argparse.Namespace) -> int:
             if not namespace:
                 raise
             _warn(f"{exc.message}; listing {namespace} as one repository")
-            repos = [parse_repository(f"{host}/{namespace}").repository]
+            repos = [parse_repository(f"{registry}/{namespace}").repository]
         for repo in sorted(repos):
             try:
                 listing[repo] = sorted(client.list_tags(repo))

@@ -74,7 +74,7 @@ def push_archive(
 ) -> PushResult:
     """Push one ``.mcpkit.tar`` (or layout directory) and apply every tag; idempotent."""
     from hatch_mcpkit.auth import resolve_credentials
-    from hatch_mcpkit.reference import parse_reference, parse_repository
+    from hatch_mcpkit.reference import parse_reference, parse_repository, written_tag
     from hatch_mcpkit.registry import RegistryClient
 
     with BundleLayout.open(archive) as layout:
@@ -82,7 +82,7 @@ def push_archive(
         dist = config.distribution
         if target:
             text = target.removeprefix("oci://")
-            has_tag = ":" in text.rsplit("/", 1)[-1] or "@" in text
+            has_tag = written_tag(text) is not None or "@" in text
             if has_tag:
                 ref = parse_reference(text)
                 if ref.digest:

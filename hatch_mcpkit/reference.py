@@ -51,6 +51,7 @@ __all__ = [
     "oci_key",
     "parse_cache_name",
     "parse_reference",
+    "parse_registry_scope",
     "parse_repository",
     "use_plain_http",
     "written_tag",
@@ -204,6 +205,21 @@ def parse_repository(text: str) -> Repository:
         )
     registry, repository = _split_registry(body, text)
     return Repository(registry, repository)
+
+
+def parse_registry_scope(text: str) -> tuple[str, str]:
+    """``[oci://]host[:port][/namespace]`` (``mcpkit list --registry``): the registry and a repository
+    prefix (``""`` for the whole registry), each checked like a reference's."""
+    body = _strip_scheme(text.strip()).rstrip("/")
+    host, _, namespace = body.partition("/")
+    if not host:
+        raise InvalidReferenceError(f"{text!r}: give a registry host, e.g. ghcr.io/myorg")
+    _check_host(host, text)
+    namespace = namespace.strip("/")
+    if namespace:
+        registry, _repository = _split_registry(f"{host}/{namespace}", text)
+        return registry, namespace
+    return host, ""
 
 
 # --------------------------------------------------------------------------- references

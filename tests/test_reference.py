@@ -213,3 +213,14 @@ def test_cache_names_and_written_tags() -> None:
     assert written_tag("oci://ghcr.io/org/tool:v1") == "v1"
     assert written_tag("localhost:5000/org/tool") is None
     assert written_tag(f"ghcr.io/org/tool:v1@sha256:{HEX}") is None
+
+
+def test_registry_scope() -> None:
+    from hatch_mcpkit.reference import parse_registry_scope
+
+    assert parse_registry_scope("ghcr.io") == ("ghcr.io", "")
+    assert parse_registry_scope("oci://localhost:5000/org/") == ("localhost:5000", "org")
+    assert parse_registry_scope("docker.io/myorg") == ("docker.io", "myorg")
+    for bad in ("", "/org", "ghcr.io/Org", "host:99999/x"):
+        with pytest.raises(InvalidReferenceError):
+            parse_registry_scope(bad)
