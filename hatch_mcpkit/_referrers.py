@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +37,7 @@ __all__ = [
     "add_to_index",
     "bundle_layer",
     "fallback_tag",
+    "is_fallback_tag",
     "read_index",
     "referrer_manifest",
 ]
@@ -47,6 +49,7 @@ CONTENT_ANNOTATION = "dev.sigstore.bundle.content"
 CREATED_ANNOTATION = "org.opencontainers.image.created"
 MAX_INDEX_BYTES = 4 * 1024 * 1024
 MAX_REFERRERS = 10_000
+_FALLBACK_TAG = re.compile(r"sha256-[0-9a-f]{64}")
 
 
 def _digest(data: bytes) -> str:
@@ -126,6 +129,11 @@ def fallback_tag(subject_digest: str) -> str:
     """The referrers tag schema: ``sha256:<hex>`` -> ``sha256-<hex>``."""
     algorithm, _, hex_part = subject_digest.partition(":")
     return f"{algorithm}-{hex_part}"
+
+
+def is_fallback_tag(tag: str) -> bool:
+    """A ``sha256-<hex>`` tag: a referrers fallback index, not a bundle (listings leave it out)."""
+    return _FALLBACK_TAG.fullmatch(tag) is not None
 
 
 def _index_document(raw: bytes | None, where: str) -> dict[str, Any]:

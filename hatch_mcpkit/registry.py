@@ -64,7 +64,13 @@ from hatch_mcpkit._transport import (
     origin,
     parse_challenge,
 )
-from hatch_mcpkit.bundle import MANIFEST_MEDIA_TYPE, MAX_MANIFEST_BYTES, Descriptor, Manifest
+from hatch_mcpkit.bundle import (
+    INDEX_MEDIA_TYPE,
+    MANIFEST_MEDIA_TYPE,
+    MAX_MANIFEST_BYTES,
+    Descriptor,
+    Manifest,
+)
 from hatch_mcpkit.errors import AuthError, IntegrityError, InvalidReferenceError, RegistryError
 from hatch_mcpkit.reference import (
     DOCKER_HUB_ALIASES,
@@ -77,6 +83,7 @@ from hatch_mcpkit.reference import (
 if TYPE_CHECKING:
     import requests
 
+    from hatch_mcpkit._referrers import Referrer, ReferrerManifest
     from hatch_mcpkit.auth import Credentials
     from hatch_mcpkit.bundle import BundleLayout
 
@@ -432,11 +439,12 @@ class RegistryClient:
             return False
         raise self._fail(resp, what)
 
-    def upload_blob(self, repository: str, descriptor: Descriptor, path: Path) -> None:
-        """Upload one blob from a file, streaming (POST an upload session, then one PUT); retried as a unit."""
+    def upload_blob(self, repository: str, descriptor: Descriptor, path: Path | bytes) -> None:
+        """Upload one blob from a file, streaming, or from bytes (POST an upload session, then one PUT);
+        retried as a unit."""
         self.transport.retry(lambda: self._upload_once(repository, descriptor, path))
 
-    def _upload_once(self, repository: str, descriptor: Descriptor, path: Path) -> None:
+    def _upload_once(self, repository: str, descriptor: Descriptor, path: Path | bytes) -> None:
         what = f"upload blob {descriptor.digest} to {repository}"
         scope = _scope(repository, True)
         start = self._request("POST", f"/v2/{repository}/blobs/uploads/", scope=scope, what=what,
@@ -453,7 +461,8 @@ class RegistryClient:
         sep = "&" if "?" in target else "?"
         target = f"{target}{sep}{urlencode({'digest': descriptor.digest})}"
         resp = self._request(
-            "PUT", target, scope=scope, what=what, body=lambda: Path.open(path, "rb"), retry=False,
+            "PUT", target, scope=scope, what=what, retry=False,
+            body=(lambda: path) if isinstance(path, bytes) else (lambda: Path.open(path, "rb")),
             headers={"Content-Type": "application/octet-stream", "Content-Length": str(descriptor.size)},
         )
         if resp.status_code not in (201, 204):
@@ -575,6 +584,10 @@ class RegistryClient:
         return self.fetch_manifest(ref).digest
 
     def put_manifest(self, repository: str, reference: str, raw: bytes, media_type: str) -> str:
+        return self._put_manifest(repository, reference, raw, media_type)[0]
+
+    def _put_manifest(self, repository: str, reference: str, raw: bytes, media_type: str) -> tuple[str, Any]:
+        """PUT a manifest; its digest and the answer's headers (``OCI-Subject`` tells of a referrers API)."""
         from hatch_mcpkit._text import clean
 
         what = f"push manifest {repository}:{reference}"
@@ -593,7 +606,7 @@ class RegistryClient:
                 f"expected {digest}",
                 digest=digest,
             )
-        return digest
+        return digest, resp.headers
 
     def push_layout(self, layout: BundleLayout, repository: str, tags: Sequence[str]) -> str:
         """Push exactly the layout's blobs and manifest bytes; apply every tag; return the digest.
@@ -618,6 +631,66 @@ class RegistryClient:
         for target in targets:
             self.put_manifest(repository, target, manifest.raw, MANIFEST_MEDIA_TYPE)
         return manifest.digest
+
+    # ------------------------------------------------------------------ referrers
+
+    def push_referrer(self, repository: str, referrer: ReferrerManifest) -> bool:
+        """Push a referrer (its blobs, then the manifest, by digest).
+
+        True when the registry indexed it itself (it answered with ``OCI-Subject``); otherwise it
+        is added to the ``sha256-<hex>`` fallback index, keeping every entry already listed, and
+        False. The fallback update is read-modify-write: two signers at the same moment can lose
+        one entry (the distribution spec accepts this; sign again to restore it).
+        """
+        from hatch_mcpkit import _referrers
+
+        for descriptor, data in referrer.blobs:
+            if not self.blob_exists(repository, descriptor, push=True):
+                self.upload_blob(repository, descriptor, data)
+        _, headers = self._put_manifest(repository, referrer.digest, referrer.manifest, MANIFEST_MEDIA_TYPE)
+        if headers.get("OCI-Subject") == referrer.subject.digest:
+            return True
+        tag = _referrers.fallback_tag(referrer.subject.digest)
+        index = _referrers.add_to_index(self._tagged(repository, tag), referrer.entry,
+                                        where=f"{self._where(repository)}:{tag}")
+        self.put_manifest(repository, tag, index, INDEX_MEDIA_TYPE)
+        return False
+
+    def referrers(self, repository: str, digest: str, *, artifact_type: str | None = None) -> list[Referrer]:
+        """The manifests that refer to ``digest``: from the referrers API when the registry has one,
+        else from the ``sha256-<hex>`` fallback tag; none when neither exists."""
+        from hatch_mcpkit import _referrers
+
+        where = f"referrers of {self._where(repository)}@{digest}"
+        raw = self.transport.retry(lambda: self._referrers_once(repository, digest, artifact_type, where))
+        if raw is None:
+            raw = self._tagged(repository, _referrers.fallback_tag(digest))
+        return [] if raw is None else _referrers.read_index(raw, where=where, artifact_type=artifact_type)
+
+    def _referrers_once(self, repository: str, digest: str, artifact_type: str | None, what: str) -> bytes | None:
+        from hatch_mcpkit._referrers import MAX_INDEX_BYTES
+
+        clock = self.transport.start()
+        resp = self._request(
+            "GET", f"/v2/{repository}/referrers/{digest}", scope=_scope(repository, False), what=f"list {what}",
+            headers={"Accept": INDEX_MEDIA_TYPE}, params={"artifactType": artifact_type} if artifact_type else None,
+            deadline=clock, retry=False,
+        )
+        if resp.status_code == 404:  # no referrers API: the client keeps the fallback tag
+            resp.close()
+            return None
+        if resp.status_code != 200:
+            raise self._fail(resp, f"list {what}")
+        return self.transport.read_body(resp, limit=MAX_INDEX_BYTES, what=f"list {what}", deadline=clock)
+
+    def _tagged(self, repository: str, tag: str) -> bytes | None:
+        """The manifest or index bytes a tag names, or None when the tag does not exist."""
+        try:
+            return self.fetch_manifest(Reference(self.host, repository, tag)).raw
+        except RegistryError as exc:
+            if exc.status == 404:
+                return None
+            raise
 
     # ------------------------------------------------------------------ listings
 

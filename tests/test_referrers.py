@@ -171,3 +171,9 @@ def test_hostile_referrer_manifests_are_refused(raw: bytes, reason: str, message
     with pytest.raises(SignatureError, match=message) as info:
         _referrers.bundle_layer(raw, subject_digest=SUBJECT.digest, where="oci://reg/tool@sig")
     assert info.value.reason == reason
+
+
+def test_fallback_tags_are_recognised_exactly() -> None:
+    assert _referrers.is_fallback_tag("sha256-" + "0a" * 32)
+    for tag in ("sha256-" + "0A" * 32, "sha256-" + "0a" * 31, "sha256-" + "0a" * 32 + "x", "latest", "1.0.0"):
+        assert not _referrers.is_fallback_tag(tag), tag
