@@ -277,6 +277,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _list_registry(args: argparse.Namespace) -> int:
+    from hatch_mcpkit._referrers import is_fallback_tag
     from hatch_mcpkit.errors import RegistryError
     from hatch_mcpkit.reference import parse_registry_scope, parse_repository
     from hatch_mcpkit.registry import RegistryClient
@@ -296,7 +297,7 @@ def _list_registry(args: argparse.Namespace) -> int:
             repos = [parse_repository(f"{registry}/{namespace}").repository]
         for repo in sorted(repos):
             try:
-                listing[repo] = sorted(client.list_tags(repo))
+                listing[repo] = sorted(tag for tag in client.list_tags(repo) if not is_fallback_tag(tag))
             except RegistryError as exc:
                 if len(repos) == 1:
                     raise
@@ -328,6 +329,67 @@ def _cmd_key_generate(args: argparse.Namespace) -> int:
     _out(f"public key:  {clean(pub_path)}")
     _out(f"key id:      {signing.key_id(signing.load_public_key(pub_path))}")
     return 0
+
+
+def _signing_client(args: argparse.Namespace) -> tuple[Reference, Any]:
+    from hatch_mcpkit.reference import parse_reference
+    from hatch_mcpkit.registry import RegistryClient
+
+    ref = parse_reference(args.reference)
+    client = RegistryClient(ref.registry, credentials=_credentials(args, ref.registry), insecure=args.insecure,
+                            ca_file=args.ca_file)
+    return ref, client
+
+
+def _cmd_sign(args: argparse.Namespace) -> int:
+    from hatch_mcpkit import _referrers, _signatures, signing
+
+    key = signing.load_private_key(args.key)  # a wrong password fails before anything is sent
+    ref, client = _signing_client(args)
+    with client:
+        digest = client.resolve(ref)  # once: what is signed is this digest, whatever the tag does next
+        attached = _signatures.attach(client, ref, digest, key)
+    _out(f"signed oci://{clean(ref.repo)}@{digest}")
+    _out(f"  key id:    {signing.key_id(key.public_key())}")
+    where = "the registry's referrers API" if attached.indexed_by_registry else \
+        f"the fallback tag {_referrers.fallback_tag(digest)}"
+    _out(f"  signature: oci://{clean(ref.repo)}@{attached.referrer} (listed by {where})")
+    return 0
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from hatch_mcpkit import _signatures, signing
+
+    public_key = signing.load_public_key(args.key)
+    ref, client = _signing_client(args)
+    with client:
+        digest = client.resolve(ref)
+        signer = _signatures.require(client, ref, digest, public_key)
+    _out(f"verified oci://{clean(ref.repo)}@{digest}: signed by key {signer.key_id}")
+    return 0
+
+
+def _add_signature_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "sign", help="sign a bundle in a registry with a key (a Sigstore bundle, as cosign writes it)",
+        description="Resolve REF to its manifest digest once, sign that digest with the private key and push "
+        "the signature as an OCI referrer (on registries without the referrers API, listed in the "
+        "sha256-<hex> fallback tag). An encrypted key needs MCPKIT_KEY_PASSWORD.",
+    )
+    p.add_argument("reference", metavar="REF", help="oci://REGISTRY/REPO:TAG or @sha256:...")
+    p.add_argument("--key", required=True, metavar="PREFIX.key", help="the private key (mcpkit key generate)")
+    _add_registry_options(p)
+    p.set_defaults(func=_cmd_sign)
+
+    p = sub.add_parser(
+        "verify", help="check that a bundle in a registry is signed by a key",
+        description="Resolve REF to its manifest digest once and exit 0 only when a valid signature by the "
+        "key covers exactly that digest; otherwise say why (missing, another key, tampered, another digest).",
+    )
+    p.add_argument("reference", metavar="REF", help="oci://REGISTRY/REPO:TAG or @sha256:...")
+    p.add_argument("--key", required=True, metavar="PREFIX.pub", help="the public key to trust")
+    _add_registry_options(p)
+    p.set_defaults(func=_cmd_verify)
 
 
 def _add_key_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -713,6 +775,7 @@ def build_parser() -> argparse.ArgumentParser:
                             description="Work with bundles: push, pull, list, inspect, rm.")
     bundle_sub = bundle.add_subparsers(dest="bundle_command", metavar="COMMAND")
     _add_bundle_commands(bundle_sub)
+    _add_signature_commands(bundle_sub)
     bundle.set_defaults(func=lambda _args: _usage(bundle))
     _add_bundle_commands(sub)  # top-level short forms: mcpkit pull|push|list|inspect|rm
     _add_serve_commands(sub)
