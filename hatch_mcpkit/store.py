@@ -551,7 +551,8 @@ class BundleCache:
         return self._pull_http(source, opts)
 
     def install_layout(self, layout: BundleLayout, reference: str, *, rel: Path | None = None,
-                       meta: dict[str, Any] | None = None, limit: int | None = None) -> PullResult:
+                       meta: dict[str, Any] | None = None, limit: int | None = None,
+                       config: Config | None = None) -> PullResult:
         """Install a verified local bundle; by default under ``bundles/file/<name>/sha256-<manifest hex>``."""
         if rel is None:
             rel = Path("file", _safe_parts([layout.name])[0], f"sha256-{layout.manifest.digest.split(':', 1)[1]}")
@@ -562,6 +563,7 @@ class BundleCache:
             rel=rel,
             meta=meta if meta is not None else {"source": "file", "path": str(layout.source)},
             limit=max_bundle_size(limit),
+            config=config,
         )
 
     def _pull_oci(self, source: OciRef, opts: PullOptions) -> PullResult:
@@ -621,7 +623,7 @@ class BundleCache:
         with self._workdir("build") as tmp:
             built = build_bundle(config, module, tmp, source_date_epoch=0)
             with BundleLayout.open(built.path, max_bytes=limit) as layout:
-                return self.install_layout(layout, reference, rel=rel, meta=meta, limit=limit)
+                return self.install_layout(layout, reference, rel=rel, meta=meta, limit=limit, config=config)
 
     def _pull_http(self, source: HttpsRef, opts: PullOptions) -> PullResult:
         from hatch_mcpkit._archive import extract
@@ -675,7 +677,7 @@ class BundleCache:
         return all(_file_matches(target / (d.title or ""), d) for d in manifest.layers)
 
     def _install(self, *, manifest: Manifest, blobs: _BlobSource, reference: str, rel: Path,
-                 meta: dict[str, Any], limit: int) -> PullResult:
+                 meta: dict[str, Any], limit: int, config: Config | None = None) -> PullResult:
         target = self.bundles_dir / rel
         if not target.resolve().is_relative_to(self.bundles_dir.resolve()):
             raise CacheError(f"{reference}: refusing a cache path outside {self.bundles_dir}")
@@ -686,7 +688,8 @@ class BundleCache:
             return self._ensure_indexed(target, reference, manifest)
         try:
             with self._workdir("pull") as work:
-                return self._fetch_and_swap(manifest, blobs, reference, target, work, meta, repaired=existed)
+                return self._fetch_and_swap(manifest, blobs, reference, target, work, meta, repaired=existed,
+                                            config=config)
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
                 raise CacheError(
@@ -697,7 +700,9 @@ class BundleCache:
             raise
 
     def _fetch_and_swap(self, manifest: Manifest, blobs: _BlobSource, reference: str, target: Path, work: Path,
-                        meta: dict[str, Any], *, repaired: bool) -> PullResult:
+                        meta: dict[str, Any], *, repaired: bool, config: Config | None) -> PullResult:
+        """Fetch every blob into a staged entry, check it, swap it in. ``config`` is config.yaml already
+        parsed by the caller (a local folder), used when its bytes are the staged file's: parsed once per pull."""
         staged = work / "entry"
         staged.mkdir()
         bundle_config = parse_bundle_config(blobs.read_blob(manifest.config), reference, manifest)
@@ -705,7 +710,9 @@ class BundleCache:
             dest = staged / (layer.title or "")
             dest.parent.mkdir(parents=True, exist_ok=True)
             blobs.fetch_blob(layer, dest)
-        config = check_bundle_config_yaml((staged / CONFIG_TITLE).read_bytes(), f"{reference} {CONFIG_TITLE}")
+        config_raw = (staged / CONFIG_TITLE).read_bytes()
+        if config is None or config.raw != config_raw:
+            config = check_bundle_config_yaml(config_raw, f"{reference} {CONFIG_TITLE}")
         name = str(bundle_config["name"])
         if config.name != name:
             raise BundleError(
