@@ -570,21 +570,30 @@ def _bundle_to_serve(args: argparse.Namespace, store: BundleCache) -> Iterator[B
     raise UsageError("nothing to serve", hint="use --from-bundle NAME, --config PATH/config.yaml or a PATH")
 
 
+def _allow_dir_grants(specs: list[str]) -> list[Any]:
+    """``--allow-dir`` specs as storage grants; a malformed one is a usage error (exit 2)."""
+    from hatch_mcpkit.errors import SandboxError
+    from hatch_mcpkit.runtime import parse_allow_dir
+
+    try:
+        return [parse_allow_dir(spec) for spec in specs]
+    except SandboxError as exc:
+        raise UsageError(exc.message, hint=exc.hint) from None
+
+
 @contextlib.contextmanager
 def open_runtime(args: argparse.Namespace) -> Iterator[Runtime]:
     """The Runtime the parsed ``server``/``run`` command line asks for (with launch-time policy changes)."""
     from hatch_mcpkit.config import load_config
 
     runtime_cls = _runtime_class()
-    from hatch_mcpkit.runtime import parse_allow_dir
-
+    grants = _allow_dir_grants(args.allow_dir)
     store = _cache(args)
     with _bundle_to_serve(args, store) as found:
         if not found.module.is_file():
             raise InvalidReferenceError(f"{found.label}: {found.module} is missing",
                                         hint="a bundle needs module.wasm beside config.yaml")
         config = load_config(found.config)
-        grants = [parse_allow_dir(spec) for spec in args.allow_dir]
         runtime = runtime_cls(
             config, found.module, bundle_dir=found.path, extra_grants=grants,
             extra_env_keys=args.env, deny_guests=args.deny_dir, deny_env_keys=args.deny_env,

@@ -499,3 +499,10 @@ def test_deeply_nested_json_is_a_clear_error(env: dict[str, str], tmp_path: Path
         proc = mcpkit(env, "pull", f"{host}/evil/tool:v1", ok=False)
         assert "manifest" in proc.stderr and "nested more than 64 levels" in proc.stderr, proc.stderr
         assert not any("/blobs/" in r for r in requests)
+
+
+def test_a_malformed_allow_dir_is_a_usage_error(env: dict[str, str], tmp_path: Path) -> None:
+    project = make_demo_project(tmp_path / "proj", name="usage-tool")
+    for spec in (":", "/x:relative", "/x:/"):
+        proc = mcpkit(env, "server", str(project), "--allow-dir", spec, ok=False)
+        assert proc.returncode == 2 and "--allow-dir" in proc.stderr, proc.stderr
