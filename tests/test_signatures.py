@@ -308,3 +308,155 @@ def test_registry_listing_leaves_out_signature_fallback_tags(registry: Any, repo
     code, out, err = _mcpkit(capsys, "bundle", "list", "--registry", f"{registry.host}/{repo_name}", "--json")
     assert code == 0, err
     assert json.loads(out) == [{"repository": f"{registry.host}/{repo_name}", "tags": ["1.0.0"]}]
+
+
+# --- a registry with the referrers API -----------------------------------------------------------
+
+class ReferrersApiRegistry:
+    """A real distribution registry behind a loopback proxy that adds the OCI 1.1 referrers API.
+
+    Storage, blobs and manifests are distribution's; the proxy answers a manifest PUT that has a
+    ``subject`` with ``OCI-Subject`` and serves ``GET /v2/<repo>/referrers/<digest>`` from what it
+    saw, as registries with the API do. ``answer`` replaces the API's answer (hostile variants).
+    """
+
+    def __init__(self, upstream: str) -> None:
+        import http.server
+        import threading
+
+        self.upstream = upstream
+        self.referrers: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        self.answer: tuple[int, bytes] | None = None
+        self.api_calls = 0
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def _any(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                outer.handle(self, body)
+
+            do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = _any
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.host = f"127.0.0.1:{self.httpd.server_address[1]}"
+
+    def handle(self, req: Any, body: bytes) -> None:
+        import http.client
+
+        parts = req.path.split("?", 1)[0].split("/")
+        if req.command == "GET" and len(parts) > 4 and parts[-2] == "referrers":
+            self.api_calls += 1
+            repo, digest = "/".join(parts[2:-2]), parts[-1]
+            status, data = self.answer or (200, json.dumps({
+                "schemaVersion": 2, "mediaType": INDEX_MEDIA_TYPE,
+                "manifests": self.referrers.get((repo, digest), []),
+            }).encode())
+            return self._reply(req, status, {"Content-Type": INDEX_MEDIA_TYPE}, data)
+        conn = http.client.HTTPConnection(self.upstream, timeout=30)
+        headers = {k: v for k, v in req.headers.items() if k.lower() not in ("host", "connection")}
+        conn.request(req.command, req.path, body=body if req.command in ("PUT", "POST", "PATCH") else None,
+                     headers=headers)
+        resp = conn.getresponse()
+        data = resp.read()
+        out = {k: v.replace(self.upstream, self.host) for k, v in resp.getheaders()
+               if k.lower() not in ("connection", "transfer-encoding", "content-length")}
+        if req.command == "PUT" and "/manifests/" in req.path and resp.status == 201:
+            document = json.loads(body)
+            subject = document.get("subject") if isinstance(document, dict) else None
+            if isinstance(subject, dict):
+                repo = req.path.split("/manifests/", 1)[0][len("/v2/"):]
+                self.referrers.setdefault((repo, subject["digest"]), []).append({
+                    "mediaType": document["mediaType"], "digest": _sha(body), "size": len(body),
+                    "artifactType": document.get("artifactType"), "annotations": document.get("annotations", {}),
+                })
+                out["OCI-Subject"] = subject["digest"]
+        conn.close()
+        self._reply(req, resp.status, out, b"" if req.command == "HEAD" else data,
+                    length=resp.getheader("Content-Length"))
+
+    @staticmethod
+    def _reply(req: Any, status: int, headers: dict[str, str], data: bytes, length: str | None = None) -> None:
+        req.send_response(status)
+        for key, value in headers.items():
+            req.send_header(key, value)
+        req.send_header("Content-Length", length if req.command == "HEAD" and length else str(len(data)))
+        req.end_headers()
+        req.wfile.write(data)
+
+    def client(self) -> Any:
+        from hatch_mcpkit.registry import RegistryClient
+
+        return RegistryClient(self.host)
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def api_registry(registry: Any) -> Any:
+    proxy = ReferrersApiRegistry(registry.host)
+    yield proxy
+    proxy.close()
+
+
+def test_registry_with_the_referrers_api_indexes_the_signature_itself(
+    api_registry: ReferrersApiRegistry, repo_name: str, tmp_path: Path, keys: dict[str, Any],
+) -> None:
+    digest = _push(api_registry, tmp_path, repo_name, "1.0.0")
+    ref = Reference(api_registry.host, repo_name, "1.0.0")
+    with api_registry.client() as client:
+        attached = _signatures.attach(client, ref, digest, keys["publisher"])
+        assert attached.indexed_by_registry
+        assert client.list_tags(repo_name) == ["1.0.0"], "no fallback tag where the registry has the API"
+        assert [r.digest for r in client.referrers(repo_name, digest, artifact_type=BUNDLE_TYPE)] == [
+            attached.referrer
+        ]
+        assert _signatures.require(client, ref, digest, keys["publisher.pub"]).digest == digest
+        with pytest.raises(SignatureError, match="signed by another key"):
+            _signatures.require(client, ref, digest, keys["intruder.pub"])
+    assert api_registry.api_calls == 3
+
+
+@pytest.mark.parametrize(
+    ("answer", "error", "message"),
+    [
+        ((200, b"[" * 100_000), RegistryError, "nested more than"),
+        ((200, json.dumps({"mediaType": MANIFEST_MEDIA_TYPE}).encode()), RegistryError, "not an OCI image index"),
+        ((200, b"{" + b" " * (5 * 1024 * 1024) + b"}"), RegistryError, "more than"),
+        ((500, b"boom"), RegistryError, "HTTP 500"),
+    ],
+    ids=["deep", "not-an-index", "huge", "server-error"],
+)
+def test_hostile_referrers_api_answers_are_clear_errors(
+    api_registry: ReferrersApiRegistry, repo_name: str, tmp_path: Path, keys: dict[str, Any],
+    answer: tuple[int, bytes], error: type[Exception], message: str,
+) -> None:
+    digest = _push(api_registry, tmp_path, repo_name, "1.0.0")
+    api_registry.answer = answer
+    with api_registry.client() as client, pytest.raises(error, match=message):
+        _signatures.require(client, Reference(api_registry.host, repo_name, "1.0.0"), digest,
+                            keys["publisher.pub"])
+
+
+def test_signatures_the_api_lists_beyond_the_cap_are_not_fetched(
+    api_registry: ReferrersApiRegistry, repo_name: str, tmp_path: Path, keys: dict[str, Any],
+) -> None:
+    """A registry listing thousands of referrers makes mcpkit read at most MAX_SIGNATURES of them."""
+    digest = _push(api_registry, tmp_path, repo_name, "1.0.0")
+    junk = [{"mediaType": MANIFEST_MEDIA_TYPE, "digest": _sha(str(n).encode()), "size": 10,
+             "artifactType": BUNDLE_TYPE} for n in range(2000)]
+    api_registry.answer = (200, json.dumps({"schemaVersion": 2, "mediaType": INDEX_MEDIA_TYPE,
+                                            "manifests": junk}).encode())
+    with api_registry.client() as client, pytest.raises(SignatureError) as info:
+        _signatures.require(client, Reference(api_registry.host, repo_name, "1.0.0"), digest,
+                            keys["publisher.pub"])
+    assert info.value.reason == "format"
+    assert f"and {_signatures.MAX_SIGNATURES - 1} other invalid signatures" in str(info.value)
