@@ -189,18 +189,20 @@ def _cmd_push(args: argparse.Namespace) -> int:
             tags.insert(0, tag)
     password = _read_password(args)
 
+    own_config = None  # the publisher's own config.yaml; an archive's is data and never used to push
     with tempfile.TemporaryDirectory(prefix="mcpkit-push-") as tmp:
         if archive is None:
             from hatch_mcpkit.wasm import check_guest_module
 
             if config_path is None:
                 config_path = (module.parent if module is not None else Path.cwd()) / "config.yaml"
-            config = load_config(config_path, os.environ)  # the publisher's own config.yaml
+            config = own_config = load_config(config_path, os.environ)  # the publisher's own config.yaml
             module = module or config_path.parent / "module.wasm"
             check_guest_module(module)
             archive = build_bundle(config, module, Path(tmp)).path
         result = push_archive(archive, target=target, tags=list(dict.fromkeys(tags)), username=args.username,
-                              password=password, insecure=args.insecure, ca_file=args.ca_file)
+                              password=password, insecure=args.insecure, ca_file=args.ca_file,
+                              publisher_config=own_config)
     _out(f"digest: {result.digest}")
     for reference in result.references:
         _out(f"pushed oci://{clean(reference)}")

@@ -3,8 +3,15 @@
 The archive's own blobs and manifest bytes are pushed, so the digest printed
 by ``hatch build`` is the digest in the registry. Where it goes and with which
 tags comes from, in order: the explicit target/tags, the ``distribution``
-section of the config.yaml inside the bundle. Credentials follow the chain in
-:mod:`hatch_mcpkit.auth`.
+section of the *publisher's own* config.yaml (``publisher_config``, loaded by the
+caller from the project with the publisher's environment). Credentials follow the
+chain in :mod:`hatch_mcpkit.auth`.
+
+An archive may come from anyone, so the config.yaml inside it is data: it is
+checked but never expanded from this environment, and its ``distribution`` --
+registry, tags and ``auth`` -- is never used. Pushing an archive without an
+explicit target or a publisher config is refused (its registry could be anyone's,
+and so could the credentials a ``${VAR}`` in its ``auth`` would pick up here).
 """
 
 from __future__ import annotations
@@ -54,10 +61,23 @@ def find_archives(paths: Sequence[str | os.PathLike[str]], root: Path) -> list[P
 
 
 def bundle_config_of(layout: BundleLayout) -> Config:
+    """The archive's config.yaml, checked as data: no ``${VAR}`` is taken from this environment."""
     raw = layout.read_blob(layout.manifest.config_layer.digest)
-    # An archive's config.yaml is data: checked as written, never expanded here.
-    # distribution.auth stays a template; resolve_credentials expands it with the environment given.
     return parse_config(raw, f"{layout.source}!config.yaml")
+
+
+def _target(target: str) -> tuple[str, str, tuple[str, ...]]:
+    """``(host, repository, tags)`` of an explicit push target (``oci://host/repo[:tag]``)."""
+    from hatch_mcpkit.reference import parse_reference, parse_repository, written_tag
+
+    text = target.removeprefix("oci://")
+    if written_tag(text) is not None or "@" in text:
+        ref = parse_reference(text)
+        if ref.digest:
+            raise BundleError(f"{target}: push to a tag, not a digest (the digest comes from the bundle)")
+        return ref.registry, ref.repository, (ref.tag,) if ref.tag else ()
+    repo = parse_repository(text)
+    return repo.registry, repo.repository, ()
 
 
 def push_archive(
@@ -71,42 +91,40 @@ def push_archive(
     ca_file: str | None = None,
     environ: Mapping[str, str] | None = None,
     echo: Callable[[str], None] | None = None,
+    publisher_config: Config | None = None,
 ) -> PushResult:
-    """Push one ``.mcpkit.tar`` (or layout directory) and apply every tag; idempotent."""
+    """Push one ``.mcpkit.tar`` (or layout directory) and apply every tag; idempotent.
+
+    ``publisher_config`` is the publisher's own config.yaml: its ``distribution`` (registry,
+    tags, ``auth`` expanded from ``environ``) is used when no ``target`` is given.
+    """
     from hatch_mcpkit.auth import resolve_credentials
-    from hatch_mcpkit.reference import parse_reference, parse_repository, written_tag
+    from hatch_mcpkit.reference import parse_repository
     from hatch_mcpkit.registry import RegistryClient
 
     with BundleLayout.open(archive) as layout:
-        config = bundle_config_of(layout)
-        dist = config.distribution
+        bundled = bundle_config_of(layout)
+        dist = publisher_config.distribution if publisher_config is not None else None
         if target:
-            text = target.removeprefix("oci://")
-            has_tag = written_tag(text) is not None or "@" in text
-            if has_tag:
-                ref = parse_reference(text)
-                if ref.digest:
-                    raise BundleError(
-                        f"{target}: push to a tag, not a digest (the digest comes from the bundle)"
-                    )
-                repo_host, repository = ref.registry, ref.repository
-                push_tags: tuple[str, ...] = tuple(tags) or ((ref.tag,) if ref.tag else ())
-            else:
-                repo = parse_repository(text)
-                repo_host, repository = repo.registry, repo.repository
-                push_tags = tuple(tags)
+            repo_host, repository, target_tags = _target(target)
+            push_tags = tuple(tags) or target_tags
         elif dist is not None and dist.registry:
             repo = parse_repository(dist.registry)
-            repo_host, repository = repo.registry, repo.repository
-            push_tags = tuple(tags)
-        else:
+            repo_host, repository, push_tags = repo.registry, repo.repository, tuple(tags)
+        elif publisher_config is not None:
             raise BundleError(
-                f"{archive.name}: its config.yaml has no distribution.registry and no target was given",
+                f"{archive.name}: config.yaml has no distribution.registry and no target was given",
                 hint="add distribution.registry to config.yaml, or pass a target such as oci://ghcr.io/org/tool",
             )
+        else:
+            raise BundleError(
+                f"{archive.name}: no target given; an archive's own distribution.registry and distribution.auth "
+                "are never used (the archive may come from anyone)",
+                hint=f"pass where to push: mcpkit bundle push {archive.name} --to oci://HOST/REPOSITORY:TAG",
+            )
         if not push_tags:
-            push_tags = dist.tags if dist is not None else (layout.version or config.server_version,)
-        # distribution.auth belongs to distribution.registry's host, not to wherever else we push
+            push_tags = dist.tags if dist is not None else (layout.version or bundled.server_version,)
+        # the publisher's distribution.auth belongs to its distribution.registry's host, not elsewhere
         config_auth = None
         if dist is not None and dist.auth is not None and parse_repository(dist.registry).registry == repo_host:
             config_auth = dist.auth

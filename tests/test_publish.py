@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import base64
+import os
+import subprocess
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from hatch_mcpkit.config import load_config
 from hatch_mcpkit.errors import BundleError, ConfigError
 from hatch_mcpkit.publish import find_archives, push_archive
 
 from .builders import build_archive, config_yaml, make_project, tiny_module
+from .hostile_server import Server, needs_basic, servers_fixture
 from .plugins.registry import RunningRegistry
+
+servers = servers_fixture
 
 pytestmark = pytest.mark.registry
 
@@ -30,12 +39,15 @@ def test_push_uses_distribution_and_expands_auth_only_now(
         "PUSH_USER": "testuser",
         "PUSH_TOKEN": "testpass",
     }  # NOTES_DIR is a consumer's variable: unset here
-    result = push_archive(archive, environ=env, ca_file=None)
+    # the publisher's own config.yaml, read with the environment it was built in; the push itself
+    # needs only the auth variables
+    own = load_config(tmp_path / "config.yaml", {**env, "NOTES_DIR": "/srv/notes"})
+    result = push_archive(archive, environ=env, ca_file=None, publisher_config=own)
     assert result.tags == ("latest", "0.3")
     assert result.references[0] == f"{auth_registry.host}/{repo_name}:latest"
     with auth_registry.client() as client:
         assert sorted(client.list_tags(repo_name)) == ["0.3", "latest"]
-    again = push_archive(archive, environ=env)
+    again = push_archive(archive, environ=env, publisher_config=own)
     assert again.digest == result.digest
 
 
@@ -43,8 +55,9 @@ def test_push_names_the_missing_secret_variable(
     tmp_path: Path, auth_registry: RunningRegistry, repo_name: str
 ) -> None:
     archive = make_archive(tmp_path, f"{auth_registry.host}/{repo_name}")
+    own = load_config(tmp_path / "config.yaml", {"NOTES_DIR": "/srv/notes"})
     with pytest.raises(ConfigError) as info:
-        push_archive(archive, environ={"PUSH_USER": "testuser"})
+        push_archive(archive, environ={"PUSH_USER": "testuser"}, publisher_config=own)
     assert "PUSH_TOKEN is not set" in str(info.value)
 
 
@@ -62,3 +75,56 @@ def test_find_archives(tmp_path: Path) -> None:
     archive = make_archive(tmp_path, "ghcr.io/a/b")
     assert find_archives([], tmp_path) == [archive]
     assert find_archives([str(archive)], tmp_path) == [archive]
+
+
+# --------------------------------------------------------------------------- someone else's archive
+
+FOREIGN_SECRET = "AKIA-consumer-s3cret-0123456789"
+
+
+def foreign_archive(tmp_path: Path, registry: str) -> Path:
+    """An archive built elsewhere whose config.yaml names a registry and `auth` from *our* environment."""
+    config = config_yaml("foreign-tool", "6.6.6", registry=registry, tags=("latest",),
+                         auth=("x", "${SOME_SECRET}"))
+    make_project(tmp_path / "theirs", config=config, module=tiny_module())
+    return build_archive(tmp_path / "theirs", tmp_path / "theirs" / "dist", {"SOME_SECRET": "theirs"}).path
+
+
+def _push_cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MCPKIT_", "DOCKER_CONFIG"))}
+    env.update(MCPKIT_HOME=str(tmp_path / "home"), DOCKER_CONFIG=str(tmp_path / "no-docker"),
+               SOME_SECRET=FOREIGN_SECRET)
+    proc = subprocess.run([sys.executable, "-m", "hatch_mcpkit", "bundle", "push", *args], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert FOREIGN_SECRET not in proc.stdout + proc.stderr
+    return proc
+
+
+def test_pushing_a_foreign_archive_never_sends_our_secret_to_its_registry(
+    tmp_path: Path, servers: Callable[..., Server], registry: RunningRegistry, repo_name: str
+) -> None:
+    """`mcpkit bundle push foreign.mcpkit.tar`: its distribution.auth `${SOME_SECRET}` is never expanded from
+    our environment, its registry is never contacted without an explicit target, and with one the
+    archive's auth is not used either."""
+    theirs = servers(needs_basic)  # a registry that asks for credentials: would it get ours?
+    archive = foreign_archive(tmp_path, f"{theirs.host}/org/foreign-tool")
+    encoded = base64.b64encode(f"x:{FOREIGN_SECRET}".encode()).decode()
+
+    refused = _push_cli(tmp_path, str(archive))
+    assert refused.returncode != 0
+    assert "--to oci://" in refused.stderr and "never used" in refused.stderr
+    assert theirs.seen == [], "the archive's registry was not contacted"
+
+    aimed = _push_cli(tmp_path, str(archive), "--to", f"oci://{theirs.host}/org/foreign-tool:1")
+    assert aimed.returncode != 0  # it wants credentials we did not give it
+    assert theirs.seen and all(encoded not in (s.authorization or "") for s in theirs.seen)
+    assert theirs.credentials_seen() == []
+
+    with pytest.raises(BundleError, match="never used"):
+        push_archive(archive, environ={"SOME_SECRET": FOREIGN_SECRET})
+    # an explicit target of our own works, with our credentials only
+    pushed = _push_cli(tmp_path, str(archive), "--to", f"oci://{registry.host}/{repo_name}:mine")
+    assert pushed.returncode == 0, pushed.stderr
+    with registry.client() as client:
+        assert client.list_tags(repo_name) == ["mine"]

@@ -12,12 +12,15 @@ from __future__ import annotations
 import os
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hatch.publish.plugin.interface import PublisherInterface
 
 from hatch_mcpkit.errors import McpkitError
 from hatch_mcpkit.plugins._options import PUBLISH_OPTIONS, PluginOptions, Source
+
+if TYPE_CHECKING:
+    from hatch_mcpkit.config import Config
 
 # hatch passes these to every publisher; they are not ours to check
 HATCH_OPTIONS = frozenset({"no_prompt", "initialize_auth"})
@@ -72,11 +75,37 @@ class McpkitPublisher(PublisherInterface):
             root=self.root,
         ).check()
 
+    def _own_config(self) -> Config | None:
+        """The project's own config.yaml (the build hook's ``config``), read with this environment.
+
+        Its ``distribution`` says where the archives go and with which credentials (``auth`` is
+        expanded at push time); the config.yaml inside an archive is never used for that (an
+        archive in dist/ may come from anyone).
+        """
+        import os
+
+        from hatchling.metadata.core import load_toml
+
+        from hatch_mcpkit.config import load_config
+        from hatch_mcpkit.plugins.pipeline import BuildTableOptions
+
+        root = Path(self.root)
+        hook: Any = None
+        for name, keys in (("hatch.toml", ("build", "hooks", "mcpkit")),
+                           ("pyproject.toml", ("tool", "hatch", "build", "hooks", "mcpkit"))):
+            if hook is None and (root / name).is_file():
+                hook = load_toml(str(root / name))
+                for key in keys:
+                    hook = hook.get(key) if isinstance(hook, dict) else None
+        path = BuildTableOptions.for_hook(root, hook if isinstance(hook, dict) else {}).config
+        return load_config(path, os.environ) if path.is_file() else None
+
     def publish(self, artifacts: list[str], options: dict[str, Any]) -> None:
         from hatch_mcpkit.publish import find_archives, push_archive
 
         try:
             opts = self._options(options)
+            own_config = self._own_config()
             for archive in find_archives(artifacts, Path(self.root)):
                 result = push_archive(
                     archive,
@@ -88,6 +117,7 @@ class McpkitPublisher(PublisherInterface):
                     ca_file=opts.ca_file,
                     environ=os.environ,  # the publisher's own archives: its own ${VAR}s
                     echo=self.app.display_waiting,
+                    publisher_config=own_config,
                 )
                 self.app.display_success(f"mcpkit: pushed {archive.name}")
                 self.app.display_info(f"  digest {result.digest}")
