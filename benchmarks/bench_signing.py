@@ -1,12 +1,15 @@
 """Signature verification cost, against what a pull already spends on the same bundle.
 
-Run: ``python benchmarks/bench_signing.py``.
+Run: ``python benchmarks/bench_signing.py`` (``--no-registry`` skips the pull rows).
 
 Baselines measured in the same run:
 
 * ``hashlib`` SHA-256 over a 2 MiB module (the check every pull already makes per layer);
 * a bare ECDSA P-256 verify of the same signature with ``cryptography`` (the floor: what
   ``verify`` adds is reading the bundle and the statement);
+* a pull of a signed bundle (2 MiB module) from a local distribution registry into a fresh
+  cache, without and with ``require`` (find the signature through the fallback tag, read
+  it, verify it) before it: what ``--key`` adds to a pull, same run, same bundle;
 * ``python -c pass`` against a fresh process that imports ``hatch_mcpkit.signing``, loads the
   public key and verifies once (what a one-off ``mcpkit bundle verify`` pays, the Sigstore
   models' import included).
@@ -56,9 +59,67 @@ def cold_start(code: str, *, rounds: int) -> float:
     return min(times)
 
 
+def pull_rows(key: ec.EllipticCurvePrivateKey, pub: ec.EllipticCurvePublicKey, rounds: int) -> list[tuple[str, float, float]]:
+    """Pull without and with signature verification from a real registry, each into a fresh cache.
+
+    The two are interleaved round by round (the machine's load changes over a run) and the
+    added time is the median of the per-round differences. The verifying client is told the
+    registry's scheme, as the pull's own client would be by then (no HTTPS probe of loopback).
+    """
+    from hatch_mcpkit import _signatures
+    from hatch_mcpkit.reference import parse_reference
+    from hatch_mcpkit.store import BundleCache
+    from tests.builders import make_project, push_project
+    from tests.plugins.registry import start_binary_registry
+
+    work = Path(tempfile.mkdtemp(prefix="mcpkit-bench-signing-"))
+    registry = start_binary_registry("plain", work / "registry")
+    try:
+        project = make_project(work / "project", size=MODULE_BYTES)
+        digest = push_project(registry, project, work / "out", "bench/signed", "1.0.0").digest
+        ref = parse_reference(f"{registry.host}/bench/signed:1.0.0")
+        with registry.client() as client:
+            _signatures.attach(client, ref, digest, key)
+        homes = iter(range(10_000))
+
+        def pull() -> None:
+            BundleCache(work / f"home-{next(homes)}").pull(f"oci://{ref}")
+
+        def verify() -> None:
+            with registry.client(scheme="http") as client:
+                _signatures.require(client, ref, digest, pub)
+
+        def timed(fn: Callable[[], object]) -> float:
+            started = time.perf_counter()
+            fn()
+            return time.perf_counter() - started
+
+        pull(), verify()  # warm up: imports, the registry's caches
+        plain, verified, alone = [], [], []
+        for _ in range(rounds):
+            plain.append(timed(pull))
+            verified.append(timed(lambda: (verify(), pull())))
+            alone.append(timed(verify))
+    finally:
+        registry.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+    def mid(values: list[float]) -> float:
+        return sorted(values)[len(values) // 2]
+
+    added = mid([v - p for v, p in zip(verified, plain, strict=True)])
+    return [
+        ("pull, 2 MiB module, fresh cache (baseline)", mid(plain), 1.0),
+        ("pull with signature found + verified first", mid(verified), mid(verified) / mid(plain)),
+        ("find + verify alone (4 registry requests)", mid(alone), mid(alone) / mid(plain)),
+        ("added to a pull (median of differences)", added, added / mid(plain)),
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--no-registry", action="store_true", help="skip the pull rows (no registry binary)")
     args = parser.parse_args(argv)
 
     tmp = Path(tempfile.mkdtemp())
@@ -93,11 +154,16 @@ def main(argv: list[str] | None = None) -> int:
         ("fresh python: pass (baseline)", bare, 1.0),
         ("fresh python: import, load key, verify once", loaded, loaded / bare),
     ]
+    if not args.no_registry:
+        rows += pull_rows(key, pub, max(args.rounds, 7))
     print(f"{'what':<46} {'time':>10}  ratio")
     for what, seconds, ratio in rows:
         print(f"{what:<46} {seconds * 1e3:>8.3f} ms  {ratio:5.2f}x")
     print(f"\nverify over its floor: {verify / ecdsa:.1f}x; import cost in a fresh process: "
           f"{(loaded - bare) * 1e3:.0f} ms (once per process)")
+    if not args.no_registry:
+        print(f"verification adds {rows[-1][1] * 1e3:.1f} ms to a pull (median of {max(args.rounds, 7)} "
+              "interleaved rounds)")
     return 0
 
 
