@@ -620,15 +620,15 @@ class _Validator:
         if not isinstance(schema, dict):
             self.error(kp, f"must be a JSON Schema mapping, not {_type_name(schema)}")
             return None
-        from jsonschema import SchemaError, validators
+        from hatch_mcpkit._toolschema import dotted, problems
 
-        cls = validators.validator_for(schema, default=validators.Draft202012Validator)
-        try:
-            cls.check_schema(schema)
-        except SchemaError as exc:
-            sub = tuple(exc.path)  # path inside the schema document
-            where = (*kp, *sub)
-            self.error(where, f"invalid JSON Schema: {exc.message}")
+        found = problems(schema)
+        if found:
+            inside = {dotted(p[len(kp) :]): p for p in self.lines if p[: len(kp)] == kp}
+            for sub, message in found:
+                where = inside.get(sub, kp)
+                text = format_path(kp) + ("" if not sub or sub.startswith("[") else ".") + sub
+                self.problems.append(Problem(self.file, text, message, self.line(where)))
             return None
         if schema.get("type") != "object":
             self.error((*kp, "type") if "type" in schema else kp, "MCP tool schemas must have type: object")

@@ -211,6 +211,71 @@ def test_data_mode_keeps_dollar_text_literal(tmp_path: Path) -> None:
         load_config(write(tmp_path, bad))
 
 
+SCHEMA_BASE = """\
+version: "1.0"
+server: {name: x, version: "1"}
+mcp:
+  tools:
+    - name: t
+      input_schema:
+        type: object
+        properties:
+          a: {type: string}
+"""
+
+
+@pytest.mark.parametrize(
+    "ref", ["http://127.0.0.1:9/schema.json", "file:///etc/passwd", "other.json#/x", "//host/x", "urn:x"]
+)
+def test_a_ref_outside_the_schema_is_a_config_error_with_its_line(tmp_path: Path, ref: str) -> None:
+    text = SCHEMA_BASE + f"          b: {{$ref: '{ref}'}}\n"
+    found = problems_of(tmp_path, text + "      output_schema: {type: object, $defs: {d: {$ref: '" + ref + "'}}}\n")
+    assert any(
+        line == 10 and path == "mcp.tools[0].input_schema.properties.b.$ref" and "self-contained" in msg
+        for line, path, msg in found
+    ), found
+    assert any(line == 11 and path == "mcp.tools[0].output_schema.$defs.d.$ref" for line, path, _ in found)
+
+
+def test_refs_inside_the_schema_and_ref_like_data_are_fine(tmp_path: Path) -> None:
+    text = SCHEMA_BASE + (
+        "          b: {$ref: '#/$defs/n'}\n"
+        "          c: {const: {$ref: 'http://not-a-reference'}}\n"
+        "          $ref: {type: string}\n"  # a property named $ref
+        "        $defs: {n: {type: number}}\n"
+    )
+    config = load_config(write(tmp_path, text))
+    assert config.tools[0].input_schema["properties"]["b"] == {"$ref": "#/$defs/n"}
+
+
+def test_unknown_schema_dialect_is_an_error_not_2020_12(tmp_path: Path) -> None:
+    text = SCHEMA_BASE.replace("type: object\n", "type: object\n        $schema: https://example.com/my-dialect\n", 1)
+    found = problems_of(tmp_path, text)
+    assert [(line, path) for line, path, msg in found if "unknown JSON Schema dialect" in msg] == [
+        (8, "mcp.tools[0].input_schema.$schema")
+    ]
+    for known in ("https://json-schema.org/draft/2020-12/schema", "http://json-schema.org/draft-07/schema#"):
+        load_config(write(tmp_path, SCHEMA_BASE.replace("type: object\n", f"type: object\n        $schema: '{known}'\n", 1)))
+
+
+def test_boolean_property_schema_is_refused_with_a_hint(tmp_path: Path) -> None:
+    found = problems_of(tmp_path, SCHEMA_BASE + "          anything: true\n          nothing: false\n")
+    assert any(
+        line == 10 and path == "mcp.tools[0].input_schema.properties.anything" and "write {} for any value" in msg
+        for line, path, msg in found
+    ), found
+    assert any(path.endswith("properties.nothing") and "{not: {}}" in msg for _, path, msg in found)
+    # booleans elsewhere stay fine: additionalProperties: false is everyday JSON Schema
+    load_config(write(tmp_path, SCHEMA_BASE + "        additionalProperties: false\n"))
+
+
+def test_every_invalid_schema_problem_is_reported(tmp_path: Path) -> None:
+    text = SCHEMA_BASE + "          b: {type: strng}\n          c: {minLength: -1}\n"
+    found = problems_of(tmp_path, text)
+    paths = {path for _, path, msg in found if "invalid JSON Schema" in msg}
+    assert {"mcp.tools[0].input_schema.properties.b.type", "mcp.tools[0].input_schema.properties.c.minLength"} <= paths
+
+
 def test_yaml_syntax_error_has_a_line(tmp_path: Path) -> None:
     found = problems_of(tmp_path, 'version: "1.0"\nserver: [unclosed\n')
     assert found[0][0] is not None and "invalid YAML" in found[0][2]
@@ -366,3 +431,67 @@ def test_templated_guest_path_in_a_served_bundle_carries_no_secret(hostile_bundl
     out = proc.stdout + proc.stderr
     assert SECRET_VALUE.encode() not in out and b"secret-home" not in out
     assert b"${AWS_SECRET_ACCESS_KEY}" in proc.stderr  # shown (or refused) as the literal text
+
+
+REMOTE_REF_CONFIG = """\
+version: "1.0"
+server: {name: reaching-tool, version: 0.1.0}
+mcp:
+  tools:
+    - name: echo
+      input_schema:
+        type: object
+        properties:
+          a: {$ref: "%s"}
+          b: {$ref: "file:///etc/passwd"}
+"""
+
+
+@pytest.mark.cargo
+def test_served_bundle_with_a_remote_ref_is_refused_and_nothing_is_fetched(
+    hostile_bundle_dir: Path, tmp_path: Path
+) -> None:
+    """Trust item 3: a bundle's schema never makes the host fetch anything; the bundle is refused."""
+    import http.server
+    import json
+    import threading
+
+    hits: list[str] = []
+
+    class Recorder(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            hits.append(self.path)
+            body = b'{"type": "string"}'
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{httpd.server_address[1]}/schema.json"
+        bundle = _hostile_copy(hostile_bundle_dir, tmp_path / "reaching", REMOTE_REF_CONFIG % url)
+        requests = [
+            {"jsonrpc": "2.0", "id": 1, "method": "initialize",
+             "params": {"protocolVersion": "2025-06-18", "capabilities": {},
+                        "clientInfo": {"name": "raw", "version": "0"}}},
+            {"jsonrpc": "2.0", "method": "notifications/initialized"},
+            {"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+             "params": {"name": "echo", "arguments": {"a": "x", "b": "y"}}},
+        ]
+        proc = subprocess.run(
+            [*SERVER_CMD, "server", str(bundle)],
+            input="".join(json.dumps(r) + "\n" for r in requests).encode(),
+            capture_output=True, timeout=120, check=False,
+        )
+    finally:
+        httpd.shutdown()
+    assert hits == []
+    assert b"root:" not in proc.stdout + proc.stderr  # no host file reflected
+    assert proc.returncode != 0 and proc.stdout == b""
+    assert b"mcp.tools[0].input_schema.properties.a.$ref" in proc.stderr
+    assert b"self-contained" in proc.stderr
