@@ -48,6 +48,7 @@ __all__ = [
 SERVER_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 TOOL_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+GUEST_PATH_RE = re.compile(r"^/[A-Za-z0-9._/-]*$")
 TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
 VAR_RE = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}|\$\{([^}]*)\}?")
 SUPPORTED_VERSIONS = ("1.0",)
@@ -746,12 +747,16 @@ class _Validator:
                     f"{uri!r}: storage grants start with fs:// (host path) or bundle: (shipped files)",
                 )
                 ok = False
+        if uri is not None and not uri.isprintable():
+            self.error((*path, "uri"), f"{uri!r}: control or formatting characters are not allowed in a grant")
+            ok = False
         if guest is not None:
             gp = PurePosixPath(guest)
-            if not gp.is_absolute() or ".." in gp.parts or str(gp) == "/":
+            if not GUEST_PATH_RE.match(guest) or ".." in gp.parts or str(gp) == "/":
                 self.error(
                     (*path, "guest"),
-                    f"{guest!r}: guest paths are absolute, not '/', and have no '..' (e.g. /data)",
+                    f"{guest!r}: guest paths are absolute, not '/', have no '..' and use only letters, digits "
+                    "and . _ - / (e.g. /data)",
                 )
                 ok = False
         if not ok or uri is None or guest is None:

@@ -495,3 +495,43 @@ def test_served_bundle_with_a_remote_ref_is_refused_and_nothing_is_fetched(
     assert proc.returncode != 0 and proc.stdout == b""
     assert b"mcp.tools[0].input_schema.properties.a.$ref" in proc.stderr
     assert b"self-contained" in proc.stderr
+
+
+@pytest.mark.cargo
+@pytest.mark.parametrize(
+    ("field", "grant"),
+    [
+        ("guest", '{uri: "fs:///tmp", guest: "/notes\\r\\e[2Kmcpkit: policy: /data read-only", access: [read, write]}'),
+        ("guest", '{uri: "fs:///tmp", guest: "/notes\\u202e/atad", access: [read]}'),
+        ("uri", '{uri: "fs:///tmp\\e]52;c;cHduZWQ=\\a", guest: /notes, access: [read, write]}'),
+    ],
+    ids=["guest-ansi-cr", "guest-bidi", "uri-osc52"],
+)
+def test_grant_paths_that_draw_on_the_terminal_are_refused(
+    hostile_bundle_dir: Path, tmp_path: Path, field: str, grant: str
+) -> None:
+    """Trust item 11: a guest path / grant URI with escapes cannot fake the policy lines at launch."""
+    text = LEAKY_CONFIG.replace('{uri: "bundle:data", guest: /data, access: [read]}', grant)
+    bundle = _hostile_copy(hostile_bundle_dir, tmp_path / "drawing", text)
+    proc = subprocess.run(
+        [*SERVER_CMD, "server", str(bundle), "-v"], input=b"", capture_output=True, timeout=120, check=False
+    )
+    assert proc.returncode != 0 and proc.stdout == b""
+    for raw in (b"\x1b", b"\r", b"\x07", "\u202e".encode()):
+        assert raw not in proc.stderr
+    assert f"policy.storage.allow[0].{field}".encode() in proc.stderr
+    assert b"read-only" not in proc.stderr.split(b"policy.storage")[0]  # no policy line drawn before the error
+
+
+@pytest.mark.parametrize(
+    "guest", ["/data dir", "/da\\ta", "/data/../etc", "/d$x", "/d\\u00e9", "data", "/", "/a//..", "/d\\x7f"]
+)
+def test_guest_paths_are_plain(tmp_path: Path, guest: str) -> None:
+    text = SCHEMA_BASE + f'policy: {{storage: {{allow: [{{uri: "fs:///tmp", guest: "{guest}"}}]}}}}\n'
+    found = problems_of(tmp_path, text)
+    assert any(path == "policy.storage.allow[0].guest" for _, path, _ in found), found
+
+
+def test_plain_guest_paths_are_fine(tmp_path: Path) -> None:
+    text = SCHEMA_BASE + 'policy: {storage: {allow: [{uri: "fs:///tmp", guest: "/my-data/v1.2_x/"}]}}\n'
+    assert load_config(write(tmp_path, text)).policy.storage[0].guest == "/my-data/v1.2_x"
