@@ -76,6 +76,9 @@ class Limits:
 DEFAULT_LIMITS = Limits(timeout_ms=10_000, memory_mb=128, fuel=None, max_output_kb=1024)
 
 
+ANNOTATION_HINTS = ("readOnlyHint", "destructiveHint", "idempotentHint", "openWorldHint")
+
+
 @dataclass(frozen=True)
 class Tool:
     name: str
@@ -83,6 +86,10 @@ class Tool:
     input_schema: dict[str, Any]
     output_schema: dict[str, Any] | None = None
     limits: Limits = field(default_factory=Limits)
+    title: str | None = None
+    # MCP tool annotations as declared, by their MCP names (``readOnlyHint``: True, ...);
+    # hints for clients, never trusted for anything
+    annotations: dict[str, bool] | None = None
 
 
 @dataclass(frozen=True)
@@ -586,7 +593,9 @@ class _Validator:
         tools: list[Tool] = []
         for i, item in enumerate(raw_tools):
             tp = (*kp, i)
-            m = self.mapping(item, tp, ("name", "description", "input_schema", "output_schema", "limits"))
+            m = self.mapping(
+                item, tp, ("name", "title", "description", "input_schema", "output_schema", "annotations", "limits")
+            )
             if m is None:
                 continue
             name = self.str_(m, "name", tp, required=True, pattern=TOOL_NAME_RE, what="tool name")
@@ -606,10 +615,36 @@ class _Validator:
                 if m.get("limits") is not None
                 else Limits()
             )
+            title = self.str_(m, "title", tp)
+            annotations = self.annotations(m.get("annotations"), (*tp, "annotations"))
             tools.append(
-                Tool(name or "", description, input_schema or {"type": "object"}, output_schema, limits)
+                Tool(
+                    name or "",
+                    description,
+                    input_schema or {"type": "object"},
+                    output_schema,
+                    limits,
+                    title=title,
+                    annotations=annotations,
+                )
             )
         return tuple(tools)
+
+    def annotations(self, value: Any, path: KeyPath) -> dict[str, bool] | None:
+        if value is None:
+            return None
+        m = self.mapping(value, path, ANNOTATION_HINTS)
+        if m is None:
+            return None
+        hints: dict[str, bool] = {}
+        for key, hint in m.items():
+            if key not in ANNOTATION_HINTS:
+                continue  # reported by mapping()
+            if isinstance(hint, bool):
+                hints[key] = hint
+            else:
+                self.error((*path, key), f"must be true or false, not {_type_name(hint)}")
+        return hints
 
     def schema(self, m: dict[str, Any], key: str, path: KeyPath, *, required: bool) -> dict[str, Any] | None:
         kp = (*path, key)

@@ -276,6 +276,24 @@ def test_every_invalid_schema_problem_is_reported(tmp_path: Path) -> None:
     assert {"mcp.tools[0].input_schema.properties.b.type", "mcp.tools[0].input_schema.properties.c.minLength"} <= paths
 
 
+def test_tool_title_and_annotations_are_carried(tmp_path: Path) -> None:
+    text = SCHEMA_BASE.replace(
+        "    - name: t\n",
+        "    - name: t\n      title: The T tool\n"
+        "      annotations: {readOnlyHint: true, destructiveHint: false, idempotentHint: true, openWorldHint: false}\n",
+    )
+    tool = load_config(write(tmp_path, text)).tools[0]
+    assert tool.title == "The T tool"
+    assert tool.annotations == {
+        "readOnlyHint": True, "destructiveHint": False, "idempotentHint": True, "openWorldHint": False
+    }
+    assert load_config(write(tmp_path, SCHEMA_BASE)).tools[0].annotations is None
+    bad = SCHEMA_BASE.replace("    - name: t\n", "    - name: t\n      annotations: {readOnly: true, openWorldHint: 1}\n")
+    found = problems_of(tmp_path, bad)
+    assert (6, "mcp.tools[0].annotations.readOnly", "unknown key (did you mean 'readOnlyHint'?)") in found
+    assert any(path == "mcp.tools[0].annotations.openWorldHint" and "true or false" in m for _, path, m in found)
+
+
 def test_yaml_syntax_error_has_a_line(tmp_path: Path) -> None:
     found = problems_of(tmp_path, 'version: "1.0"\nserver: [unclosed\n')
     assert found[0][0] is not None and "invalid YAML" in found[0][2]
