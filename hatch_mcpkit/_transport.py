@@ -67,6 +67,7 @@ __all__ = [
     "download",
     "origin",
     "parse_challenge",
+    "speaks_tls",
     "transfer_deadline",
 ]
 
@@ -179,6 +180,38 @@ def parse_challenge(header: str) -> Challenge | None:
     return Challenge(scheme, parsed.realm, parsed.service, parsed.scope)
 
 
+def _answered_in_plain_text(exc: BaseException) -> bool:
+    """An SSL error that means the server answered the TLS handshake in plain HTTP."""
+    text = str(exc).lower()
+    return any(s in text for s in ("wrong version number", "wrong_version_number", "record layer failure",
+                                   "http request", "unexpected eof", "packet length too long"))
+
+
+def speaks_tls(netloc: str, timeout: float) -> bool | None:
+    """Whether the server at ``host:port`` answers a TLS handshake (``None``: it cannot be reached).
+
+    Used only where plain HTTP is allowed anyway (loopback), to choose the scheme the way Docker
+    does, before any request: no request is sent over this connection and nothing from it is
+    trusted -- the request that follows checks the certificate as always. Cheaper than letting a
+    failed HTTPS request find out (that loads the whole CA bundle first).
+    """
+    import ssl
+
+    parts = urlsplit(f"//{netloc}")
+    host, port = parts.hostname or "", parts.port or 443
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock, \
+                context.wrap_socket(sock, server_hostname=host):
+            return True
+    except ssl.SSLError as exc:
+        return not _answered_in_plain_text(exc)
+    except OSError:
+        return None
+
+
 class Deadline:
     """The end of one transfer, as a monotonic time."""
 
@@ -271,7 +304,6 @@ class Transport:
         body: Callable[[], Any] | None = None,
         params: Mapping[str, str] | list[tuple[str, str]] | None = None,
         deadline: Deadline | None = None,
-        probe: bool = False,
     ) -> requests.Response:
         """One request (no retry), following redirects under the policy; the body is left unread.
 
@@ -289,7 +321,7 @@ class Transport:
             hdrs = dict(headers or {})
             if auth and origin(url) == owner:
                 hdrs["Authorization"] = auth
-            resp = self._send(method, url, hdrs, body, params, deadline, what, probe)
+            resp = self._send(method, url, hdrs, body, params, deadline, what)
             if resp.status_code not in _REDIRECTS or "Location" not in resp.headers:
                 if resp.status_code in _TRANSIENT_STATUS:
                     raise self.fail(resp, what, transient=True)
@@ -302,7 +334,7 @@ class Transport:
         raise RegistryError(f"{self.label}: more than {MAX_REDIRECTS} redirects while trying to {what}")
 
     def _send(self, method: str, url: str, headers: dict[str, str], body: Callable[[], Any] | None,
-              params: Any, deadline: Deadline, what: str, probe: bool) -> requests.Response:
+              params: Any, deadline: Deadline, what: str) -> requests.Response:
         import requests
 
         left = deadline.left()
@@ -318,8 +350,6 @@ class Transport:
             self.requests += 1
             return resp
         except requests.exceptions.SSLError as exc:
-            if probe:
-                raise
             raise RegistryError(
                 f"TLS verification failed for {self.label} while trying to {what}",
                 hint="pass --ca-file (or set MCPKIT_CA_FILE) to trust a private certificate authority; "

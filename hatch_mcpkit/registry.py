@@ -47,6 +47,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,6 +64,7 @@ from hatch_mcpkit._transport import (
     error_message,
     origin,
     parse_challenge,
+    speaks_tls,
 )
 from hatch_mcpkit.bundle import (
     INDEX_MEDIA_TYPE,
@@ -100,6 +102,7 @@ MAX_SMALL_BLOB = 16 * 1024 * 1024
 MAX_TOKEN_ANSWER = 1024 * 1024
 MAX_LISTING_PAGE = 8 * 1024 * 1024
 MAX_PAGES = 10_000
+PARALLEL_UPLOADS = 4
 _ACCEPT_MANIFEST = ", ".join(
     (
         MANIFEST_MEDIA_TYPE,
@@ -140,13 +143,6 @@ def _covers(have: str, want: str) -> bool:
     h_res, _, h_act = have.rpartition(":")
     w_res, _, w_act = want.rpartition(":")
     return h_res == w_res and set(w_act.split(",")) <= set(h_act.split(","))
-
-
-def _speaks_plain_http(exc: BaseException) -> bool:
-    """An SSL error that means the server answered the TLS handshake in plain HTTP."""
-    text = str(exc).lower()
-    return any(s in text for s in ("wrong version number", "wrong_version_number", "record layer failure",
-                                   "http request", "unexpected eof", "packet length too long"))
 
 
 def _json(raw: bytes, where: str, limit: int) -> Any:
@@ -201,6 +197,7 @@ class RegistryClient:
         self._credentials = credentials
         self.session: requests.Session = self.transport.session
         self._tokens: dict[str, str] = {}
+        self._lock = threading.Lock()  # statistics from parallel uploads
         self._basic = False  # the registry asked for HTTP basic auth
 
     def __repr__(self) -> str:
@@ -311,7 +308,8 @@ class RegistryClient:
         resp = self.transport.retry(lambda: self.transport.request(
             method, realm, what=what, headers=headers, auth=auth, body=body, params=params or None,
             deadline=clock))
-        self.stats.requests += 1
+        with self._lock:
+            self.stats.requests += 1
         if resp.status_code in (401, 403):
             who = f"from {creds.source}" if creds else "(anonymous)"
             raise AuthError(
@@ -361,28 +359,20 @@ class RegistryClient:
     def _authorized(self, method: str, path_or_url: str, *, scope: str, what: str,
                     headers: dict[str, str] | None, body: Callable[[], Any] | None,
                     params: dict[str, str] | None, deadline: Deadline | None) -> requests.Response:
-        import requests
-
+        if self._probe_tls:
+            self._probe_tls = False
+            if speaks_tls(self.api_host, self.timeout[0]) is False:
+                log.debug("%s answers in plain HTTP; using http://", self.host)
+                self.scheme = "http"
         auth_tries = 0
         while True:
             url = path_or_url if "://" in path_or_url else self._url(path_or_url)
-            try:
-                resp = self.transport.request(
-                    method, url, what=what, headers=headers, auth=self._auth_header(scope),
-                    auth_origin=self._origin, body=body, params=params, deadline=deadline, probe=self._probe_tls,
-                )
-            except requests.exceptions.SSLError as exc:  # only while probing a loopback registry
-                self._probe_tls = False
-                if "://" not in path_or_url and _speaks_plain_http(exc):
-                    log.debug("%s answers in plain HTTP; using http://", self.host)
-                    self.scheme = "http"
-                    continue
-                raise RegistryError(
-                    f"TLS verification failed for registry {self.host} while trying to {what}",
-                    hint="pass --ca-file (or set MCPKIT_CA_FILE) to trust a private certificate authority",
-                ) from None
-            self._probe_tls = False
-            self.stats.requests += 1
+            resp = self.transport.request(
+                method, url, what=what, headers=headers, auth=self._auth_header(scope),
+                auth_origin=self._origin, body=body, params=params, deadline=deadline,
+            )
+            with self._lock:
+                self.stats.requests += 1
             if resp.status_code == 401:
                 self._answer_challenge(resp, scope, what, auth_tries)
                 auth_tries += 1
@@ -468,8 +458,9 @@ class RegistryClient:
         if resp.status_code not in (201, 204):
             raise self._fail(resp, what)
         resp.close()
-        self.stats.blobs_uploaded += 1
-        self.stats.bytes_uploaded += descriptor.size
+        with self._lock:
+            self.stats.blobs_uploaded += 1
+            self.stats.bytes_uploaded += descriptor.size
 
     def _blob_chunks(self, repository: str, descriptor: Descriptor) -> Iterator[bytes]:
         """The blob's bytes as they arrive (one try: no retry inside), bounded by the transfer deadline."""
@@ -621,16 +612,33 @@ class RegistryClient:
             except InvalidReferenceError as exc:
                 raise InvalidReferenceError(f"invalid tag {tag!r} for {self._where(repository)}") from exc
         manifest = layout.manifest
-        for desc in manifest.blobs:
+
+        def ensure(desc: Descriptor) -> None:
             if self.blob_exists(repository, desc, push=True):
-                self.stats.blobs_skipped += 1
+                with self._lock:
+                    self.stats.blobs_skipped += 1
                 log.debug("blob %s already in %s", desc.digest, repository)
-                continue
+                return
             self.upload_blob(repository, desc, layout.blob_path(desc.digest))
+
+        self._each(ensure, manifest.blobs)
         targets = list(dict.fromkeys(tags)) or [manifest.digest]
         for target in targets:
             self.put_manifest(repository, target, manifest.raw, MANIFEST_MEDIA_TYPE)
         return manifest.digest
+
+    def _each(self, work: Callable[[Descriptor], None], blobs: Sequence[Descriptor]) -> None:
+        """``work`` for every blob: the first alone (it answers the auth challenge and settles the
+        scheme), the rest side by side, so small blobs cost no time next to a large one."""
+        if not blobs:
+            return
+        work(blobs[0])
+        if len(blobs) > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(max_workers=min(PARALLEL_UPLOADS, len(blobs) - 1)) as pool:
+                for future in [pool.submit(work, desc) for desc in blobs[1:]]:
+                    future.result()
 
     # ------------------------------------------------------------------ referrers
 
