@@ -583,6 +583,14 @@ def _allow_dir_grants(specs: list[str]) -> list[Any]:
         raise UsageError(exc.message, hint=exc.hint) from None
 
 
+def _host_limits(args: argparse.Namespace) -> Any:
+    """The host ceilings: ``--max-*`` options over ``MCPKIT_MAX_*`` over the defaults."""
+    from hatch_mcpkit.runtime import HostLimits
+
+    return HostLimits.from_env().with_options(memory_mb=args.max_memory_mb, timeout_ms=args.max_timeout_ms,
+                                              max_output_kb=args.max_output_kb)
+
+
 @contextlib.contextmanager
 def open_runtime(args: argparse.Namespace) -> Iterator[Runtime]:
     """The Runtime the parsed ``server``/``run`` command line asks for (with launch-time policy changes)."""
@@ -599,7 +607,7 @@ def open_runtime(args: argparse.Namespace) -> Iterator[Runtime]:
         runtime = runtime_cls(
             config, found.module, bundle_dir=found.path, extra_grants=grants,
             extra_env_keys=args.env, deny_guests=args.deny_dir, deny_env_keys=args.deny_env,
-            code_cache=store.code_cache, protected_paths=[store.home],
+            code_cache=store.code_cache, protected_paths=[store.home], host_limits=_host_limits(args),
         )
         try:
             yield runtime
@@ -673,6 +681,14 @@ def _add_serve_options(p: argparse.ArgumentParser) -> None:
     _add_home(p)
     p.add_argument("--max-concurrency", type=int, default=DEFAULT_CONCURRENCY, metavar="N",
                    help=f"tool calls running at once (default {DEFAULT_CONCURRENCY})")
+    from hatch_mcpkit.runtime import HostLimits
+
+    for flag, field, var, unit in (("memory-mb", "memory_mb", "MEMORY_MB", "MiB"),
+                                   ("timeout-ms", "timeout_ms", "TIMEOUT_MS", "ms"),
+                                   ("output-kb", "max_output_kb", "OUTPUT_KB", "KiB")):
+        p.add_argument(f"--max-{flag}", type=int, default=None, metavar="N",
+                       help=f"host ceiling in {unit}: a bundle gets the smaller of its own limit and this one "
+                            f"(default $MCPKIT_MAX_{var}, else {getattr(HostLimits(), field)})")
     p.add_argument("-v", "--verbose", action="count", default=0, help="log to stderr (-vv for debug)")
     p.add_argument("-q", "--quiet", action="store_true", help="do not print the policy at start")
 

@@ -312,6 +312,28 @@ def test_host_limits_take_the_smaller_value(tmp_path: Path) -> None:
         assert "MCPKIT_MAX_TIMEOUT_MS" in str(info.value)
 
 
+SPIN = f"""(module {PRELUDE}
+  (memory (export "memory") 1)
+  (func (export "_start") (loop $l (br $l))))"""
+
+
+def test_host_ceilings_from_the_command_line(tmp_path: Path) -> None:
+    bundle = wat_bundle(tmp_path / "b", SPIN, limits="timeout_ms: 100000, memory_mb: 16")
+    env = {**os.environ, "MCPKIT_HOME": str(tmp_path / "home"), "MCPKIT_MAX_TIMEOUT_MS": "5000"}
+    server = Server(str(bundle), "--max-timeout-ms", "300", env=env)  # the option wins over the environment
+    try:
+        started = time.monotonic()
+        result = server.call("run", {})
+        elapsed = time.monotonic() - started
+    finally:
+        assert server.close() == 0
+    assert result["isError"] is True and "timed out after 300 ms" in result["content"][0]["text"]
+    assert elapsed < 2
+    err = launch_error(str(bundle), env={**env, "MCPKIT_MAX_MEMORY_MB": "lots"})
+    assert "MCPKIT_MAX_MEMORY_MB='lots'" in err
+    assert "expected a whole number above 0" in launch_error(str(bundle), "--max-output-kb", "0", env=env)
+
+
 # ----------------------------------------------------------------- poll_oneoff (the sleep replacement)
 
 

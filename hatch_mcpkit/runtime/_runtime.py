@@ -260,7 +260,7 @@ class Runtime:
         wasi.argv = plan.argv
         wasi.env = plan.env
         for p in self.preopens:
-            wasi.preopen_dir(str(p.host), p.guest, fs_mutable=p.writable)
+            _wasmtime.preopen(wasi, str(p.host), p.guest, p.writable)
         _wasmtime.attach_output(wasi, key)
         _wasmtime.set_stdin(wasi, payload)
         return wasi

@@ -14,6 +14,9 @@ Three things the public API does not offer:
   through a pipe, a ``/dev/fd`` open and, for large ones, a writer thread; the C API's
   ``wasi_config_set_stdin_bytes`` hands the bytes over directly.
 
+It also hides the one public API difference between the supported wasmtime-py releases
+(45 to 50): :func:`preopen` (``preopen_dir`` took permission enums before 48, ``fs_mutable`` since).
+
 Every private name used is listed in :data:`PRIVATE_NAMES`; ``tests/test_runtime.py``
 imports each one, so a wasmtime release that removes one fails that test loudly.
 """
@@ -28,7 +31,8 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 __all__ = [
-    "PRIVATE_NAMES", "Hooks", "attach_interrupt", "attach_output", "missing_names", "register", "set_stdin",
+    "PRIVATE_NAMES", "Hooks", "attach_interrupt", "attach_output", "missing_names", "preopen", "register",
+    "set_stdin",
     "unregister",
 ]
 
@@ -143,6 +147,7 @@ def attach_interrupt(store: Any, key: int) -> None:
 
 
 _UBYTE_P = ctypes.POINTER(ctypes.c_ubyte)
+_PREOPEN: list[Callable[[Any, str, str, bool], None]] = []
 
 
 def set_stdin(wasi: Any, data: bytes) -> None:
@@ -151,3 +156,21 @@ def set_stdin(wasi: Any, data: bytes) -> None:
     vec = ffi["byte_vec"]()
     ffi["byte_vec_new"](ctypes.byref(vec), len(data), ctypes.cast(ctypes.c_char_p(data), _UBYTE_P))
     ffi["set_stdin"](wasi.ptr(), ctypes.byref(vec))  # wasmtime takes ownership of the copy
+
+
+def preopen(wasi: Any, host: str, guest: str, writable: bool) -> None:
+    """``WasiConfig.preopen_dir``, read-only unless ``writable``, on every supported wasmtime-py."""
+    if not _PREOPEN:
+        import inspect
+
+        import wasmtime
+
+        if "fs_mutable" in inspect.signature(wasmtime.WasiConfig.preopen_dir).parameters:
+            _PREOPEN.append(lambda w, h, g, rw: w.preopen_dir(h, g, fs_mutable=rw))
+        else:  # wasmtime-py 45-47
+            def by_perms(w: Any, h: str, g: str, rw: bool) -> None:
+                d, f = getattr(wasmtime, "DirPerms"), getattr(wasmtime, "FilePerms")  # noqa: B009 (gone in 48+)
+                w.preopen_dir(h, g, d.READ_WRITE if rw else d.READ_ONLY, f.READ_WRITE if rw else f.READ_ONLY)
+
+            _PREOPEN.append(by_perms)
+    _PREOPEN[0](wasi, host, guest, writable)
