@@ -8,7 +8,8 @@ Measured in one run, with the example weather-tool bundle:
   wasmtime, deserializes the same ``.cwasm`` and runs one call.
 * warm calls (``--calls``, default 1000): ``Runtime.call`` vs a bare wasmtime-py
   instantiate+run loop (Store, WasiConfig with argv/stdin pipe/stdout callback,
-  InstancePre.instantiate, ``_start``); the same runtime with fuel metering on;
+  InstancePre.instantiate, ``_start``), and the same floor with stdin handed over from memory
+  as the runtime does; the same runtime with fuel metering on;
   through the official MCP client over stdio vs an ``mcp`` low-level echo server
   (the protocol floor).
 
@@ -143,8 +144,13 @@ def bare_cold_ms(cwasm: Path) -> float:
 # --------------------------------------------------------------------------- warm
 
 
-def bare_loop(bundle: Path) -> Callable[[], bytes]:
+def bare_loop(bundle: Path, *, stdin_from_memory: bool = False) -> Callable[[], bytes]:
+    """The floor: instantiate + run with nothing but what the guest ABI needs. Arguments go
+    through a pipe (``WasiConfig.stdin_file``, the public API) or, with ``stdin_from_memory``,
+    straight from memory the way the runtime hands them over."""
     import wasmtime
+
+    from hatch_mcpkit.runtime._wasmtime import set_stdin
 
     cfg = wasmtime.Config()
     cfg.epoch_interruption = True
@@ -160,11 +166,14 @@ def bare_loop(bundle: Path) -> Callable[[], bytes]:
         store.set_epoch_deadline(1 << 40)
         wasi = wasmtime.WasiConfig()
         wasi.argv = ["weather-tool", TOOL]
-        r, w = os.pipe()
-        wasi.stdin_file = f"/dev/fd/{r}"
-        os.close(r)
-        os.write(w, payload)
-        os.close(w)
+        if stdin_from_memory:
+            set_stdin(wasi, payload)
+        else:
+            r, w = os.pipe()
+            wasi.stdin_file = f"/dev/fd/{r}"
+            os.close(r)
+            os.write(w, payload)
+            os.close(w)
         out: list[bytes] = []
         wasi.stdout_custom = out.append
         store.set_wasi(wasi)
@@ -262,12 +271,17 @@ def main() -> None:
         bare = timeit(bare_loop(bundle), opts.calls)
         bare50 = pct(bare, 50)
         rows.append(("warm", "bare wasmtime-py instantiate+run (floor)", bare50, pct(bare, 99), "", 1.0))
+        bare_mem = timeit(bare_loop(bundle, stdin_from_memory=True), opts.calls)
+        rows.append(("warm", "  the same with stdin from memory", pct(bare_mem, 50), pct(bare_mem, 99), "bare",
+                     pct(bare_mem, 50) / bare50))
         with Runtime.from_dir(bundle, code_cache=code_cache) as rt:
             rt_samples = timeit(lambda: rt.call(TOOL, ARGS), opts.calls)
             weather = timeit(lambda: rt.call("get_weather", {"location": "London"}), opts.calls)
             check = timeit(lambda: rt.validate_arguments(TOOL, ARGS), opts.calls)
         rows.append(("warm", f"Runtime.call {TOOL}", pct(rt_samples, 50), pct(rt_samples, 99), "bare",
                      pct(rt_samples, 50) / bare50))
+        rows.append(("warm", f"Runtime.call {TOOL} vs stdin-from-memory floor", pct(rt_samples, 50),
+                     float("nan"), "mem", pct(rt_samples, 50) / pct(bare_mem, 50)))
         rows.append(("warm", "Runtime.call get_weather (reads /data)", pct(weather, 50), pct(weather, 99), "bare",
                      pct(weather, 50) / bare50))
         rows.append(("warm", "Runtime.validate_arguments (jsonschema)", pct(check, 50), pct(check, 99), "bare",
