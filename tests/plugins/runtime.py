@@ -3,7 +3,7 @@
 * ``hostile_bundle_dir`` (session): tests/fixtures/hostile-tool built and laid out as a
   bundle (module.wasm, config.yaml, data/).
 * ``bundle_copy(src) -> Path``: a private copy of a bundle directory (for tests that
-  tamper with module.cwasm / metadata.json or need a fresh compile).
+  change its files or need a fresh compile).
 * ``example_runtime`` / ``hostile_runtime`` (session): ready Runtimes.
 """
 
