@@ -125,11 +125,15 @@ def test_publisher_options_merge_key_by_key_from_every_source(tmp_path: Path) ->
     assert "pyproject.toml: tool.hatch.publish.mcpkit.tag: unknown option (did you mean 'tags'?)" in text
 
 
-def test_a_mistyped_password_is_named_but_never_shown() -> None:
+def test_a_mistyped_or_misspelt_password_is_named_but_never_shown() -> None:
     with pytest.raises(ConfigError) as info:
         PublishOptions(Source({"password": 9182736455}, "tool.hatch.publish.mcpkit")).check()
     assert "tool.hatch.publish.mcpkit.password: must be a non-empty string, not a number" in str(info.value)
     assert "9182736455" not in str(info.value)
+    with pytest.raises(ConfigError) as info:
+        PublishOptions(Source({"pasword": "s3cr3t-in-a-typo"}, "-o", "command line")).check()
+    assert "command line: -o pasword: unknown option (did you mean 'password'?)" in str(info.value)
+    assert "s3cr3t" not in str(info.value)  # an unknown option is named, its value never shown
 
 
 @pytest.mark.hatch
