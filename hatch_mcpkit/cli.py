@@ -91,18 +91,24 @@ def _cache(args: argparse.Namespace) -> BundleCache:
     return BundleCache(args.home)
 
 
-def _pull_options(args: argparse.Namespace) -> PullOptions:
+def _size_limit(args: argparse.Namespace) -> int | None:
+    """``--max-bundle-size`` in bytes (``None``: $MCPKIT_MAX_BUNDLE_SIZE, else the default)."""
     from hatch_mcpkit.bundle import max_bundle_size
+
+    limit = getattr(args, "max_bundle_size", None)
+    return max_bundle_size(limit) if limit is not None else None
+
+
+def _pull_options(args: argparse.Namespace) -> PullOptions:
     from hatch_mcpkit.store import PullOptions
 
     password = _read_password(args)
     username = getattr(args, "username", None)
     if password is not None and not username:
         raise UsageError("--password-stdin needs --username")
-    limit = getattr(args, "max_bundle_size", None)
     return PullOptions(offline=getattr(args, "offline", False), insecure=getattr(args, "insecure", False),
                        ca_file=getattr(args, "ca_file", None), username=username, password=password,
-                       max_bundle_size=max_bundle_size(limit) if limit is not None else None)
+                       max_bundle_size=_size_limit(args))
 
 
 def _precompile(store: BundleCache, result: PullResult) -> None:
@@ -482,7 +488,7 @@ def _inspect_view(args: argparse.Namespace) -> dict[str, Any]:
             check_bundle_folder(path if path.is_dir() else path.parent, str(source.path))
             raise BundleError(f"{source.path}: inspect reads bundles (a .mcpkit.tar, a layout, a registry or the cache)",
                               hint="pull it first (mcpkit bundle pull PATH) and inspect it by name")
-        with BundleLayout.open(path, max_bytes=_pull_options(args).max_bundle_size) as layout:
+        with BundleLayout.open(path, max_bytes=_size_limit(args)) as layout:
             return _manifest_view(layout.manifest, layout.bundle_config, str(source.path))
     if isinstance(source, OciRef) and not args.offline:
         return _inspect_oci(source.reference, args)
@@ -661,8 +667,17 @@ def _add_home(p: argparse.ArgumentParser) -> None:
                    help="bundle cache directory (default: $MCPKIT_HOME or ~/.mcpkit)")
 
 
+def _size_arg(text: str) -> int:
+    from hatch_mcpkit.bundle import parse_size
+
+    try:
+        return parse_size(text, what="--max-bundle-size")
+    except McpkitError as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
+
+
 def _add_size_limit(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--max-bundle-size", metavar="SIZE", default=None,
+    p.add_argument("--max-bundle-size", metavar="SIZE", default=None, type=_size_arg,
                    help="refuse a bundle whose layers declare more than SIZE bytes together, before downloading "
                    "(e.g. 200M, 2G; default $MCPKIT_MAX_BUNDLE_SIZE, else 1G)")
 

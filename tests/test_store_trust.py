@@ -233,6 +233,9 @@ def test_the_archive_cap_follows_max_bundle_size(env: dict[str, str], tmp_path: 
     proc = mcpkit(env, "pull", str(archive), "--max-bundle-size", "1K", ok=False)
     assert "more than 1024 bytes" in proc.stderr
     mcpkit(env, "pull", str(archive), "--max-bundle-size", "1M")
+    assert mcpkit(env, "pull", str(archive), "--max-bundle-size", "lots", ok=False).returncode == 2
+    bad_env = mcpkit({**env, "MCPKIT_MAX_BUNDLE_SIZE": "lots"}, "pull", str(archive), ok=False)
+    assert "MCPKIT_MAX_BUNDLE_SIZE 'lots' is not a size" in bad_env.stderr
 
 
 # --------------------------------------------------------------------------- a hostile registry
