@@ -197,6 +197,7 @@ class Config:
     # what a bundle ships as config.yaml: ``raw`` with the publisher's ${VAR}s expanded in
     # place (except distribution.auth); empty means "the same as raw"
     expanded_raw: bytes = field(default=b"", repr=False)
+    lines: LineMap = field(default_factory=dict, repr=False, compare=False)  # key path -> line
 
     @property
     def shipped(self) -> bytes:
@@ -576,6 +577,7 @@ class _Validator:
             tools=tools,
             policy=policy,
             distribution=distribution,
+            lines=self.lines,
         )
 
     def tools(self, mcp: dict[str, Any], path: KeyPath) -> tuple[Tool, ...]:
@@ -888,18 +890,19 @@ RESERVED_NAMES = ("module.wasm", "config.yaml")
 
 
 def expand_include(config: Config) -> list[tuple[str, Path]]:
-    if config.distribution is None:
-        return []
+    """The files ``distribution.include`` ships; every ``bundle:`` grant must name a folder among them."""
     base = config.base_dir.resolve()
     files: dict[str, Path] = {}
     problems: list[Problem] = []
-    for i, item in enumerate(config.distribution.include):
+    where = _Where(str(config.path), config.lines)
+    include = config.distribution.include if config.distribution is not None else ()
+    for i, item in enumerate(include):
         if item in RESERVED_NAMES:
             continue  # always shipped as layers 0 and 1
         target = (base / item).resolve()
-        where = f"distribution.include[{i}]"
+        kp: KeyPath = ("distribution", "include", i)
         if base != target and base not in target.parents:
-            problems.append(Problem(str(config.path), where, f"{item!r} resolves outside {base}"))
+            problems.append(Problem(where.file, format_path(kp), f"{item!r} resolves outside {base}", where.line(kp)))
             continue
         if target.is_dir():
             for sub in sorted(target.rglob("*")):
@@ -908,10 +911,34 @@ def expand_include(config: Config) -> list[tuple[str, Path]]:
         elif target.is_file():
             files[target.relative_to(base).as_posix()] = target
         else:
-            problems.append(Problem(str(config.path), where, f"{item!r} does not exist (relative to {base})"))
+            problems.append(
+                Problem(where.file, format_path(kp), f"{item!r} does not exist (relative to {base})", where.line(kp))
+            )
+    if not problems:
+        problems += _unshipped_grants(config, files, where)
     if problems:
         raise ConfigError(problems)
     return sorted(files.items())
+
+
+def _unshipped_grants(config: Config, files: Mapping[str, Path], where: _Where) -> list[Problem]:
+    """A ``bundle:`` grant whose folder the bundle does not ship fails for the publisher, not at serve time."""
+    problems: list[Problem] = []
+    for i, grant in enumerate(config.policy.storage):
+        rel = grant.uri[len("bundle:") :].strip("/") if grant.kind == "bundle" else ""
+        if not rel or any(name.startswith(rel + "/") for name in files):
+            continue
+        kp: KeyPath = ("policy", "storage", "allow", i, "uri")
+        shipped = ", ".join(sorted(files)) or "only module.wasm and config.yaml"
+        if rel in files:
+            message = f"{grant.uri!r}: {rel} is a file; a bundle: grant opens a folder the bundle ships"
+        else:
+            message = (
+                f"{grant.uri!r}: the bundle ships nothing under {rel}/, so the module would find no folder "
+                f"there; add {rel} to distribution.include (shipped now: {shipped})"
+            )
+        problems.append(Problem(where.file, format_path(kp), message, where.line(kp)))
+    return problems
 
 
 # --------------------------------------------------------------------------- helpers

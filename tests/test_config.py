@@ -294,6 +294,49 @@ def test_tool_title_and_annotations_are_carried(tmp_path: Path) -> None:
     assert any(path == "mcp.tools[0].annotations.openWorldHint" and "true or false" in m for _, path, m in found)
 
 
+def test_bundle_grant_must_name_a_shipped_folder(tmp_path: Path) -> None:
+    (tmp_path / "data" / "sub").mkdir(parents=True)
+    (tmp_path / "data" / "sub" / "a.json").write_text("{}")
+    (tmp_path / "README.md").write_text("# x\n")
+    grants = (
+        "policy:\n  storage:\n    allow:\n"
+        '      - {uri: "bundle:data", guest: /data}\n'
+        '      - {uri: "bundle:data/sub", guest: /sub}\n'
+        '      - {uri: "bundle:", guest: /bundle}\n'
+        '      - {uri: "bundle:models", guest: /models}\n'
+        '      - {uri: "bundle:README.md", guest: /readme}\n'
+    )
+    shipped = SCHEMA_BASE + grants + "distribution: {registry: ghcr.io/a/b, include: [README.md, data]}\n"
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, shipped), {}).include_files  # noqa: B018 - the check runs here
+    found = [(p.line, p.path, p.message) for p in info.value.problems]
+    assert [(line, path) for line, path, _ in found] == [
+        (16, "policy.storage.allow[3].uri"),
+        (17, "policy.storage.allow[4].uri"),
+    ]
+    assert "add models to distribution.include" in found[0][2] and "data/sub/a.json" in found[0][2]
+    assert "is a file" in found[1][2]
+    # no distribution at all: nothing but module.wasm and config.yaml is shipped
+    with pytest.raises(ConfigError, match=r"allow\[0\]\.uri: 'bundle:data': the bundle ships nothing under data/"):
+        load_config(write(tmp_path, SCHEMA_BASE + grants)).include_files  # noqa: B018
+
+
+def test_push_of_a_config_with_an_unshipped_bundle_grant_fails_before_any_network(tmp_path: Path) -> None:
+    from tests.builders import tiny_module
+
+    (tmp_path / "module.wasm").write_bytes(tiny_module())
+    text = SCHEMA_BASE + 'policy: {storage: {allow: [{uri: "bundle:data", guest: /data}]}}\n'
+    config = write(tmp_path, text)
+    proc = subprocess.run(
+        [*SERVER_CMD, "bundle", "push", str(config), "oci://127.0.0.1:9/nowhere/tool:1"],
+        capture_output=True, timeout=120, check=False, env={**os.environ, "PYTHONPATH": os.getcwd()},
+    )
+    assert proc.returncode != 0
+    assert b"config.yaml:10: policy.storage.allow[0].uri" in proc.stderr, proc.stderr
+    assert b"add data to distribution.include" in proc.stderr
+    assert b"127.0.0.1:9" not in proc.stderr  # refused before pushing anything
+
+
 def test_yaml_syntax_error_has_a_line(tmp_path: Path) -> None:
     found = problems_of(tmp_path, 'version: "1.0"\nserver: [unclosed\n')
     assert found[0][0] is not None and "invalid YAML" in found[0][2]
