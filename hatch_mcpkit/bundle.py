@@ -29,7 +29,8 @@ from typing import IO, TYPE_CHECKING, Any
 
 from hatch_mcpkit import _json
 from hatch_mcpkit._archive import RESERVED_NAMES, extract, reserved_part
-from hatch_mcpkit.errors import BundleError, IntegrityError
+from hatch_mcpkit._files import DigestCheck, file_chunks, read_verified
+from hatch_mcpkit.errors import BundleError
 
 if TYPE_CHECKING:
     from hatch_mcpkit.config import Config
@@ -646,25 +647,16 @@ def _blob_path(root: Path, digest: str, source: Path) -> Path:
 
 
 def _read_verified(path: Path, desc: Descriptor, source: Path) -> bytes:
-    data = path.read_bytes()
-    if len(data) != desc.size or bytes_digest(data) != desc.digest:
-        raise IntegrityError(
-            f"{source}: blob {desc.digest} does not match its digest or size", digest=desc.digest
-        )
-    return data
+    with open(path, "rb") as fh:
+        return read_verified(file_chunks(fh), digest=desc.digest, size=desc.size, where=str(source))
 
 
 def _verify_file(path: Path, desc: Descriptor, source: Path) -> None:
-    digest, size = file_digest(path)
-    if size != desc.size:
-        raise IntegrityError(
-            f"{source}: blob {desc.digest} has {size} bytes, the manifest says {desc.size}",
-            digest=desc.digest,
-        )
-    if digest != desc.digest:
-        raise IntegrityError(
-            f"{source}: blob {desc.digest} does not match its digest (got {digest})", digest=desc.digest
-        )
+    check = DigestCheck(desc.digest, desc.size, where=str(source))
+    with open(path, "rb") as fh:
+        for chunk in file_chunks(fh):
+            check.update(chunk)
+    check.finish()
 
 
 def _layout_member(parts: tuple[str, ...]) -> bool:

@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from hatch_mcpkit import _json
-from hatch_mcpkit._files import atomic_write, file_chunks, write_verified
+from hatch_mcpkit._files import DigestCheck, atomic_write, file_chunks, write_verified
 from hatch_mcpkit.bundle import (
     CONFIG_TITLE,
     MODULE_TITLE,
@@ -305,15 +305,16 @@ def check_bundle_config_yaml(raw: bytes, label: str) -> Config:
 def _file_matches(path: Path, desc: Descriptor) -> bool:
     """Streamed size + SHA-256 check of one installed file against its layer descriptor."""
     try:
-        if not path.is_file() or path.is_symlink() or path.stat().st_size != desc.size:
+        if path.is_symlink() or not path.is_file() or path.stat().st_size != desc.size:
             return False
-        h = hashlib.sha256()
+        check = DigestCheck(desc.digest, desc.size, where=str(path))
         with open(path, "rb") as fh:
             for chunk in file_chunks(fh):
-                h.update(chunk)
-    except OSError:
+                check.update(chunk)
+        check.finish()
+    except (OSError, IntegrityError):
         return False
-    return f"sha256:{h.hexdigest()}" == desc.digest
+    return True
 
 
 def _entry_files(target: Path) -> set[str]:
