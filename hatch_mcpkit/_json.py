@@ -21,19 +21,14 @@ MAX_DEPTH = 64
 
 
 def _deeper_than(value: Any, limit: int) -> bool:
-    """Whether lists/objects in ``value`` nest more than ``limit`` levels (iterative; stops early)."""
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, dict):
-            children: Any = item.values()
-        elif isinstance(item, list):
-            children = item
-        else:
-            continue
+    """Whether lists/objects in ``value`` nest more than ``limit`` levels (level by level; stops early)."""
+    level = [value] if isinstance(value, (dict, list)) else []
+    depth = 0
+    while level:
+        depth += 1
         if depth > limit:
             return True
-        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+        level = [c for x in level for c in (x.values() if isinstance(x, dict) else x) if isinstance(c, (dict, list))]
     return False
 
 

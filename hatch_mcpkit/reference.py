@@ -347,18 +347,15 @@ class CacheName:
     digest: str | None = None
 
 
+_CACHE_NAME_RE = re.compile(
+    r"^([a-z0-9][a-z0-9._-]*)(?::([A-Za-z0-9_][A-Za-z0-9._-]{0,127}))?(?:@(sha256:[0-9a-f]{1,64}))?$"
+)
+
+
 def parse_cache_name(text: str) -> CacheName | None:
     """Read a short cache name; ``None`` when ``text`` is not of that shape (it has a ``/`` or a scheme)."""
-    text = text.strip()
-    if "/" in text or "://" in text:
-        return None
-    base, at, digest = text.partition("@")
-    name, colon, tag = base.partition(":")
-    if not _NAME_RE.match(name) or (colon and not _TAG_RE.match(tag)):
-        return None
-    if at and not re.fullmatch(r"sha256:[0-9a-f]{1,64}", digest):
-        return None
-    return CacheName(name, tag if colon else None, digest if at else None)
+    m = _CACHE_NAME_RE.match(text.strip())
+    return CacheName(m.group(1), m.group(2), m.group(3)) if m else None
 
 
 # --------------------------------------------------------------------------- classify

@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -176,7 +177,7 @@ class CacheEntry:
     path: Path
     pulled_at: str
 
-    @property
+    @functools.cached_property
     def tag(self) -> str | None:
         """The tag of an ``oci://`` reference (``None`` for digests and non-OCI sources)."""
         if not self.reference.startswith("oci://"):
