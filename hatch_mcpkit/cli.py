@@ -108,7 +108,8 @@ def _pull_options(args: argparse.Namespace) -> PullOptions:
         raise UsageError("--password-stdin needs --username")
     return PullOptions(offline=getattr(args, "offline", False), insecure=getattr(args, "insecure", False),
                        ca_file=getattr(args, "ca_file", None), username=username, password=password,
-                       max_bundle_size=_size_limit(args))
+                       max_bundle_size=_size_limit(args),
+                       transfer_deadline=getattr(args, "transfer_deadline", None))
 
 
 def _precompile(store: BundleCache, result: PullResult) -> None:
@@ -208,6 +209,7 @@ def _cmd_push(args: argparse.Namespace) -> int:
             archive = build_bundle(config, module, Path(tmp)).path
         result = push_archive(archive, target=target, tags=list(dict.fromkeys(tags)), username=args.username,
                               password=password, insecure=args.insecure, ca_file=args.ca_file,
+                              deadline=getattr(args, "transfer_deadline", None),
                               publisher_config=own_config)
     _out(f"digest: {result.digest}")
     for reference in result.references:
@@ -294,7 +296,8 @@ def _list_registry(args: argparse.Namespace) -> int:
     registry, namespace = parse_registry_scope(text)
     credentials = _credentials(args, registry)
     listing: dict[str, list[str]] = {}
-    with RegistryClient(registry, credentials=credentials, insecure=args.insecure, ca_file=args.ca_file) as client:
+    with RegistryClient(registry, credentials=credentials, insecure=args.insecure, ca_file=args.ca_file,
+                        deadline=getattr(args, "transfer_deadline", None)) as client:
         try:
             repos = client.catalog()
             repos = [r for r in repos if not namespace or r == namespace or r.startswith(namespace + "/")]
@@ -345,7 +348,7 @@ def _signing_client(args: argparse.Namespace) -> tuple[Reference, Any]:
 
     ref = parse_reference(args.reference)
     client = RegistryClient(ref.registry, credentials=_credentials(args, ref.registry), insecure=args.insecure,
-                            ca_file=args.ca_file)
+                            ca_file=args.ca_file, deadline=getattr(args, "transfer_deadline", None))
     return ref, client
 
 
@@ -447,7 +450,7 @@ def _inspect_oci(ref: Reference, args: argparse.Namespace) -> dict[str, Any]:
 
     credentials = _credentials(args, ref.registry)
     with RegistryClient(ref.registry, credentials=credentials, insecure=args.insecure,
-                        ca_file=args.ca_file) as client:
+                        ca_file=args.ca_file, deadline=getattr(args, "transfer_deadline", None)) as client:
         manifest = client.get_manifest(ref)
         config = parse_bundle_config(client.read_blob(ref.repository, manifest.config), str(ref), manifest)
     return _manifest_view(manifest, config, ref.uri if not ref.digest else f"oci://{ref.repo}@{ref.digest}")
@@ -733,10 +736,22 @@ def _add_serve_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     run.set_defaults(func=_cmd_serve)
 
 
+def _deadline(text: str) -> float:
+    from hatch_mcpkit._transport import transfer_deadline
+
+    try:
+        return transfer_deadline(float(text))
+    except (ValueError, UsageError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds") from None
+
+
 def _add_registry_options(p: argparse.ArgumentParser, *, credentials: bool = True) -> None:
     p.add_argument("--insecure", action="store_true",
                    help="allow plain HTTP to a registry or host that is not loopback (TLS is never skipped: use --ca-file for a private CA)")
     p.add_argument("--ca-file", metavar="PEM", help="trust this CA certificate bundle for TLS (a private registry)")
+    p.add_argument("--transfer-deadline", type=_deadline, metavar="SECONDS",
+                   help="give up on one transfer after this long, start to last byte "
+                        "(else MCPKIT_TRANSFER_DEADLINE, else 900)")
     if credentials:
         p.add_argument("--username", "-u", metavar="USER",
                        help="registry user name (else distribution.auth, MCPKIT_REGISTRY_USERNAME, docker config)")

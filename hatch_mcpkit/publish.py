@@ -92,6 +92,7 @@ def push_archive(
     environ: Mapping[str, str] | None = None,
     echo: Callable[[str], None] | None = None,
     publisher_config: Config | None = None,
+    deadline: float | None = None,
 ) -> PushResult:
     """Push one ``.mcpkit.tar`` (or layout directory) and apply every tag; idempotent.
 
@@ -138,7 +139,8 @@ def push_archive(
         if echo is not None:
             who = f" as {credentials.username} ({credentials.source})" if credentials else ""
             echo(f"pushing {archive.name} to {repo_host}/{repository}{who}")
-        with RegistryClient(repo_host, credentials=credentials, insecure=insecure, ca_file=ca_file) as client:
+        with RegistryClient(repo_host, credentials=credentials, insecure=insecure, ca_file=ca_file,
+                            deadline=deadline) as client:
             digest = client.push_layout(layout, repository, push_tags)
         if digest != layout.manifest.digest:  # pragma: no cover - push_layout pushes the layout's bytes
             raise BundleError(f"registry stored {digest}, expected {layout.manifest.digest}")

@@ -305,9 +305,9 @@ class RegistryClient:
                 hint="pass --insecure only if you really trust this network",
             ) from None
         clock = self.transport.start()
-        resp = self.transport.retry(lambda: self.transport.request(
-            method, realm, what=what, headers=headers, auth=auth, body=body, params=params or None,
-            deadline=clock))
+        # no retry of its own: a token is fetched inside a request that is already a retried unit
+        resp = self.transport.request(method, realm, what=what, headers=headers, auth=auth, body=body,
+                                      params=params or None, deadline=clock)
         with self._lock:
             self.stats.requests += 1
         if resp.status_code in (401, 403):

@@ -234,6 +234,7 @@ class PullOptions:
     username: str | None = None
     password: str | None = field(default=None, repr=False)
     max_bundle_size: int | None = None  # None: $MCPKIT_MAX_BUNDLE_SIZE, else 1 GiB
+    transfer_deadline: float | None = None  # seconds per transfer; None: $MCPKIT_TRANSFER_DEADLINE, else 900
 
     @property
     def size_limit(self) -> int:
@@ -636,7 +637,8 @@ class BundleCache:
         limit = opts.size_limit
         with self._workdir("http") as tmp:
             archive = tmp / "bundle.tar.gz"
-            hexdigest = download(source.url, archive, max_bytes=limit, ca_file=opts.ca_file, insecure=opts.insecure)
+            hexdigest = download(source.url, archive, max_bytes=limit, ca_file=opts.ca_file, insecure=opts.insecure,
+                                 deadline=opts.transfer_deadline)
             if source.sha256 is not None and hexdigest != source.sha256:
                 raise IntegrityError(
                     f"{source.url}: download has sha256 {hexdigest}, the URL pins {source.sha256}",
@@ -830,7 +832,8 @@ def _make_client(ref: Reference, opts: PullOptions) -> RegistryClient:
     from hatch_mcpkit.registry import RegistryClient
 
     credentials = resolve_credentials(ref.registry, username=opts.username, password=opts.password)
-    return RegistryClient(ref.registry, credentials=credentials, insecure=opts.insecure, ca_file=opts.ca_file)
+    return RegistryClient(ref.registry, credentials=credentials, insecure=opts.insecure, ca_file=opts.ca_file,
+                          deadline=opts.transfer_deadline)
 
 
 def _bundle_root(unpacked: Path, where: str) -> Path:

@@ -192,9 +192,31 @@ def test_a_dripping_download_hits_the_transfer_deadline(servers: Callable[..., S
     assert time.monotonic() - start < 8
 
 
+def test_the_transfer_deadline_option_wins_over_the_environment(servers: Callable[..., Server],
+                                                                 tmp_path: Path) -> None:
+    def drip(h: http.server.BaseHTTPRequestHandler) -> None:
+        h.send_response(200)
+        h.send_header("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+        h.send_header("Content-Length", "1000")
+        h.end_headers()
+        for _ in range(12):
+            h.wfile.write(b" ")
+            h.wfile.flush()
+            time.sleep(1.0)
+
+    reg = servers(drip)
+    start = time.monotonic()
+    proc = mcpkit(cli_env(tmp_path, MCPKIT_TRANSFER_DEADLINE="600"), "pull", f"oci://{reg.host}/slow/tool:1",
+                  "--transfer-deadline", "1.5")
+    assert proc.returncode != 0 and "1.5 s transfer deadline" in proc.stderr
+    assert time.monotonic() - start < 6
+
+
 def test_a_bad_transfer_deadline_is_a_usage_error(tmp_path: Path) -> None:
     proc = mcpkit(cli_env(tmp_path, MCPKIT_TRANSFER_DEADLINE="soon"), "pull", "oci://127.0.0.1:9/x/y:1")
     assert proc.returncode == 2 and "MCPKIT_TRANSFER_DEADLINE" in proc.stderr
+    proc = mcpkit(cli_env(tmp_path), "pull", "oci://127.0.0.1:9/x/y:1", "--transfer-deadline", "-1")
+    assert proc.returncode == 2 and "--transfer-deadline" in proc.stderr
 
 
 # --------------------------------------------------------------------------- where credentials go
