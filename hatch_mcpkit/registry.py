@@ -612,33 +612,38 @@ class RegistryClient:
             except InvalidReferenceError as exc:
                 raise InvalidReferenceError(f"invalid tag {tag!r} for {self._where(repository)}") from exc
         manifest = layout.manifest
+        blobs = manifest.blobs
+        # one check alone first -- the largest blob's, which the push waits for anyway: it answers
+        # the auth challenge and settles the scheme; then every blob goes side by side
+        largest = max(blobs, key=lambda d: d.size, default=None)
+        known = {largest.digest: self.blob_exists(repository, largest, push=True)} if largest else {}
 
         def ensure(desc: Descriptor) -> None:
-            if self.blob_exists(repository, desc, push=True):
+            present = known[desc.digest] if desc.digest in known else self.blob_exists(repository, desc, push=True)
+            if present:
                 with self._lock:
                     self.stats.blobs_skipped += 1
                 log.debug("blob %s already in %s", desc.digest, repository)
                 return
             self.upload_blob(repository, desc, layout.blob_path(desc.digest))
 
-        self._each(ensure, manifest.blobs)
+        self._each(ensure, blobs)
         targets = list(dict.fromkeys(tags)) or [manifest.digest]
         for target in targets:
             self.put_manifest(repository, target, manifest.raw, MANIFEST_MEDIA_TYPE)
         return manifest.digest
 
     def _each(self, work: Callable[[Descriptor], None], blobs: Sequence[Descriptor]) -> None:
-        """``work`` for every blob: the first alone (it answers the auth challenge and settles the
-        scheme), the rest side by side, so small blobs cost no time next to a large one."""
-        if not blobs:
+        """``work`` for every blob, side by side (small blobs cost no time next to a large one)."""
+        if len(blobs) <= 1:
+            for desc in blobs:
+                work(desc)
             return
-        work(blobs[0])
-        if len(blobs) > 1:
-            from concurrent.futures import ThreadPoolExecutor
+        from concurrent.futures import ThreadPoolExecutor
 
-            with ThreadPoolExecutor(max_workers=min(PARALLEL_UPLOADS, len(blobs) - 1)) as pool:
-                for future in [pool.submit(work, desc) for desc in blobs[1:]]:
-                    future.result()
+        with ThreadPoolExecutor(max_workers=min(PARALLEL_UPLOADS, len(blobs))) as pool:
+            for future in [pool.submit(work, desc) for desc in sorted(blobs, key=lambda d: -d.size)]:
+                future.result()
 
     # ------------------------------------------------------------------ referrers
 
