@@ -233,6 +233,20 @@ def test_closest_failure_is_reported_among_several(registry: Any, repo_name: str
 
 
 
+
+def test_sign_and_verify_over_tls_with_credentials(tls_auth_registry: Any, repo_name: str, tmp_path: Path,
+                                                   keys: dict[str, Any]) -> None:
+    """Signing needs push access to the repository (referrer, fallback tag); verifying, pull access."""
+    from hatch_mcpkit.errors import AuthError
+
+    digest = _push(tls_auth_registry, tmp_path, repo_name, "1.0.0")
+    ref = Reference(tls_auth_registry.host, repo_name, "1.0.0")
+    with tls_auth_registry.client() as client:
+        _signatures.attach(client, ref, digest, keys["publisher"])
+        assert _signatures.require(client, ref, digest, keys["publisher.pub"]).digest == digest
+    with tls_auth_registry.client(credentials=None) as anonymous, pytest.raises(AuthError):
+        _signatures.require(anonymous, ref, digest, keys["publisher.pub"])
+
 # --- the command line ----------------------------------------------------------------------------
 
 def _mcpkit(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
