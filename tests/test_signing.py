@@ -77,6 +77,10 @@ def _bundle(
     }
 
 
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
 def _refused(bundle: bytes | dict[str, Any], pub: ec.EllipticCurvePublicKey, reason: str,
              digest: str = DIGEST) -> SignatureError:
     raw = json.dumps(bundle).encode() if isinstance(bundle, dict) else bundle
@@ -222,6 +226,28 @@ def test_bundle_written_as_protobuf_json_by_another_tool_verifies(
     """cosign omits empty fields (no tlogEntries without a log); such a bundle is read."""
     key, pub = keypair
     assert signing.verify(json.dumps(_bundle(_statement(DIGEST), key)).encode(), DIGEST, pub).digest == DIGEST
+
+
+def test_bundle_with_a_transparency_log_entry_verifies_by_key(
+    keypair: tuple[ec.EllipticCurvePrivateKey, Any],
+) -> None:
+    """What cosign writes when it also uploaded to Rekor: the log entry and timestamps are read, not checked."""
+    key, pub = keypair
+    bundle = _bundle(_statement(DIGEST), key)
+    bundle["verificationMaterial"]["tlogEntries"] = [{
+        "logIndex": "123456789",
+        "logId": {"keyId": _b64(b"\x01" * 32)},
+        "kindVersion": {"kind": "dsse", "version": "0.0.1"},
+        "integratedTime": "1764200000",
+        "inclusionPromise": {"signedEntryTimestamp": _b64(b"set")},
+        "inclusionProof": {
+            "logIndex": "1000", "rootHash": _b64(b"\x02" * 32), "treeSize": "2000",
+            "hashes": [_b64(b"\x03" * 32)], "checkpoint": {"envelope": "rekor.sigstore.dev - 1\n2000\nroot\n"},
+        },
+        "canonicalizedBody": _b64(b'{"apiVersion":"0.0.1","kind":"dsse"}'),
+    }]
+    bundle["verificationMaterial"]["timestampVerificationData"] = {"rfc3161Timestamps": [{"signedTimestamp": _b64(b"ts")}]}
+    assert signing.verify(json.dumps(bundle).encode(), DIGEST, pub).key_id == signing.key_id(pub)
 
 
 @pytest.mark.parametrize("digest", ["sha256:ABC", "sha512:" + "a" * 128, "sha256:" + "A" * 64, ""])
