@@ -30,7 +30,7 @@ from typing import IO, TYPE_CHECKING, Any
 from hatch_mcpkit import _json
 from hatch_mcpkit._archive import RESERVED_NAMES, extract, reserved_part
 from hatch_mcpkit._files import DigestCheck, file_chunks, read_verified
-from hatch_mcpkit.errors import BundleError
+from hatch_mcpkit.errors import BundleError, InvalidReferenceError
 
 if TYPE_CHECKING:
     from hatch_mcpkit.config import Config
@@ -48,11 +48,13 @@ __all__ = [
     "BuiltBundle",
     "BundleLayout",
     "Descriptor",
+    "LocalBundle",
     "Manifest",
     "archive_name",
     "build_bundle",
     "check_bundle_folder",
     "file_digest",
+    "local_bundle",
     "max_bundle_size",
     "parse_bundle_config",
     "parse_size",
@@ -132,6 +134,39 @@ def max_bundle_size(value: str | int | None = None) -> int:
             return DEFAULT_MAX_BUNDLE_SIZE
         return parse_size(value, what=MAX_BUNDLE_SIZE_ENV)
     return parse_size(value, what="--max-bundle-size")
+
+
+@dataclass(frozen=True)
+class LocalBundle:
+    """What a local path holds: an OCI layout (``layout``: a ``.mcpkit.tar`` or a layout folder), or the
+    loose files of a bundle folder (``folder`` with ``config`` and ``module``)."""
+
+    layout: Path | None = None
+    folder: Path | None = None
+    config: Path | None = None
+    module: Path | None = None
+
+
+def local_bundle(path: Path, where: str) -> LocalBundle:
+    """The one reading of a local path as a bundle: a folder (module.wasm + config.yaml), its config.yaml or
+    module.wasm, an OCI layout folder or a ``.mcpkit.tar``. A folder is checked for reserved names."""
+    if path.is_dir() and (path / "oci-layout").is_file():
+        return LocalBundle(layout=path)
+    if path.is_dir():
+        if not (path / CONFIG_TITLE).is_file():
+            raise InvalidReferenceError(f"{where} is not a bundle directory: it has no config.yaml",
+                                        hint="a bundle directory holds module.wasm and config.yaml")
+        folder, config, module = path, path / CONFIG_TITLE, path / MODULE_TITLE
+    elif path.suffix in (".yaml", ".yml"):
+        folder, config, module = path.parent, path, path.parent / MODULE_TITLE
+    elif path.suffix == ".wasm":
+        folder, config, module = path.parent, path.parent / CONFIG_TITLE, path
+    elif path.is_file():
+        return LocalBundle(layout=path)
+    else:
+        raise InvalidReferenceError(f"{where}: not a bundle (expected a directory, config.yaml, module.wasm or .mcpkit.tar)")
+    check_bundle_folder(folder, where)
+    return LocalBundle(folder=folder, config=config, module=module)
 
 
 def check_bundle_folder(folder: Path, where: str | None = None) -> None:

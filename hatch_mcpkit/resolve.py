@@ -24,8 +24,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from hatch_mcpkit.bundle import CONFIG_TITLE, MODULE_TITLE, BundleLayout, check_bundle_folder
-from hatch_mcpkit.errors import BundleNotFoundError, InvalidReferenceError
+from hatch_mcpkit.bundle import CONFIG_TITLE, MODULE_TITLE, BundleLayout, local_bundle
+from hatch_mcpkit.errors import BundleNotFoundError
 from hatch_mcpkit.reference import FileRef, NameRef, classify, parse_cache_name
 from hatch_mcpkit.store import BundleCache, PullOptions, PullResult
 
@@ -95,27 +95,12 @@ def open_bundle(
 def open_local(ref: FileRef, *, max_bytes: int | None = None) -> Iterator[BundleDir]:
     """A local bundle: a folder, its config.yaml or module.wasm, an OCI layout folder or a ``.mcpkit.tar``."""
     label = str(ref.path)
-    path = ref.resolved().path
-    if path.is_dir() and not (path / "oci-layout").is_file():
-        if not (path / CONFIG_TITLE).is_file():
-            raise InvalidReferenceError(f"{label} is not a bundle directory: it has no config.yaml",
-                                        hint="a bundle directory holds module.wasm and config.yaml")
-        check_bundle_folder(path, label)
-        yield BundleDir(path, label, cached=False)
+    found = local_bundle(ref.resolved().path, label)
+    if found.layout is None:
+        assert found.folder is not None
+        yield BundleDir(found.folder, label, cached=False, config_path=found.config, module_path=found.module)
         return
-    if path.suffix in (".yaml", ".yml"):
-        check_bundle_folder(path.parent, label)
-        yield BundleDir(path.parent, label, cached=False, config_path=path)
-        return
-    if path.suffix == ".wasm":
-        check_bundle_folder(path.parent, label)
-        yield BundleDir(path.parent, label, cached=False, module_path=path)
-        return
-    if path.is_dir() or path.name.endswith(".tar"):
-        with tempfile.TemporaryDirectory(prefix="mcpkit-run-") as tmp, BundleLayout.open(path, max_bytes=max_bytes) as layout:
-            layout.extract_files(Path(tmp))
-            yield BundleDir(Path(tmp), label, cached=False)
-        return
-    raise InvalidReferenceError(
-        f"{label}: not a bundle (expected a directory, config.yaml, module.wasm or .mcpkit.tar)"
-    )
+    with tempfile.TemporaryDirectory(prefix="mcpkit-run-") as tmp, BundleLayout.open(found.layout,
+                                                                                      max_bytes=max_bytes) as layout:
+        layout.extract_files(Path(tmp))
+        yield BundleDir(Path(tmp), label, cached=False)

@@ -55,7 +55,7 @@ from hatch_mcpkit.bundle import (
     BundleLayout,
     Descriptor,
     Manifest,
-    check_bundle_folder,
+    local_bundle,
     max_bundle_size,
     parse_bundle_config,
 )
@@ -592,22 +592,13 @@ class BundleCache:
             )
 
     def _pull_file(self, source: FileRef, opts: PullOptions) -> PullResult:
-        path = source.path
-        if path.is_dir():
-            if (path / "oci-layout").is_file():
-                with BundleLayout.open(path, max_bytes=opts.size_limit) as layout:
-                    return self.install_layout(layout, source.key, limit=opts.size_limit)
-            module, config_path = path / MODULE_TITLE, path / CONFIG_TITLE
-        elif path.suffix in (".yaml", ".yml"):
-            module, config_path = path.parent / MODULE_TITLE, path
-        elif path.suffix == ".wasm":
-            module, config_path = path, path.parent / CONFIG_TITLE
-        else:
-            with BundleLayout.open(path, max_bytes=opts.size_limit) as layout:
+        found = local_bundle(source.path, str(source.path))
+        if found.layout is not None:
+            with BundleLayout.open(found.layout, max_bytes=opts.size_limit) as layout:
                 return self.install_layout(layout, source.key, limit=opts.size_limit)
-        check_bundle_folder(module.parent)
-        return self._install_loose(module, config_path, source.key, {"source": "file", "path": str(path)},
-                                   limit=opts.size_limit)
+        assert found.module is not None and found.config is not None
+        return self._install_loose(found.module, found.config, source.key,
+                                   {"source": "file", "path": str(source.path)}, limit=opts.size_limit)
 
     def _install_loose(self, module: Path, config_path: Path, reference: str, meta: dict[str, Any],
                        rel: Path | None = None, *, limit: int) -> PullResult:
