@@ -23,6 +23,7 @@ BENCHMARKS = [
     ("cache lookup and SHA-256 verification", "bench_cache.py", ["--quick"]),
     ("push/pull throughput and peak memory", "bench_transfer.py", ["--size-mib", "8", "--repeat", "1"]),
     ("cold start and warm tool calls", "bench_runtime.py", ["--calls", "200", "--cold", "2"]),
+    ("signature verification", "bench_signing.py", ["--rounds", "3"]),
 ]
 
 
