@@ -431,7 +431,8 @@ def test_a_killed_pull_is_swept_by_the_next_pull(env: dict[str, str], tmp_path: 
 # --------------------------------------------------------------------------- terminal injection
 
 
-def _rewrite_layout(archive: Path, dest: Path, *, annotations: dict[str, str], description: str) -> Path:
+def _rewrite_layout(archive: Path, dest: Path, *, annotations: dict[str, str], description: str,
+                    **config_fields: Any) -> Path:
     """The archive as a layout folder whose manifest annotations and config-blob description are replaced."""
     with tarfile.open(archive) as tar:
         tar.extractall(dest, filter="data")
@@ -446,6 +447,7 @@ def _rewrite_layout(archive: Path, dest: Path, *, annotations: dict[str, str], d
     manifest = json.loads((blobs / index["manifests"][0]["digest"].split(":")[1]).read_bytes())
     config = json.loads((blobs / manifest["config"]["digest"].split(":")[1]).read_bytes())
     config["description"] = description
+    config.update(config_fields)
     manifest["config"]["digest"], manifest["config"]["size"] = put(json.dumps(config).encode())
     manifest["annotations"] = {**manifest["annotations"], **annotations}
     index["manifests"][0]["digest"], index["manifests"][0]["size"] = put(json.dumps(manifest).encode())
@@ -509,3 +511,23 @@ def test_a_malformed_allow_dir_is_a_usage_error(env: dict[str, str], tmp_path: P
     for spec in (":", "/x:relative", "/x:/"):
         proc = mcpkit(env, "server", str(project), "--allow-dir", spec, ok=False)
         assert proc.returncode == 2 and "--allow-dir" in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("name", "../../evil", "name must match"),
+    ("name", "x" * 300, "name must match"),
+    ("version", f"1{ESC}[2J", "version must be"),
+    ("tools", ["get weather; rm -rf"], "tools must be a list of tool names"),
+    ("description", "x" * 5000, "description must be a string of at most 4096"),
+], ids=["traversal-name", "long-name", "escape-version", "bad-tool-name", "long-description"])
+def test_config_blob_fields_are_validated_like_config_yaml(env: dict[str, str], tmp_path: Path, field: str,
+                                                         value: Any, message: str) -> None:
+    project = make_demo_project(tmp_path / "proj", name="blob-tool")
+    archive = build_archive(project, tmp_path / "dist", demo_environ()).path
+    fields = {"description": "ok", field: value}
+    layout = _rewrite_layout(archive, tmp_path / "layout", annotations={}, **fields)
+    for args in (("inspect", str(layout)), ("pull", str(layout))):
+        proc = mcpkit(env, *args, ok=False)
+        assert "invalid bundle config blob" in proc.stderr and message in proc.stderr, proc.stderr
+        assert ESC not in proc.stderr
+    assert listing(Path(env["MCPKIT_HOME"]) / "bundles") == []
