@@ -26,7 +26,6 @@ if TYPE_CHECKING:
     from mcp.server.lowlevel import Server
     from mcp_types import CallToolResult
 
-    from hatch_mcpkit._validation import ToolSchemas
     from hatch_mcpkit.config import Tool
     from hatch_mcpkit.runtime import CallHandle, Runtime
 
@@ -43,19 +42,17 @@ DEFAULT_CONCURRENCY = 4
 def build_server(runtime: Runtime, *, max_concurrency: int = DEFAULT_CONCURRENCY) -> Server[Any]:
     """A low-level ``mcp`` Server that serves ``runtime``'s tools.
 
-    Raises :class:`~hatch_mcpkit.errors.ConfigError` when a tool's schema is unsafe to
-    validate with (see :mod:`hatch_mcpkit._validation`): the bundle is refused at start.
+    The runtime has already refused a bundle whose schemas are unsafe to validate with
+    (:class:`~hatch_mcpkit._validation.ToolSchemas`); its validators are used here.
     """
     import anyio
     import mcp_types as types
     from mcp.server.lowlevel import Server
     from mcp.shared.exceptions import MCPError
 
-    from hatch_mcpkit._validation import ToolSchemas
     from hatch_mcpkit.runtime import CallHandle
 
     config = runtime.config
-    schemas = ToolSchemas(config)
     tools = [
         types.Tool(
             name=tool.name,
@@ -79,7 +76,7 @@ def build_server(runtime: Runtime, *, max_concurrency: int = DEFAULT_CONCURRENCY
                 message=f"Unknown tool: {name!r}; {config.name} has: {', '.join(runtime.tools)}",
             )
         handle = CallHandle()
-        work = partial(_call, runtime, schemas, tool, dict(params.arguments or {}), handle)
+        work = partial(_call, runtime, tool, dict(params.arguments or {}), handle)
         try:
             outcome = await anyio.to_thread.run_sync(work, limiter=limiter, abandon_on_cancel=True)
         except anyio.get_cancelled_exc_class():
@@ -103,7 +100,7 @@ def build_server(runtime: Runtime, *, max_concurrency: int = DEFAULT_CONCURRENCY
     )
 
 
-def _call(runtime: Runtime, schemas: ToolSchemas, tool: Tool, arguments: dict[str, Any],
+def _call(runtime: Runtime, tool: Tool, arguments: dict[str, Any],
           handle: CallHandle) -> list[str] | CallToolResult:
     """One tools/call, in a worker thread: the argument check, the run, the MCP result.
 
@@ -112,7 +109,7 @@ def _call(runtime: Runtime, schemas: ToolSchemas, tool: Tool, arguments: dict[st
     import mcp_types as types
     from pydantic import ValidationError
 
-    problems = schemas.arguments(tool, arguments, cancelled=lambda: handle.cancelled)
+    problems = runtime.schemas.arguments(tool, arguments, cancelled=lambda: handle.cancelled)
     if problems:
         return problems
     result = runtime.call(tool.name, arguments, handle=handle)

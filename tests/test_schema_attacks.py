@@ -212,6 +212,18 @@ def test_catastrophic_pattern_does_not_block_the_server(hostile_wasm: Path, tmp_
     assert _eof_ends_the_server(bundle, "echo", {"s": EVIL, "x" * 40: "v"}) < 5
 
 
+def test_catastrophic_pattern_in_an_output_schema_does_not_block_the_server(hostile_wasm: Path,
+                                                                           tmp_path: Path) -> None:
+    """The guest's result is checked against output_schema on the same engine: echo returns the evil string."""
+    schema = {"type": "object", "properties": {"s": {"type": "string", "pattern": "^(a+)+$"}}}
+    bundle = write_bundle(tmp_path / "b", hostile_wasm, [{"name": "echo", "description": "redos out",
+                                                          "input_schema": {"type": "object"},
+                                                          "output_schema": schema}])
+    (is_error, text), ping = _pinged_while_calling(bundle, "echo", {"s": EVIL})
+    assert ping < 1.0
+    assert is_error and "output.s" in text and "does not match" in text, text
+
+
 def test_an_exploding_schema_is_stopped_by_the_time_budget(hostile_wasm: Path, tmp_path: Path) -> None:
     """Nested anyOf through $ref: 2**40 subschema checks. The budget stops it; ping and EOF still work."""
     defs: dict[str, Any] = {f"n{i}": {"anyOf": [{"$ref": f"#/$defs/n{i + 1}"}, {"$ref": f"#/$defs/n{i + 1}"}]}

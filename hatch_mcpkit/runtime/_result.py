@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,7 +11,7 @@ from hatch_mcpkit import _json
 from hatch_mcpkit.config import Limits, Tool
 from hatch_mcpkit.errors import McpkitError, ToolCallError
 
-__all__ = ["CallHandle", "ToolResult", "failure_result", "json_path", "map_output", "stop_message"]
+__all__ = ["CallHandle", "ToolResult", "failure_result", "map_output", "stop_message"]
 
 
 @dataclass(frozen=True)
@@ -75,13 +75,6 @@ def stop_message(reason: str, limits: Limits) -> str:
     if reason == "fuel":
         return f"ran out of fuel ({limits.fuel} units)"
     return reason
-
-
-def json_path(root: str, parts: Iterable[Any]) -> str:
-    out = root
-    for part in parts:
-        out += f"[{part}]" if isinstance(part, int) else f".{part}"
-    return out
 
 
 def failure_result(tool: Tool, reason: str, message: str, stderr_tail: str, exit_code: int | None,

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hatch_mcpkit._validation import ToolSchemas
 from hatch_mcpkit.config import Config, Limits, StorageGrant, Tool, load_config
 from hatch_mcpkit.errors import ModuleError, ToolCallError
 from hatch_mcpkit.runtime import _call, _wasmtime
@@ -20,7 +21,6 @@ from hatch_mcpkit.runtime._result import (
     CallHandle,
     ToolResult,
     failure_result,
-    json_path,
     map_output,
     stop_message,
 )
@@ -97,6 +97,7 @@ class Runtime:
         keys = [k for k in (*config.policy.env_keys, *extra_env_keys) if k not in set(deny_env_keys)]
         self.env_keys: tuple[str, ...] = tuple(dict.fromkeys(k for k in keys if k != "MCPKIT_TOOL"))
         self.tools: dict[str, Tool] = {t.name: t for t in config.tools}
+        self.schemas = ToolSchemas(config)  # refuses unsafe schemas before any code is loaded
         self.host_limits = host_limits if host_limits is not None else HostLimits.from_env()
         self._plans = {t.name: self._plan(t) for t in config.tools}
         self.consume_fuel = any(p.fuel is not None for p in self._plans.values())
@@ -107,8 +108,6 @@ class Runtime:
         self._pre = self._instance_pre(wasmtime)
         self._ticker = _call.Ticker(self.engine)
         self._finalizer = weakref.finalize(self, self._ticker.close)
-        self._validators: dict[str, Any] = {}
-        self._out_validators: dict[str, Any] = {}
         self.load_ms = (time.perf_counter() - t0) * 1000
 
     def _plan(self, tool: Tool) -> _Plan:
@@ -179,37 +178,7 @@ class Runtime:
 
     def validate_arguments(self, tool_name: str, arguments: Mapping[str, Any]) -> list[str]:
         """Every way ``arguments`` fails the tool's input_schema, as ``arguments.x.y: message``."""
-        tool = self._tool(tool_name)
-        validator = self._validators.get(tool.name)
-        if validator is None:
-            from jsonschema import validators
-
-            cls = validators.validator_for(tool.input_schema, default=validators.Draft202012Validator)
-            validator = cls(tool.input_schema)
-            self._validators[tool.name] = validator
-        problems = []
-        for err in sorted(validator.iter_errors(arguments), key=lambda e: list(map(str, e.absolute_path))):
-            path = list(err.absolute_path)
-            if err.validator == "required" and isinstance(err.instance, dict):
-                missing = [p for p in err.validator_value if p not in err.instance]
-                path = [*path, missing[0]] if len(missing) == 1 else path
-            problems.append(f"{json_path('arguments', path)}: {err.message}")
-        return problems
-
-    def _check_output(self, tool: Tool, value: dict[str, Any]) -> str | None:
-        if tool.output_schema is None:
-            return None
-        validator = self._out_validators.get(tool.name)
-        if validator is None:
-            from jsonschema import validators
-
-            cls = validators.validator_for(tool.output_schema, default=validators.Draft202012Validator)
-            validator = cls(tool.output_schema)
-            self._out_validators[tool.name] = validator
-        errors = [f"{json_path('output', list(e.absolute_path))}: {e.message}" for e in validator.iter_errors(value)]
-        if errors:
-            return f"{tool.name} returned output that does not match its output_schema: " + "; ".join(errors)
-        return None
+        return self.schemas.arguments(self._tool(tool_name), arguments)
 
     def _tool(self, tool_name: str) -> Tool:
         tool = self.tools.get(tool_name)
@@ -306,5 +275,5 @@ class Runtime:
         stderr_tail = state.stderr_tail() if state.stderr else ""
         if failure is not None:
             return failure_result(plan.tool, *failure, stderr_tail, exit_code, total, run_ms)
-        return map_output(plan.tool, b"".join(state.out), self._check_output, stderr_tail, exit_code,
+        return map_output(plan.tool, b"".join(state.out), self.schemas.output, stderr_tail, exit_code,
                           total, run_ms)
