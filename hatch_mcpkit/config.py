@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from hatch_mcpkit._configschema import schema_problems, type_name
 from hatch_mcpkit._yaml import KeyPath, LineMap, SpanMap, format_path, load_yaml
 from hatch_mcpkit.errors import ConfigError, Problem
 
@@ -45,13 +46,9 @@ __all__ = [
     "parse_config",
 ]
 
-SERVER_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
-TOOL_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 GUEST_PATH_RE = re.compile(r"^/[A-Za-z0-9._/-]*$")
 TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
 VAR_RE = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}|\$\{([^}]*)\}?")
-SUPPORTED_VERSIONS = ("1.0",)
 
 
 @dataclass(frozen=True)
@@ -316,13 +313,18 @@ def parse_config(
     broken: set[str] = set()
     if environ is not None:
         data = _expand_document(data, (), environ, _Where(file, lines), problems, expanded, broken)
-    v = _Validator(file, lines, problems)
-    config = v.config(data, p, raw)
-    if v.problems:
+    if not isinstance(data, dict):
+        raise ConfigError([*problems, Problem(file, "", f"must be a mapping, not {type_name(data)}", 1)])
+    where = _Where(file, lines)
+    found: list[tuple[KeyPath, str]] = schema_problems(data)
+    flagged = {kp for kp, _ in found}
+    found += [item for item in _semantic_problems(data, flagged) if item not in found]
+    problems += [Problem(file, _where_text(kp), message, _line_of(kp, where)) for kp, message in found]
+    if problems:
         if broken:  # an unset variable is reported once, not again as a bad value
-            v.problems = [q for q in v.problems if q.path not in broken or q in problems]
-        raise ConfigError(v.problems)
-    assert config is not None
+            problems = [q for q in problems if q.path not in broken or "is not set" in q.message]
+        raise ConfigError(sorted(problems, key=lambda q: q.line or 0))
+    config = _build(data, p, raw, lines)
     if expanded:
         config = replace(config, expanded_raw=_render(text, spans, expanded, data).encode("utf-8"))
     return config
@@ -332,6 +334,24 @@ def parse_config(
 # distribution.auth is expanded only at push time (Auth.resolve).
 _VERBATIM: tuple[KeyPath, ...] = (("version",), ("distribution", "auth"))
 _VERBATIM_TOOL_KEYS = ("input_schema", "output_schema")
+
+
+def _line_of(kp: KeyPath, where: _Where) -> int | None:
+    """The line of a key path; a written path inside a tool schema is looked up among its keys."""
+    if not kp or not isinstance(kp[-1], _SchemaPath):
+        return where.line(kp)
+    from hatch_mcpkit._toolschema import dotted
+
+    parent = kp[:-1]
+    inside = {dotted(p[len(parent) :]): p for p in where.lines if p[: len(parent)] == parent}
+    return where.line(inside.get(str(kp[-1]), parent))
+
+
+def _where_text(kp: KeyPath) -> str:
+    if kp and isinstance(kp[-1], _SchemaPath):
+        head, sub = format_path(kp[:-1]), str(kp[-1])
+        return head + ("" if not sub or sub.startswith("[") else ".") + sub
+    return format_path(kp)
 
 
 @dataclass(frozen=True)
@@ -418,464 +438,189 @@ def _render(text: str, spans: SpanMap, expanded: dict[KeyPath, str], data: Any) 
     return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
 
 
-class _Validator:
-    """Walks the loaded document, collecting problems instead of stopping at the first."""
+# --------------------------------------------------------------------------- checks the schema cannot express
 
-    def __init__(self, file: str, lines: LineMap, problems: list[Problem]) -> None:
-        self.file = file
-        self.lines = lines
-        self.problems = list(problems)
 
-    # -- helpers
-    def line(self, path: KeyPath) -> int | None:
-        while path:
-            if path in self.lines:
-                return self.lines[path]
-            path = path[:-1]
-        return self.lines.get(())
+def _semantic_problems(data: dict[str, Any], flagged: set[KeyPath]) -> Iterator[tuple[KeyPath, str]]:
+    """Unique names, tool schemas, storage paths, the registry: on data that may still be invalid.
 
-    def error(self, path: KeyPath, message: str) -> None:
-        self.problems.append(Problem(self.file, format_path(path), message, self.line(path)))
-
-    def mapping(
-        self, value: Any, path: KeyPath, allowed: tuple[str, ...], *, deny: Mapping[str, str] | None = None
-    ) -> dict[str, Any] | None:
-        if not isinstance(value, dict):
-            self.error(path, f"must be a mapping, not {_type_name(value)}")
-            return None
-        for key in value:
-            if deny and key in deny:
-                self.error((*path, key), deny[key])
-            elif key not in allowed:
-                self.error((*path, key), f"unknown key{_suggest(key, allowed)}")
-        return value
-
-    def str_(
-        self,
-        m: dict[str, Any],
-        key: str,
-        path: KeyPath,
-        *,
-        required: bool = False,
-        default: str | None = None,
-        pattern: re.Pattern[str] | None = None,
-        what: str = "",
-    ) -> str | None:
-        if key not in m or m[key] is None:
-            if required:
-                self.error(
-                    path if key not in m else (*path, key),
-                    f"missing required key {key!r}" if key not in m else f"{key!r} must not be empty",
-                )
-            return default
-        value = m[key]
-        kp = (*path, key)
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            self.error(kp, f'must be a string, not a number (quote it: {key}: "{value}")')
-            return default
-        if not isinstance(value, str):
-            self.error(kp, f"must be a string, not {_type_name(value)}")
-            return default
-        if pattern is not None and not pattern.match(value):
-            self.error(
-                kp,
-                f"{value!r} is not a valid {what or key} (must match {pattern.pattern})" + self.literal_note(value),
-            )
-        return value
-
-    def literal_note(self, value: str) -> str:
-        if "${" in value:  # only left after expansion when the file is data
-            return "; a bundle's config.yaml is data: ${...} in it is literal text, never expanded"
-        return ""
-
-    def int_(self, m: dict[str, Any], key: str, path: KeyPath) -> int | None:
-        value = m.get(key)
-        if value is None:
-            return None
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            self.error((*path, key), f"must be a positive integer, not {value!r}")
-            return None
-        return value
-
-    def str_list(
-        self,
-        m: dict[str, Any],
-        key: str,
-        path: KeyPath,
-        *,
-        pattern: re.Pattern[str] | None = None,
-        what: str = "",
-    ) -> tuple[str, ...] | None:
-        if key not in m or m[key] is None:
-            return None
-        value = m[key]
-        kp = (*path, key)
-        if not isinstance(value, list):
-            self.error(kp, f"must be a list of strings, not {_type_name(value)}")
-            return None
-        out: list[str] = []
-        for i, item in enumerate(value):
-            if not isinstance(item, str):
-                self.error((*kp, i), f"must be a string, not {_type_name(item)}")
-                continue
-            if pattern is not None and not pattern.match(item):
-                self.error((*kp, i), f"{item!r} is not a valid {what} (must match {pattern.pattern})")
-            out.append(item)
-        return tuple(out)
-
-    # -- sections
-    def config(self, data: Any, path: Path, raw: bytes) -> Config | None:
-        top = self.mapping(data, (), ("version", "server", "mcp", "policy", "distribution"))
-        if top is None:
-            return None
-        version = top.get("version")
-        if "version" not in top:
-            self.error((), "missing required key 'version' (use version: \"1.0\")")
-        elif isinstance(version, float) and str(version) in SUPPORTED_VERSIONS:
-            self.error(("version",), f'must be the string "{version}", not a number (quote it)')
-        elif version not in SUPPORTED_VERSIONS:
-            self.error(("version",), f'unsupported version {version!r}; this mcpkit reads version "1.0"')
-
-        name, server_version, description = "", "", ""
-        if "server" not in top:
-            self.error((), "missing required key 'server'")
-        else:
-            server = self.mapping(top["server"], ("server",), ("name", "version", "description"))
-            if server is not None:
-                name = (
-                    self.str_(
-                        server, "name", ("server",), required=True, pattern=SERVER_NAME_RE, what="server name"
-                    )
-                    or ""
-                )
-                if len(name) > 128:
-                    self.error(("server", "name"), "must be at most 128 characters")
-                server_version = self.str_(server, "version", ("server",), required=True) or ""
-                description = self.str_(server, "description", ("server",), default="") or ""
-
-        tools: tuple[Tool, ...] = ()
-        if "mcp" not in top:
-            self.error((), "missing required key 'mcp' (with at least one tool under mcp.tools)")
-        else:
-            mcp = self.mapping(top["mcp"], ("mcp",), ("tools",))
-            if mcp is not None:
-                tools = self.tools(mcp, ("mcp",))
-
-        policy = self.policy(top["policy"], ("policy",)) if top.get("policy") is not None else Policy()
-        distribution = (
-            self.distribution(top["distribution"], ("distribution",), server_version)
-            if top.get("distribution") is not None
-            else None
-        )
-        return Config(
-            path=path,
-            raw=raw,
-            version=str(version),
-            name=name,
-            server_version=server_version,
-            description=description,
-            tools=tools,
-            policy=policy,
-            distribution=distribution,
-            lines=self.lines,
-        )
-
-    def tools(self, mcp: dict[str, Any], path: KeyPath) -> tuple[Tool, ...]:
-        raw_tools = mcp.get("tools")
-        kp = (*path, "tools")
-        if raw_tools is None:
-            self.error(path if "tools" not in mcp else kp, "at least one tool is required under mcp.tools")
-            return ()
-        if not isinstance(raw_tools, list):
-            self.error(kp, f"must be a list of tools, not {_type_name(raw_tools)}")
-            return ()
-        if not raw_tools:
-            self.error(kp, "at least one tool is required")
-        seen: dict[str, int] = {}
-        tools: list[Tool] = []
-        for i, item in enumerate(raw_tools):
-            tp = (*kp, i)
-            m = self.mapping(
-                item, tp, ("name", "title", "description", "input_schema", "output_schema", "annotations", "limits")
-            )
-            if m is None:
-                continue
-            name = self.str_(m, "name", tp, required=True, pattern=TOOL_NAME_RE, what="tool name")
-            if name is not None:
-                if name in seen:
-                    self.error(
-                        (*tp, "name"),
-                        f"duplicate tool name {name!r} (first defined at mcp.tools[{seen[name]}])",
-                    )
-                else:
-                    seen[name] = i
-            description = self.str_(m, "description", tp, default="") or ""
-            input_schema = self.schema(m, "input_schema", tp, required=True)
-            output_schema = self.schema(m, "output_schema", tp, required=False)
-            limits = (
-                self.limits(m["limits"], (*tp, "limits"), allow_output=True)
-                if m.get("limits") is not None
-                else Limits()
-            )
-            title = self.str_(m, "title", tp)
-            annotations = self.annotations(m.get("annotations"), (*tp, "annotations"))
-            tools.append(
-                Tool(
-                    name or "",
-                    description,
-                    input_schema or {"type": "object"},
-                    output_schema,
-                    limits,
-                    title=title,
-                    annotations=annotations,
-                )
-            )
-        return tuple(tools)
-
-    def annotations(self, value: Any, path: KeyPath) -> dict[str, bool] | None:
-        if value is None:
-            return None
-        m = self.mapping(value, path, ANNOTATION_HINTS)
-        if m is None:
-            return None
-        hints: dict[str, bool] = {}
-        for key, hint in m.items():
-            if key not in ANNOTATION_HINTS:
-                continue  # reported by mapping()
-            if isinstance(hint, bool):
-                hints[key] = hint
+    ``flagged`` holds the key paths the schema already reported; they are not reported again.
+    """
+    tools = _items(_get(data, "mcp", "tools"))
+    seen: dict[str, int] = {}
+    for i, tool in tools:
+        name = tool.get("name")
+        if isinstance(name, str) and ("mcp", "tools", i, "name") not in flagged:
+            if name in seen:
+                yield ("mcp", "tools", i, "name"), f"duplicate tool name {name!r} (first defined at mcp.tools[{seen[name]}])"
             else:
-                self.error((*path, key), f"must be true or false, not {_type_name(hint)}")
-        return hints
+                seen[name] = i
+        for key in ("input_schema", "output_schema"):
+            if isinstance(tool.get(key), dict) and ("mcp", "tools", i, key) not in flagged:
+                yield from _tool_schema(tool[key], ("mcp", "tools", i, key))
+    guests: dict[str, int] = {}
+    for i, grant in _items(_get(data, "policy", "storage", "allow")):
+        kp: KeyPath = ("policy", "storage", "allow", i)
+        yield from _grant(grant, kp, flagged)
+        guest = grant.get("guest")
+        if isinstance(guest, str) and (*kp, "guest") not in flagged:
+            normal = str(PurePosixPath(guest))
+            if normal in guests:
+                where = format_path(("policy", "storage", "allow", guests[normal]))
+                yield (*kp, "guest"), f"guest path {normal} is already granted by {where}"
+            guests[normal] = i
+    dist = data.get("distribution")
+    if isinstance(dist, dict):
+        yield from _distribution(dist, data.get("server"), flagged)
 
-    def schema(self, m: dict[str, Any], key: str, path: KeyPath, *, required: bool) -> dict[str, Any] | None:
-        kp = (*path, key)
-        if key not in m or m[key] is None:
-            if required:
-                self.error(path, f"missing required key {key!r} (a JSON Schema with type: object)")
-            return None
-        schema = m[key]
-        if not isinstance(schema, dict):
-            self.error(kp, f"must be a JSON Schema mapping, not {_type_name(schema)}")
-            return None
-        from hatch_mcpkit._toolschema import dotted, problems
 
-        found = problems(schema)
-        if found:
-            inside = {dotted(p[len(kp) :]): p for p in self.lines if p[: len(kp)] == kp}
-            for sub, message in found:
-                where = inside.get(sub, kp)
-                text = format_path(kp) + ("" if not sub or sub.startswith("[") else ".") + sub
-                self.problems.append(Problem(self.file, text, message, self.line(where)))
-            return None
-        if schema.get("type") != "object":
-            self.error((*kp, "type") if "type" in schema else kp, "MCP tool schemas must have type: object")
-        return schema
+def _get(data: Any, *keys: str) -> Any:
+    for key in keys:
+        data = data.get(key) if isinstance(data, dict) else None
+    return data
 
-    def limits(self, value: Any, path: KeyPath, *, allow_output: bool) -> Limits:
-        keys = ("timeout_ms", "memory_mb", "fuel", "max_output_kb")
-        m = self.mapping(value, path, keys)
-        if m is None:
-            return Limits()
-        return Limits(
-            timeout_ms=self.int_(m, "timeout_ms", path),
-            memory_mb=self.int_(m, "memory_mb", path),
-            fuel=self.int_(m, "fuel", path),
-            max_output_kb=self.int_(m, "max_output_kb", path),
-        )
 
-    def policy(self, value: Any, path: KeyPath) -> Policy:
-        m = self.mapping(
-            value,
-            path,
-            ("storage", "environment", "limits"),
-            deny={
-                "network": "network access is not supported: WASI preview 1 modules have no sockets; remove policy.network"
-            },
-        )
-        if m is None:
-            return Policy()
-        storage: list[StorageGrant] = []
-        if m.get("storage") is not None:
-            sp = (*path, "storage")
-            s = self.mapping(m["storage"], sp, ("allow",))
-            if s is not None and s.get("allow") is not None:
-                ap = (*sp, "allow")
-                if not isinstance(s["allow"], list):
-                    self.error(ap, f"must be a list of grants, not {_type_name(s['allow'])}")
-                else:
-                    guests: dict[str, int] = {}
-                    for i, item in enumerate(s["allow"]):
-                        grant = self.storage_grant(item, (*ap, i))
-                        if grant is None:
-                            continue
-                        if grant.guest in guests:
-                            self.error(
-                                (*ap, i, "guest"),
-                                f"guest path {grant.guest} is already granted by {format_path((*ap, guests[grant.guest]))}",
-                            )
-                        guests[grant.guest] = i
-                        storage.append(grant)
-        environment: list[EnvGrant] = []
-        if m.get("environment") is not None:
-            ep = (*path, "environment")
-            e = self.mapping(m["environment"], ep, ("allow",))
-            if e is not None and e.get("allow") is not None:
-                ap = (*ep, "allow")
-                if not isinstance(e["allow"], list):
-                    self.error(ap, f"must be a list of {{key: NAME}} entries, not {_type_name(e['allow'])}")
-                else:
-                    for i, item in enumerate(e["allow"]):
-                        if isinstance(item, str):  # shorthand: allow: [API_KEY]
-                            item = {"key": item}
-                        g = self.mapping(item, (*ap, i), ("key",))
-                        if g is None:
-                            continue
-                        key = self.str_(
-                            g,
-                            "key",
-                            (*ap, i),
-                            required=True,
-                            pattern=ENV_KEY_RE,
-                            what="environment variable name",
-                        )
-                        if key:
-                            environment.append(EnvGrant(key))
-        limits = (
-            self.limits(m["limits"], (*path, "limits"), allow_output=True).merged_over(DEFAULT_LIMITS)
-            if m.get("limits") is not None
-            else DEFAULT_LIMITS
-        )
-        return Policy(tuple(storage), tuple(environment), limits)
+def _items(value: Any) -> list[tuple[int, dict[str, Any]]]:
+    return [(i, v) for i, v in enumerate(value) if isinstance(v, dict)] if isinstance(value, list) else []
 
-    def storage_grant(self, value: Any, path: KeyPath) -> StorageGrant | None:
-        m = self.mapping(value, path, ("uri", "guest", "access"))
-        if m is None:
-            return None
-        uri = self.str_(m, "uri", path, required=True)
-        guest = self.str_(m, "guest", path, required=True)
-        access = self.str_list(m, "access", path) or ("read",)
-        ok = True
-        for i, a in enumerate(access):
-            if a not in ("read", "write"):
-                self.error((*path, "access", i), f"unknown access {a!r} (use read and/or write)")
-                ok = False
-        if uri is not None:
-            if uri.startswith("fs://"):
-                host = uri[len("fs://") :]
-                if not (host.startswith("/") or host == "~" or host.startswith("~/")):
-                    self.error(
-                        (*path, "uri"),
-                        f"{uri!r}: fs:// grants need an absolute or ~/ path (fs:///abs/path or fs://~/path)"
-                        + self.literal_note(uri),
-                    )
-                    ok = False
-            elif uri.startswith("bundle:"):
-                rel = uri[len("bundle:") :]
-                if _unsafe_relative(rel.strip("/") or "."):
-                    self.error((*path, "uri"), f"{uri!r}: bundle: paths must stay inside the bundle")
-                    ok = False
-                if "write" in access:
-                    self.error((*path, "access"), "files shipped in a bundle are read-only; remove write")
-                    ok = False
-            else:
-                self.error(
-                    (*path, "uri"),
-                    f"{uri!r}: storage grants start with fs:// (host path) or bundle: (shipped files)",
+
+def _tool_schema(schema: dict[str, Any], kp: KeyPath) -> Iterator[tuple[KeyPath, str]]:
+    from hatch_mcpkit._toolschema import problems
+
+    found = problems(schema)
+    if found:
+        for sub, message in found:
+            yield (*kp, _SchemaPath(sub)), message
+    elif schema.get("type") != "object":
+        yield (*kp, "type") if "type" in schema else kp, "MCP tool schemas must have type: object"
+
+
+class _SchemaPath(str):
+    """A path inside a tool schema, already written (``properties.a.$ref``)."""
+
+
+def _grant(grant: dict[str, Any], kp: KeyPath, flagged: set[KeyPath]) -> Iterator[tuple[KeyPath, str]]:
+    uri, guest, access = grant.get("uri"), grant.get("guest"), grant.get("access")
+    if isinstance(uri, str) and (*kp, "uri") not in flagged:
+        if not uri.isprintable():
+            yield (*kp, "uri"), f"{uri!r}: control or formatting characters are not allowed in a grant"
+        elif uri.startswith("fs://"):
+            host = uri[len("fs://") :]
+            if not (host.startswith("/") or host == "~" or host.startswith("~/")):
+                yield (*kp, "uri"), (
+                    f"{uri!r}: fs:// grants need an absolute or ~/ path (fs:///abs/path or fs://~/path)"
+                    + _literal_note(uri)
                 )
-                ok = False
-        if uri is not None and not uri.isprintable():
-            self.error((*path, "uri"), f"{uri!r}: control or formatting characters are not allowed in a grant")
-            ok = False
-        if guest is not None:
-            gp = PurePosixPath(guest)
-            if not GUEST_PATH_RE.match(guest) or ".." in gp.parts or str(gp) == "/":
-                self.error(
-                    (*path, "guest"),
-                    f"{guest!r}: guest paths are absolute, not '/', have no '..' and use only letters, digits "
-                    "and . _ - / (e.g. /data)",
-                )
-                ok = False
-        if not ok or uri is None or guest is None:
-            return None
-        return StorageGrant(uri=uri, guest=str(PurePosixPath(guest)), access=tuple(dict.fromkeys(access)))
-
-    def distribution(self, value: Any, path: KeyPath, server_version: str) -> Distribution | None:
-        m = self.mapping(value, path, ("registry", "version", "tags", "metadata", "include", "auth"))
-        if m is None:
-            return None
-        registry = self.str_(m, "registry", path, required=True)
-        if registry is not None:
-            self.check_registry(registry, (*path, "registry"))
-        version = self.str_(m, "version", path, default=server_version) or server_version
-        if version and not TAG_RE.match(version):
-            self.error(
-                (*path, "version") if "version" in m else ("server", "version"),
-                f"{version!r} cannot be used as an OCI tag (must match {TAG_RE.pattern})",
+        elif uri.startswith("bundle:"):
+            if _unsafe_relative(uri[len("bundle:") :].strip("/") or "."):
+                yield (*kp, "uri"), f"{uri!r}: bundle: paths must stay inside the bundle"
+            if isinstance(access, list) and "write" in access:
+                yield (*kp, "access"), "files shipped in a bundle are read-only; remove write"
+    if isinstance(guest, str) and (*kp, "guest") not in flagged:
+        parts = PurePosixPath(guest)
+        if ".." in parts.parts or str(parts) == "/" or not GUEST_PATH_RE.match(guest):
+            yield (*kp, "guest"), (
+                f"{guest!r}: guest paths are absolute, not '/', have no '..' and use only letters, digits "
+                "and . _ - / (e.g. /data)"
             )
-        tags = self.str_list(m, "tags", path, pattern=TAG_RE, what="OCI tag")
-        if tags is not None and not tags:
-            self.error((*path, "tags"), "at least one tag is needed (or leave tags out to use the version)")
-        metadata = Metadata()
-        if m.get("metadata") is not None:
-            mp = (*path, "metadata")
-            md = self.mapping(
-                m["metadata"],
-                mp,
-                ("authors", "license", "repository", "homepage", "documentation", "keywords"),
-            )
-            if md is not None:
-                metadata = Metadata(
-                    authors=self.str_list(md, "authors", mp) or (),
-                    license=self.str_(md, "license", mp),
-                    repository=self.str_(md, "repository", mp),
-                    homepage=self.str_(md, "homepage", mp),
-                    documentation=self.str_(md, "documentation", mp),
-                    keywords=self.str_list(md, "keywords", mp) or (),
-                )
-        include = self.str_list(m, "include", path) or ()
-        for i, item in enumerate(include):
-            if PurePosixPath(item).is_absolute() or _unsafe_relative(item):
-                self.error(
-                    (*path, "include", i),
-                    f"{item!r}: include paths are relative to config.yaml and stay inside its folder",
-                )
-        auth = None
-        if m.get("auth") is not None:
-            ap = (*path, "auth")
-            a = self.mapping(m["auth"], ap, ("username", "password"))
-            if a is not None:
-                raw_user, raw_pass = a.get("username"), a.get("password")
-                for key, val in (("username", raw_user), ("password", raw_pass)):
-                    if val is not None and not isinstance(val, str):
-                        self.error((*ap, key), f"must be a string, not {_type_name(val)}")
-                    elif isinstance(val, str) and key == "password" and "${" not in val:
-                        self.error(
-                            (*ap, key),
-                            "write the password as ${VARIABLE}: a literal secret in config.yaml would be published in the bundle",
-                        )
-                auth = Auth(
-                    raw_user if isinstance(raw_user, str) else None,
-                    raw_pass if isinstance(raw_pass, str) else None,
-                    file=self.file,
-                )
-        return Distribution(
-            registry=registry or "",
-            version=version,
-            tags=tags if tags else (version,),
-            metadata=metadata,
-            include=include,
-            auth=auth,
-        )
 
-    def check_registry(self, registry: str, kp: KeyPath) -> None:
-        from hatch_mcpkit.errors import InvalidReferenceError as RefError
+
+def _distribution(
+    dist: dict[str, Any], server: Any, flagged: set[KeyPath]
+) -> Iterator[tuple[KeyPath, str]]:
+    registry = dist.get("registry")
+    if isinstance(registry, str) and ("distribution", "registry") not in flagged:
+        from hatch_mcpkit.errors import InvalidReferenceError
         from hatch_mcpkit.reference import parse_repository
 
         try:
             parse_repository(registry)
-        except RefError as exc:
-            self.error(kp, exc.message + self.literal_note(registry))
+        except InvalidReferenceError as exc:
+            yield ("distribution", "registry"), exc.message + _literal_note(registry)
+    version = _get(server, "version")
+    if "version" not in dist and isinstance(version, str) and not TAG_RE.match(version):
+        yield ("server", "version"), f"{version!r} cannot be used as an OCI tag (must match {TAG_RE.pattern})"
+    for i, item in enumerate(dist.get("include") or []):
+        if isinstance(item, str) and (PurePosixPath(item).is_absolute() or _unsafe_relative(item)):
+            yield ("distribution", "include", i), (
+                f"{item!r}: include paths are relative to config.yaml and stay inside its folder"
+            )
+
+
+def _literal_note(value: str) -> str:
+    if "${" in value:  # only left after expansion when the file is data
+        return "; a bundle's config.yaml is data: ${...} in it is literal text, never expanded"
+    return ""
+
+
+# --------------------------------------------------------------------------- building the model
+
+
+def _build(data: dict[str, Any], path: Path, raw: bytes, lines: LineMap) -> Config:
+    """The model of a config.yaml that passed every check."""
+    server = data["server"]
+    policy = data.get("policy") or {}
+    return Config(
+        path=path,
+        raw=raw,
+        version=data["version"],
+        name=server["name"],
+        server_version=server["version"],
+        description=server.get("description") or "",
+        tools=tuple(_tool(t) for t in data["mcp"]["tools"]),
+        policy=Policy(
+            storage=tuple(_storage(g) for g in _get(policy, "storage", "allow") or ()),
+            environment=tuple(
+                EnvGrant(e if isinstance(e, str) else e["key"]) for e in _get(policy, "environment", "allow") or ()
+            ),
+            limits=_limits(policy.get("limits")).merged_over(DEFAULT_LIMITS),
+        ),
+        distribution=_dist(data["distribution"], server["version"], str(path)) if data.get("distribution") else None,
+        lines=lines,
+    )
+
+
+def _tool(t: dict[str, Any]) -> Tool:
+    return Tool(
+        name=t["name"],
+        description=t.get("description") or "",
+        input_schema=t["input_schema"],
+        output_schema=t.get("output_schema"),
+        limits=_limits(t.get("limits")),
+        title=t.get("title"),
+        annotations=dict(t["annotations"]) if t.get("annotations") is not None else None,
+    )
+
+
+def _limits(m: dict[str, Any] | None) -> Limits:
+    m = m or {}
+    return Limits(m.get("timeout_ms"), m.get("memory_mb"), m.get("fuel"), m.get("max_output_kb"))
+
+
+def _storage(g: dict[str, Any]) -> StorageGrant:
+    access = tuple(dict.fromkeys(g.get("access") or ("read",)))
+    return StorageGrant(uri=g["uri"], guest=str(PurePosixPath(g["guest"])), access=access)
+
+
+def _dist(d: dict[str, Any], server_version: str, file: str) -> Distribution:
+    version = d.get("version") or server_version
+    md = d.get("metadata") or {}
+    auth = d.get("auth")
+    return Distribution(
+        registry=d["registry"],
+        version=version,
+        tags=tuple(d["tags"]) if d.get("tags") else (version,),
+        metadata=Metadata(
+            authors=tuple(md.get("authors") or ()),
+            license=md.get("license"),
+            repository=md.get("repository"),
+            homepage=md.get("homepage"),
+            documentation=md.get("documentation"),
+            keywords=tuple(md.get("keywords") or ()),
+        ),
+        include=tuple(d.get("include") or ()),
+        auth=Auth(auth.get("username"), auth.get("password"), file=file) if auth is not None else None,
+    )
 
 
 # --------------------------------------------------------------------------- include
@@ -939,28 +684,3 @@ def _unshipped_grants(config: Config, files: Mapping[str, Path], where: _Where) 
             )
         problems.append(Problem(where.file, format_path(kp), message, where.line(kp)))
     return problems
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def _type_name(value: Any) -> str:
-    if value is None:
-        return "nothing (null)"
-    return {
-        dict: "a mapping",
-        list: "a list",
-        str: "a string",
-        bool: "a boolean",
-        int: "a number",
-        float: "a number",
-    }.get(type(value), type(value).__name__)
-
-
-def _suggest(key: str, allowed: tuple[str, ...]) -> str:
-    import difflib
-
-    close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.7)
-    if close:
-        return f" (did you mean {close[0]!r}?)"
-    return f" (expected one of: {', '.join(allowed)})"

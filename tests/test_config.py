@@ -596,3 +596,59 @@ def test_guest_paths_are_plain(tmp_path: Path, guest: str) -> None:
 def test_plain_guest_paths_are_fine(tmp_path: Path) -> None:
     text = SCHEMA_BASE + 'policy: {storage: {allow: [{uri: "fs:///tmp", guest: "/my-data/v1.2_x/"}]}}\n'
     assert load_config(write(tmp_path, text)).policy.storage[0].guest == "/my-data/v1.2_x"
+
+
+# --------------------------------------------------------------------------- the JSON Schema of config.yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_the_shipped_schema_is_valid_and_accepts_every_real_config() -> None:
+    """What an editor checks with the schema alone agrees with mcpkit on the configs we ship."""
+    import json
+
+    import yaml
+    from jsonschema import Draft202012Validator
+
+    from hatch_mcpkit._configschema import config_schema
+
+    schema = config_schema()
+    Draft202012Validator.check_schema(schema)
+    on_disk = json.loads((REPO / "hatch_mcpkit" / "schemas" / "config.schema.json").read_text())
+    assert on_disk == schema
+    editor = Draft202012Validator(schema)
+    for path in (REPO / "example-project" / "config.yaml", REPO / "tests" / "fixtures" / "hostile-tool" / "config.yaml"):
+        assert list(editor.iter_errors(yaml.safe_load(path.read_text()))) == [], path
+        load_config(path)
+    assert list(editor.iter_errors(yaml.safe_load(GOOD))) == []
+
+
+def test_the_schema_alone_catches_what_editors_should_flag() -> None:
+    import yaml
+    from jsonschema import Draft202012Validator
+
+    from hatch_mcpkit._configschema import config_schema
+
+    editor = Draft202012Validator(config_schema())
+    bad = yaml.safe_load(GOOD.replace("input_schema:\n        type: object", "input_shema:\n        type: object", 1))
+    assert [e.validator for e in editor.iter_errors(bad)] == ["required", "additionalProperties"]
+
+
+def test_the_wheel_ships_the_schema(tmp_path: Path) -> None:
+    import zipfile
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "hatchling", "build", "-t", "wheel", "-d", str(tmp_path)],
+        cwd=REPO, capture_output=True, timeout=300, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    (wheel,) = tmp_path.glob("*.whl")
+    assert "hatch_mcpkit/schemas/config.schema.json" in zipfile.ZipFile(wheel).namelist()
+
+
+def test_docs_name_the_schema_for_yaml_language_server() -> None:
+    text = (REPO / "docs" / "config.md").read_text()
+    assert "# yaml-language-server: $schema=" in text
+    from hatch_mcpkit._configschema import config_schema
+
+    assert config_schema()["$id"] in text

@@ -1,0 +1,125 @@
+"""config.yaml's rules as data: ``schemas/config.schema.json``, and its errors in mcpkit's words.
+
+The JSON Schema (2020-12) is shipped in the package and published in docs/config.md, so an
+editor with yaml-language-server completes and checks config.yaml as it is typed. Here it is
+checked with jsonschema's ``iter_errors`` (every problem at once); each error becomes a
+``(key path, message)`` pair. Messages come from the schema where it says more than
+jsonschema would (``title`` names what a pattern describes, ``x-errors`` maps a keyword to a
+message, ``x-missing`` explains a missing required key); unknown keys get a did-you-mean.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import json
+from collections.abc import Iterator
+from importlib import resources
+from typing import Any
+
+from hatch_mcpkit._yaml import KeyPath
+
+__all__ = ["SCHEMA_RESOURCE", "config_schema", "schema_problems", "type_name"]
+
+SCHEMA_RESOURCE = "schemas/config.schema.json"
+
+
+@functools.lru_cache(maxsize=1)
+def config_schema() -> dict[str, Any]:
+    """The JSON Schema of config.yaml, as shipped in the package."""
+    text = resources.files("hatch_mcpkit").joinpath(SCHEMA_RESOURCE).read_text(encoding="utf-8")
+    schema: dict[str, Any] = json.loads(text)
+    return schema
+
+
+@functools.lru_cache(maxsize=1)
+def _validator() -> Any:
+    from jsonschema import Draft202012Validator
+    from referencing import Registry
+
+    # the schema refers only to its own #/$defs; this registry has nothing else and never retrieves
+    return Draft202012Validator(config_schema(), registry=Registry())
+
+
+def schema_problems(data: Any) -> list[tuple[KeyPath, str]]:
+    """Every way ``data`` (a loaded config.yaml) breaks the schema, in document terms."""
+    found: list[tuple[KeyPath, str]] = []
+    for error in _validator().iter_errors(data):
+        for item in _explain(error):
+            if item not in found:
+                found.append(item)
+    return found
+
+
+def _explain(error: Any) -> Iterator[tuple[KeyPath, str]]:
+    path: KeyPath = tuple(error.absolute_path)
+    schema = error.schema if isinstance(error.schema, dict) else {}
+    value = error.instance
+    custom = schema.get("x-errors", {}).get(error.validator)
+    if custom:
+        yield path, custom.replace("{value!r}", repr(value)).replace("{value}", str(value))
+        return
+    keyword = error.validator
+    if keyword == "additionalProperties":
+        allowed = tuple(schema.get("properties", {}))
+        for key in value:
+            if key not in allowed:
+                yield (*path, key), f"unknown key{_suggest(str(key), allowed)}"
+    elif keyword == "required":
+        props = schema.get("properties", {})
+        for key in error.validator_value:
+            if isinstance(value, dict) and key not in value:
+                hint = props.get(key, {}).get("x-missing")
+                yield path, f"missing required key {key!r}" + (f" ({hint})" if hint else "")
+    elif keyword == "type":
+        yield path, _type_message(path, value, schema)
+    elif keyword == "pattern":
+        what = schema.get("title") or (str(path[-1]) if path else "value")
+        note = "; a bundle's config.yaml is data: ${...} in it is literal text, never expanded" if "${" in str(
+            value
+        ) else ""
+        yield path, f"{value!r} is not a valid {what} (must match {error.validator_value}){note}"
+    elif keyword == "maxLength":
+        yield path, f"must be at most {error.validator_value} characters"
+    elif keyword == "minItems":
+        yield path, f"must have at least {error.validator_value} item(s)"
+    elif keyword == "enum":
+        yield path, f"{value!r} is not one of: {', '.join(repr(v) for v in error.validator_value)}"
+    else:
+        yield path, error.message
+
+
+def _type_message(path: KeyPath, value: Any, schema: dict[str, Any]) -> str:
+    expected = schema.get("type")
+    wanted = expected if isinstance(expected, list) else [expected]
+    if "string" in wanted and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if str(value) in schema.get("enum", ()):
+            return f'must be the string "{value}", not a number (quote it)'
+        key = path[-1] if path and isinstance(path[-1], str) else "value"
+        return f'must be a string, not a number (quote it: {key}: "{value}")'
+    names = {
+        "object": "a mapping", "array": "a list", "string": "a string", "integer": "an integer",
+        "number": "a number", "boolean": "true or false", "null": "empty",
+    }
+    want = " or ".join(names.get(str(t), str(t)) for t in wanted if t != "null") or "empty"
+    return f"must be {want}, not {type_name(value)}"
+
+
+def type_name(value: Any) -> str:
+    if value is None:
+        return "nothing (null)"
+    return {
+        dict: "a mapping",
+        list: "a list",
+        str: "a string",
+        bool: "a boolean",
+        int: "a number",
+        float: "a number",
+    }.get(type(value), type(value).__name__)
+
+
+def _suggest(key: str, allowed: tuple[str, ...]) -> str:
+    close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.7)
+    if close:
+        return f" (did you mean {close[0]!r}?)"
+    return f" (expected one of: {', '.join(allowed)})"
