@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import logging
 import os
 import shutil
@@ -38,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hatch_mcpkit._json import load as load_json
 from hatch_mcpkit.errors import AuthError
 from hatch_mcpkit.reference import DOCKER_HUB_ALIASES
 
@@ -54,6 +54,7 @@ log = logging.getLogger(__name__)
 
 DOCKER_HUB_SERVER = "https://index.docker.io/v1/"
 _HELPER_TIMEOUT = 30.0
+_MAX_JSON = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -164,10 +165,10 @@ def _run_helper(helper: str, registry: str, config_file: Path) -> Credentials | 
             hint=f"run: echo {_server_url(registry)} | {binary} get",
         )
     try:
-        data = json.loads(proc.stdout)
+        data = load_json(proc.stdout, where=f"output of {binary}", error=AuthError, max_bytes=_MAX_JSON)
         username = data.get("Username")
         secret = data.get("Secret")
-    except (ValueError, AttributeError):
+    except (AuthError, AttributeError):
         raise AuthError(f"credential helper {binary} printed something that is not JSON for {registry}") from None
     if not isinstance(secret, str) or not secret:
         return None
@@ -186,10 +187,11 @@ def _from_docker_config(registry: str, config_file: Path) -> Credentials | None:
         log.warning("cannot read %s: %s", config_file, exc.strerror)
         return None
     try:
-        cfg: Any = json.loads(text)
-    except ValueError:
+        cfg: Any = load_json(text, where=str(config_file), error=AuthError, max_bytes=_MAX_JSON)
+    except AuthError as exc:
         raise AuthError(
-            f"{config_file} is not valid JSON", hint="fix or move the file; mcpkit only reads it"
+            f"{config_file} is not valid JSON ({exc.message.removeprefix(f'{config_file}: ')})",
+            hint="fix or move the file; mcpkit only reads it",
         ) from None
     if not isinstance(cfg, dict):
         return None
