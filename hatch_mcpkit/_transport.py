@@ -391,6 +391,8 @@ class Transport:
 
         sock = _socket_of(resp)
         raw = resp.raw
+        # decoding goes through urllib3's buffer (two more copies of every byte): only when needed
+        decode = resp.headers.get("Content-Encoding", "identity").strip().lower() not in ("", "identity")
         try:
             while True:
                 left = deadline.left()
@@ -399,7 +401,7 @@ class Transport:
                 if sock is not None:
                     sock.settimeout(min(self.timeout[1], left))
                 try:
-                    chunk = raw.read1(size, decode_content=True)
+                    chunk = raw.read1(size, decode_content=decode)
                 except (urllib3.exceptions.ReadTimeoutError, TimeoutError):
                     if deadline.left() <= 0:
                         raise self._late(deadline, what) from None
