@@ -30,6 +30,24 @@ class _TooLarge(Exception):
     pass
 
 
+class _CountingLoader(yaml.SafeLoader):
+    """A SafeLoader that gives up while composing once a document has too many nodes.
+
+    (The walk below counts again as it expands aliases; this stops a merely huge document
+    before all of it is composed in pure Python.)
+    """
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.composed = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        self.composed += 1
+        if self.composed > MAX_NODES:
+            raise _TooLarge
+        return super().compose_node(parent, index)
+
+
 def format_path(path: KeyPath) -> str:
     out = ""
     for part in path:
@@ -52,7 +70,7 @@ def load_yaml(text: str, file: str, spans: SpanMap | None = None) -> tuple[Any, 
             [Problem(file, "", f"file is larger than {MAX_YAML_BYTES // 1024} KiB; refusing to parse it")],
         )
     try:
-        loader = yaml.SafeLoader(text)
+        loader = _CountingLoader(text)
     except yaml.YAMLError as exc:  # e.g. ReaderError: control characters
         return None, {}, [Problem(file, "", f"invalid YAML: {exc}")]
     try:
@@ -69,6 +87,8 @@ def load_yaml(text: str, file: str, spans: SpanMap | None = None) -> tuple[Any, 
             return None, {}, [Problem(file, "", f"invalid YAML: {exc}")]
         except RecursionError:
             return None, {}, [Problem(file, "", "document is nested too deeply; refusing to load it")]
+        except _TooLarge:
+            return None, {}, [_too_large(file, loader.line + 1)]
         if node is None:
             return None, {}, [Problem(file, "", "file is empty", 1)]
         lines: LineMap = {}
@@ -79,21 +99,16 @@ def load_yaml(text: str, file: str, spans: SpanMap | None = None) -> tuple[Any, 
         except RecursionError:
             return None, {}, [Problem(file, "", "document is nested too deeply; refusing to load it")]
         except _TooLarge:
-            return (
-                None,
-                {},
-                [
-                    Problem(
-                        file,
-                        "",
-                        f"document expands to more than {MAX_NODES} nodes (YAML aliases?); refusing to load it",
-                        node.start_mark.line + 1,
-                    )
-                ],
-            )
+            return None, {}, [_too_large(file, node.start_mark.line + 1)]
         return data, lines, problems
     finally:
         loader.dispose()
+
+
+def _too_large(file: str, line: int) -> Problem:
+    return Problem(
+        file, "", f"document has more than {MAX_NODES} nodes (counting what YAML aliases repeat); refusing to load it", line
+    )
 
 
 def _walk(

@@ -337,6 +337,18 @@ def test_push_of_a_config_with_an_unshipped_bundle_grant_fails_before_any_networ
     assert b"127.0.0.1:9" not in proc.stderr  # refused before pushing anything
 
 
+@pytest.mark.parametrize("escape", ["\\e[2J", "\\r", "\\x9b", "\\u202e", "\\x7f"])
+def test_descriptions_carry_no_terminal_controls(tmp_path: Path, escape: str) -> None:
+    text = SCHEMA_BASE.replace("    - name: t\n", f'    - name: t\n      description: "see{escape}this"\n')
+    text = text.replace("server: {name: x, version: \"1\"}", f'server: {{name: x, version: "1", description: "a{escape}b"}}')
+    found = problems_of(tmp_path, text)
+    assert {path for _, path, msg in found if "control characters" in msg} == {
+        "server.description", "mcp.tools[0].description"
+    }
+    fine = SCHEMA_BASE.replace("    - name: t\n", '    - name: t\n      description: "line one\\n\\tline two"\n')
+    assert load_config(write(tmp_path, fine)).tools[0].description == "line one\n\tline two"
+
+
 def test_yaml_syntax_error_has_a_line(tmp_path: Path) -> None:
     found = problems_of(tmp_path, 'version: "1.0"\nserver: [unclosed\n')
     assert found[0][0] is not None and "invalid YAML" in found[0][2]
