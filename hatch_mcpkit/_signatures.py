@@ -10,7 +10,7 @@ install.
 from __future__ import annotations
 
 import datetime as _dt
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
     from hatch_mcpkit.registry import RegistryClient
 
-__all__ = ["MAX_SIGNATURES", "Attached", "attach", "find", "require"]
+__all__ = ["MAX_SIGNATURES", "Attached", "attach", "check", "collect", "find", "require"]
 
 MAX_SIGNATURES = 16  # signature referrers read per digest: a registry cannot make us fetch thousands
 # Which failure to report when none of several signatures is valid: the one closest to success.
@@ -76,35 +76,63 @@ def find(client: RegistryClient, ref: Reference, digest: str) -> list[bytes]:
     return [item for item in _bundles(client, ref, digest) if isinstance(item, bytes)]
 
 
+def collect(client: RegistryClient, ref: Reference, digest: str) -> list[bytes | SignatureError]:
+    """Every signature attached to ``digest``, read once: its bytes, or why it cannot be read.
+
+    Several key sets (a trust policy's rule and ``--key``) are then checked against the same
+    list with :func:`check`, without asking the registry again.
+    """
+    return list(_bundles(client, ref, digest))
+
+
 def require(
-    client: RegistryClient, ref: Reference, digest: str, public_key: ec.EllipticCurvePublicKey
+    client: RegistryClient, ref: Reference, digest: str,
+    public_key: ec.EllipticCurvePublicKey | Sequence[ec.EllipticCurvePublicKey],
 ) -> signing.Signer:
-    """The signer of ``digest``: a valid signature by ``public_key`` must be attached, else SignatureError.
+    """The signer of ``digest``: a valid signature by ``public_key`` (or by one of several keys, as
+    during a key rotation) must be attached, else SignatureError."""
+    return check(collect(client, ref, digest), ref, digest, public_key)
+
+
+def check(
+    found: Sequence[bytes | SignatureError], ref: Reference, digest: str,
+    public_key: ec.EllipticCurvePublicKey | Sequence[ec.EllipticCurvePublicKey],
+) -> signing.Signer:
+    """The first valid signature among ``found`` by one of the keys, else SignatureError.
 
     With several signatures, one valid signature is enough; when none is valid the error is
     the one closest to success (a signature by this key over another digest before one by
     another key), with a count of the others.
     """
+    keys = list(public_key) if isinstance(public_key, Sequence) else [public_key]
+    where = f"signature of {ref.registry}/{ref.repository}@{digest}"
     failures: list[SignatureError] = []
-    for item in _bundles(client, ref, digest):
+    for item in found:
         if isinstance(item, SignatureError):
             failures.append(item)
             continue
-        where = f"signature of {ref.registry}/{ref.repository}@{digest}"
-        try:
-            return signing.verify(item, digest, public_key, where=where)
-        except SignatureError as exc:
-            failures.append(exc)
+        tried: list[SignatureError] = []
+        for key in keys:
+            try:
+                return signing.verify(item, digest, key, where=where)
+            except SignatureError as exc:
+                tried.append(exc)
+        failures.append(_closest(tried))
     if not failures:
         raise SignatureError(
             f"{ref.registry}/{ref.repository}@{digest} is not signed: no Sigstore bundle refers to it",
             reason="missing",
             hint="the publisher signs it with: mcpkit bundle sign REF --key PREFIX.key",
         )
-    failures.sort(key=lambda exc: _CLOSEST.index(exc.reason) if exc.reason in _CLOSEST else len(_CLOSEST))
-    best = failures[0]
+    best = _closest(failures)
     if len(failures) > 1:
-        others = ", ".join(sorted(f.reason for f in failures[1:]))
-        raise SignatureError(f"{best.message} (and {len(failures) - 1} other invalid signatures: {others})",
+        others = list(failures)
+        others.remove(best)
+        names = ", ".join(sorted(f.reason for f in others))
+        raise SignatureError(f"{best.message} (and {len(others)} other invalid signatures: {names})",
                              reason=best.reason, hint=best.hint)
     raise best
+
+
+def _closest(failures: list[SignatureError]) -> SignatureError:
+    return min(failures, key=lambda exc: _CLOSEST.index(exc.reason) if exc.reason in _CLOSEST else len(_CLOSEST))
