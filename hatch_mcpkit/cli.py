@@ -24,7 +24,7 @@ import os
 import sys
 import tempfile
 import traceback
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -109,7 +109,36 @@ def _pull_options(args: argparse.Namespace) -> PullOptions:
     return PullOptions(offline=getattr(args, "offline", False), insecure=getattr(args, "insecure", False),
                        ca_file=getattr(args, "ca_file", None), username=username, password=password,
                        max_bundle_size=_size_limit(args),
-                       transfer_deadline=getattr(args, "transfer_deadline", None))
+                       transfer_deadline=getattr(args, "transfer_deadline", None), verify=_verifier(args))
+
+
+def _trust(args: argparse.Namespace) -> Callable[[Reference], Any]:
+    """The trust requirement of a registry reference: the policy files' rules plus ``--key``."""
+    from hatch_mcpkit.trust import KeySet, TrustPolicy
+
+    policy = TrustPolicy.load(_cache(args).home)
+    keys = getattr(args, "key", None)
+    extra = KeySet(tuple(Path(k).expanduser() for k in keys), "--key") if keys else None
+    return lambda ref: policy.requirement(ref, extra)
+
+
+def _verifier(args: argparse.Namespace) -> Any:
+    from hatch_mcpkit.trust import verifier
+
+    return verifier(_trust(args), _warn)
+
+
+def _check_cached(args: argparse.Namespace, path: Path, label: str) -> None:
+    """A cached registry bundle must show the signatures the policy (and ``--key``) require now."""
+    from hatch_mcpkit.reference import Reference
+    from hatch_mcpkit.store import read_metadata
+    from hatch_mcpkit.trust import check_installed
+
+    meta = read_metadata(path)
+    if meta.get("source") != "oci" or not meta.get("registry") or not meta.get("repository"):
+        return  # policies name registry references; local and https bundles are what the user chose
+    ref = Reference(str(meta["registry"]), str(meta["repository"]), None)
+    check_installed(_trust(args)(ref), meta, label, _warn)
 
 
 def _precompile(store: BundleCache, result: PullResult) -> None:
@@ -221,8 +250,14 @@ def _cmd_push(args: argparse.Namespace) -> int:
 
 
 def _cmd_pull(args: argparse.Namespace) -> int:
+    from hatch_mcpkit.reference import FileRef, HttpsRef, classify
+
     cache = _cache(args)
+    if args.key and isinstance(classify(args.reference, insecure=args.insecure), (FileRef, HttpsRef)):
+        raise UsageError(f"--key verifies bundles from a registry; {args.reference!r} is not an oci:// reference")
     result = cache.pull(args.reference, _pull_options(args))
+    if args.offline:
+        _check_cached(args, result.path, args.reference)
     for warning in result.warnings:
         _warn(warning)
     _precompile(cache, result)
@@ -233,8 +268,19 @@ def _cmd_pull(args: argparse.Namespace) -> int:
     _out(f"{clean(result.entry.reference)}: {state}")
     _out(f"  name:    {clean(result.entry.name)} {clean(meta.get('version', ''))}".rstrip())
     _out(f"  digest:  {clean(result.digest)}")
+    for line in _signer_lines(meta, result.digest):
+        _out(f"  signed:  {line}")
     _out(f"  path:    {clean(result.path)}")
     return 0
+
+
+def _signer_lines(meta: dict[str, Any], digest: str) -> list[str]:
+    """Who signed an installed entry (from its metadata.json), one line per verified key."""
+    record = meta.get("signature")
+    if not isinstance(record, dict) or record.get("digest") != digest:
+        return []
+    return [f"key {clean(str(s.get('key_id')))} (verified {clean(str(record.get('verified_at')))})"
+            for s in record.get("signers") or () if isinstance(s, dict)]
 
 
 # --------------------------------------------------------------------------- list
@@ -471,6 +517,7 @@ def _inspect_cached(entry: CacheEntry) -> dict[str, Any]:
         "annotations": meta.get("annotations", {}),
         "path": str(entry.path),
         "pulled_at": entry.pulled_at,
+        "signature": meta.get("signature"),
     }
 
 
@@ -512,6 +559,10 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     _out(f"Size:        {_human_size(view.get('size'))}")
     if view.get("path"):
         _out(f"Cached at:   {clean(view['path'])}")
+        signed = _signer_lines(view, str(view["digest"]))
+        _out(f"Signed:      {signed[0] if signed else 'not verified'}")
+        for line in signed[1:]:
+            _out(f"             {line}")
     _out("Layers:")
     table = [[str(d.get("title")), str(d.get("mediaType", "")), _human_size(d.get("size")), str(d.get("digest"))]
              for d in view.get("layers", [])]
@@ -609,6 +660,8 @@ def open_runtime(args: argparse.Namespace) -> Iterator[Runtime]:
     grants = _allow_dir_grants(args.allow_dir)
     store = _cache(args)
     with _bundle_to_serve(args, store) as found:
+        if found.cached:
+            _check_cached(args, found.path, found.label)
         if not found.module.is_file():
             raise InvalidReferenceError(f"{found.label}: {found.module} is missing",
                                         hint="a bundle needs module.wasm beside config.yaml")
@@ -730,10 +783,17 @@ def _add_serve_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
                          "registry reference or https:// archive that is not cached yet. A bare name always means "
                          "the cache; a local path must look like one (./x, /abs, x.mcpkit.tar, x/config.yaml).")
     run.add_argument("reference", metavar="NAME|URI|PATH")
+    _add_key_option(run)
     _add_registry_options(run)
     _add_size_limit(run)
     _add_serve_options(run)
     run.set_defaults(func=_cmd_serve)
+
+
+def _add_key_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--key", action="append", metavar="PREFIX.pub",
+                   help="require a valid signature by this public key over the manifest digest that is installed, "
+                   "checked before any layer is downloaded (repeat: any one of the keys); adds to the trust policy")
 
 
 def _deadline(text: str) -> float:
@@ -784,6 +844,7 @@ def _add_bundle_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
                        "https://host/bundle.tar.gz[#sha256=HEX], or the name of a cached bundle (pulls it again).")
     p.add_argument("reference", metavar="URI", help="what to pull")
     p.add_argument("--offline", action="store_true", help="use the cache only; fail if the bundle is not there")
+    _add_key_option(p)
     _add_registry_options(p)
     _add_size_limit(p)
     _add_home(p)

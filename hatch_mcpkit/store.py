@@ -41,7 +41,7 @@ import shutil
 import tempfile
 import time
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -89,6 +89,7 @@ __all__ = [
     "PullOptions",
     "PullResult",
     "default_home",
+    "read_metadata",
 ]
 
 METADATA = "metadata.json"
@@ -201,6 +202,11 @@ class CacheEntry:
         }
 
 
+def read_metadata(entry_dir: Path) -> dict[str, Any]:
+    """An entry folder's metadata.json (``{}`` if it cannot be read)."""
+    return _read_metadata(entry_dir)
+
+
 def _read_metadata(entry_dir: Path) -> dict[str, Any]:
     try:
         data = _json.load((entry_dir / METADATA).read_bytes(), where=str(entry_dir / METADATA), error=CacheError,
@@ -235,6 +241,11 @@ class PullOptions:
     password: str | None = field(default=None, repr=False)
     max_bundle_size: int | None = None  # None: $MCPKIT_MAX_BUNDLE_SIZE, else 1 GiB
     transfer_deadline: float | None = None  # seconds per transfer; None: $MCPKIT_TRANSFER_DEADLINE, else 900
+    # called for a registry pull with the manifest digest about to be installed, after the manifest and
+    # before any blob is fetched; raises to refuse (the cache stays as it was) or returns the
+    # ``signature`` record for metadata.json (see hatch_mcpkit.trust.verifier)
+    verify: Callable[[RegistryClient, Reference, str], dict[str, Any] | None] | None = field(
+        default=None, compare=False)
 
     @property
     def size_limit(self) -> int:
@@ -572,7 +583,7 @@ class BundleCache:
     def _pull_oci(self, source: OciRef, opts: PullOptions) -> PullResult:
         ref = source.reference
         rel = Path(*[_safe_parts([p])[0] for p in ref.cache_parts()])
-        meta = {
+        meta: dict[str, Any] = {
             "source": "oci",
             "registry": ref.registry,
             "repository": ref.repository,
@@ -586,6 +597,10 @@ class BundleCache:
                     f"{source.key}: the registry returned manifest {manifest.digest}, not the digest asked for",
                     digest=ref.digest,
                 )
+            if opts.verify is not None:  # by the digest installed below: the tag is not resolved again
+                signature = opts.verify(client, ref, manifest.digest)
+                if signature is not None:
+                    meta["signature"] = signature
             return self._install(
                 manifest=manifest, blobs=_RegistryBlobs(client, ref.repository), reference=source.key, rel=rel,
                 meta=meta, limit=limit,
@@ -680,7 +695,7 @@ class BundleCache:
         existed = target.exists()
         # Fast path: this manifest is already installed here, intact; only the manifest was transferred.
         if existed and self._current(target, manifest):
-            return self._ensure_indexed(target, reference, manifest)
+            return self._ensure_indexed(target, reference, manifest, meta)
         try:
             with self._workdir("pull") as work:
                 return self._fetch_and_swap(manifest, blobs, reference, target, work, meta, repaired=existed,
@@ -717,14 +732,18 @@ class BundleCache:
         atomic_write(staged / METADATA, (json.dumps(metadata, indent=2, sort_keys=True) + "\n").encode(), mode=0o644)
         with _flock(self._entry_lock(target)):
             if self._current(target, manifest):  # another process finished the same pull first
-                return self._ensure_indexed(target, reference, manifest)
+                return self._ensure_indexed(target, reference, manifest, meta, locked=True)
             self._swap_in(staged, target, work)
             entry = CacheEntry(name, reference, manifest.digest, target, metadata["pulled_at"])
             dropped = self._update_index(add=entry)
         self._discard_orphans(dropped)
         return PullResult(entry, changed=True, repaired=repaired)
 
-    def _ensure_indexed(self, target: Path, reference: str, manifest: Manifest) -> PullResult:
+    def _ensure_indexed(self, target: Path, reference: str, manifest: Manifest, meta: dict[str, Any] | None = None,
+                        *, locked: bool = False) -> PullResult:
+        if meta is not None and "signature" in meta:  # verified now: record it on the entry already there
+            with contextlib.nullcontext() if locked else _flock(self._entry_lock(target)):
+                self._record_signature(target, manifest, meta["signature"])
         index = self._load_index()
         existing = index.by_ref.get(reference)
         if existing is not None and existing.path == target and existing.digest == manifest.digest:
@@ -734,6 +753,13 @@ class BundleCache:
         dropped = self._update_index(add=entry)
         self._discard_orphans(dropped)
         return PullResult(entry, changed=False)
+
+    def _record_signature(self, target: Path, manifest: Manifest, signature: dict[str, Any]) -> None:
+        metadata = _read_metadata(target)
+        if metadata.get("digest") == manifest.digest and metadata.get("signature") != signature:
+            metadata["signature"] = signature
+            atomic_write(target / METADATA, (json.dumps(metadata, indent=2, sort_keys=True) + "\n").encode(),
+                         mode=0o644)
 
     def _swap_in(self, staged: Path, target: Path, work: Path) -> None:
         """Rename the old entry aside, the new one in; put the old one back if that fails."""
