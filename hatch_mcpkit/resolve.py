@@ -74,7 +74,14 @@ def open_bundle(
             yield local
         return
     if isinstance(ref, NameRef):
-        entry = store.find_entry(ref.name)
+        try:
+            entry = store.find_entry(ref.name)
+        except BundleNotFoundError as exc:
+            if Path(ref.name).exists():  # say why the folder here was not used
+                raise BundleNotFoundError(
+                    exc.message, hint=f"a bare name always means the cache; to use the folder here write ./{ref.name}"
+                ) from None
+            raise
         yield BundleDir(entry.path, text, cached=True)
         return
     try:

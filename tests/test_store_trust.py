@@ -128,6 +128,11 @@ def test_a_folder_in_the_working_directory_never_shadows_a_cached_bundle(env: di
     # the folder is still reachable, as a path that looks like one -- and then it is refused (reserved names)
     proc = mcpkit(env, "run", "./shadow-tool", cwd=work, ok=False)
     assert proc.returncode != 0 and "reserved" in proc.stderr
+    # a folder here whose name is not cached: the error says how to name the folder
+    make_demo_project(work / "local-tool", name="local-tool")
+    proc = mcpkit(env, "run", "local-tool", cwd=work, ok=False)
+    assert proc.returncode == 3 and "write ./local-tool" in proc.stderr
+    assert list_tools(env, "run", "./local-tool", cwd=work) == ["echo", "add"]
 
 
 @pytest.mark.registry
