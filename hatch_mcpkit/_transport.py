@@ -418,6 +418,11 @@ class Transport:
         finally:
             resp.close()
 
+    def stream(self, resp: requests.Response, *, what: str, deadline: Deadline) -> Iterator[bytes]:
+        """:meth:`chunks` received ahead on a helper thread (at most :data:`AHEAD` chunks in memory), so
+        the network, hashing and writing overlap; for blobs. Closes ``resp`` however the consumer stops."""
+        return _ahead(self.chunks(resp, what=what, deadline=deadline))
+
     def read_body(self, resp: requests.Response, *, limit: int, what: str, deadline: Deadline | None = None,
                   error: type[RegistryError] = RegistryError) -> bytes:
         """The whole body of ``resp`` in memory, refusing more than ``limit`` bytes; closes ``resp``."""
@@ -476,6 +481,57 @@ def error_message(body: bytes) -> str | None:
     return clean(text, limit=500)
 
 
+_END = object()
+AHEAD = 4
+
+
+def _ahead(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    """Run ``chunks`` on a daemon thread, up to :data:`AHEAD` items ahead; errors arrive in order.
+
+    The thread alone drives (and finally closes) the generator; when the consumer stops early it
+    says so and the thread closes the generator at its next step.
+    """
+    import queue
+    import threading
+
+    box: queue.Queue[object] = queue.Queue(maxsize=AHEAD)
+    stop = threading.Event()
+
+    def put(item: object) -> bool:
+        while not stop.is_set():
+            try:
+                box.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def pump() -> None:
+        try:
+            for chunk in chunks:
+                if not put(chunk):
+                    return
+            put(_END)
+        except BaseException as exc:  # handed to the consumer, raised there
+            put(exc)
+        finally:
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                close()
+
+    threading.Thread(target=pump, name="mcpkit-receive", daemon=True).start()
+    try:
+        while True:
+            item = box.get()
+            if item is _END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item  # type: ignore[misc]
+    finally:
+        stop.set()
+
+
 # --------------------------------------------------------------------------- https downloads
 
 
@@ -504,7 +560,7 @@ def download(url: str, dest: Path, *, max_bytes: int, ca_file: str | None = None
         h = hashlib.sha256()
         written = 0
         with open(dest, "wb") as out:
-            for chunk in transport.chunks(resp, what="download", deadline=clock):
+            for chunk in transport.stream(resp, what="download", deadline=clock):
                 written += len(chunk)
                 if written > max_bytes:
                     raise BundleError(f"{shown}: download is larger than the {max_bytes} byte limit")

@@ -478,7 +478,7 @@ class RegistryClient:
                 f"but the manifest says {descriptor.size}",
                 digest=descriptor.digest,
             )
-        return self.transport.chunks(resp, what=what, deadline=clock)
+        return self.transport.stream(resp, what=what, deadline=clock)
 
     def fetch_blob(self, repository: str, descriptor: Descriptor, dest: Path) -> None:
         """Download a blob to ``dest``: streamed into a temporary file beside it, size and
