@@ -24,27 +24,32 @@ __all__ = ["SCHEMA_RESOURCE", "config_schema", "schema_problems", "type_name"]
 SCHEMA_RESOURCE = "schemas/config.schema.json"
 
 
-@functools.lru_cache(maxsize=1)
-def config_schema() -> dict[str, Any]:
-    """The JSON Schema of config.yaml, as shipped in the package."""
-    text = resources.files("hatch_mcpkit").joinpath(SCHEMA_RESOURCE).read_text(encoding="utf-8")
+def config_schema(resource: str = SCHEMA_RESOURCE) -> dict[str, Any]:
+    """The JSON Schema of config.yaml (or another shipped schema, such as the trust policy's)."""
+    return _schema(resource)
+
+
+@functools.lru_cache(maxsize=4)
+def _schema(resource: str) -> dict[str, Any]:
+    text = resources.files("hatch_mcpkit").joinpath(resource).read_text(encoding="utf-8")
     schema: dict[str, Any] = json.loads(text)
     return schema
 
 
-@functools.lru_cache(maxsize=1)
-def _validator() -> Any:
+@functools.lru_cache(maxsize=4)
+def _validator(resource: str) -> Any:
     from jsonschema import Draft202012Validator
     from referencing import Registry
 
     # the schema refers only to its own #/$defs; this registry has nothing else and never retrieves
-    return Draft202012Validator(config_schema(), registry=Registry())
+    return Draft202012Validator(_schema(resource), registry=Registry())
 
 
-def schema_problems(data: Any) -> list[tuple[KeyPath, str]]:
-    """Every way ``data`` (a loaded config.yaml) breaks the schema, in document terms."""
+def schema_problems(data: Any, resource: str = SCHEMA_RESOURCE) -> list[tuple[KeyPath, str]]:
+    """Every way ``data`` (a loaded config.yaml, or the document ``resource`` describes) breaks the
+    schema, in document terms."""
     found: list[tuple[KeyPath, str]] = []
-    for error in _validator().iter_errors(data):
+    for error in _validator(resource).iter_errors(data):
         for item in _explain(error):
             if item not in found:
                 found.append(item)

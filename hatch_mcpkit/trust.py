@@ -25,7 +25,6 @@ before any blob is: by the digest that is then installed. :func:`check_installed
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -44,7 +43,7 @@ __all__ = ["MODES", "POLICY_FILE", "KeySet", "Requirement", "TrustPolicy", "chec
 
 POLICY_FILE = "trust.yaml"
 MODES = ("enforce", "warn", "off")
-_SCHEMA = Path(__file__).with_name("schemas") / "trust.schema.json"
+_SCHEMA = "schemas/trust.schema.json"
 _MAX_POLICY_BYTES = 1024 * 1024
 
 
@@ -146,15 +145,15 @@ def _pattern(text: str) -> re.Pattern[str]:
 
 
 def _schema_problems(data: Any, file: str, lines: LineMap, prefix: tuple[str, ...] = ()) -> list[Problem]:
-    from jsonschema import Draft202012Validator
+    """The schema's complaints in config.yaml's words (key path, line, did-you-mean)."""
+    from hatch_mcpkit._configschema import schema_problems, type_name
 
-    schema = json.loads(_SCHEMA.read_text(encoding="utf-8"))
+    if not isinstance(data, dict):
+        return [Problem(file, format_path(prefix), f"must be a mapping, not {type_name(data)}", lines.get((), 1))]
     problems = []
-    for error in Draft202012Validator(schema).iter_errors(data):
-        path = tuple(error.absolute_path)
+    for path, message in schema_problems(data, _SCHEMA):
         line = next((lines[path[:n]] for n in range(len(path), -1, -1) if path[:n] in lines), None)
-        message = error.message if len(error.message) <= 200 else error.message[:200] + "..."
-        problems.append(Problem(file, format_path((*prefix, *path)), clean(message), line))
+        problems.append(Problem(file, format_path((*prefix, *path)), clean(message, limit=300), line))
     return problems
 
 

@@ -379,9 +379,9 @@ def test_trust_yaml_errors_name_the_key_path_and_line(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         trust.TrustPolicy.load(home, tmp_path)
     text = str(info.value)
-    assert "trust.yaml:1: default: 'strict' is not one of ['enforce', 'warn', 'off']" in text
-    assert "trust.yaml:4: rules[0].keys:" in text
-    assert "trust.yaml:3: rules[0]: Additional properties are not allowed ('mode' was unexpected)" in text
+    assert "trust.yaml:1: default: 'strict' is not one of: 'enforce', 'warn', 'off'" in text
+    assert "trust.yaml:4: rules[0].keys: must have at least 1 item(s)" in text
+    assert "trust.yaml:5: rules[0].mode: unknown key (expected one of: match, keys)" in text
 
 
 def test_pyproject_trust_table_errors_name_the_key_path(tmp_path: Path) -> None:
@@ -390,7 +390,8 @@ def test_pyproject_trust_table_errors_name_the_key_path(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         trust.TrustPolicy.load(tmp_path / "home", tmp_path)
     text = str(info.value)
-    assert "pyproject.toml:4: tool.mcpkit.trust.rules[0]: 'keys' is a required property" in text
+    assert "pyproject.toml:4: tool.mcpkit.trust.rules[0]: missing required key 'keys'" in text
+    assert "tool.mcpkit.trust.rules[0].key: unknown key (did you mean 'keys'?)" in text
 
 
 def test_patterns_match_registry_and_repository(tmp_path: Path) -> None:
