@@ -597,6 +597,7 @@ class BundleCache:
                     f"{source.key}: the registry returned manifest {manifest.digest}, not the digest asked for",
                     digest=ref.digest,
                 )
+            check_declared_sizes(manifest, limit, source.key)  # before anything else is fetched
             if opts.verify is not None:  # by the digest installed below: the tag is not resolved again
                 signature = opts.verify(client, ref, manifest.digest)
                 if signature is not None:
