@@ -21,10 +21,10 @@ from typing import Any
 
 import pytest
 
-from hatch_mcpkit.cache import BundleCache
 from hatch_mcpkit.errors import RegistryError
 from hatch_mcpkit.reference import parse_reference
 from hatch_mcpkit.registry import RegistryClient
+from hatch_mcpkit.store import BundleCache
 from tests.builders import build_layout, check_cache_consistent, listing, make_project, push_project, snapshot
 from tests.faultproxy import Fault, FaultProxy
 from tests.plugins.registry import RunningRegistry, start_binary_registry

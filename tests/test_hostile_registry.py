@@ -26,10 +26,10 @@ import pytest
 from hatch_mcpkit._transport import download
 from hatch_mcpkit.auth import Credentials
 from hatch_mcpkit.bundle import BundleLayout
-from hatch_mcpkit.cache import BundleCache
 from hatch_mcpkit.errors import AuthError, McpkitError, RegistryError
 from hatch_mcpkit.reference import parse_reference
 from hatch_mcpkit.registry import RegistryClient
+from hatch_mcpkit.store import BundleCache
 from tests.builders import TINY_WASM, build_layout, make_project
 from tests.hostile_server import SECRET, USER, Server, needs_basic, send, servers_fixture
 from tests.plugins.registry import make_cert

@@ -24,9 +24,9 @@ from typing import Any
 
 import pytest
 
-from hatch_mcpkit.cache import BundleCache
 from hatch_mcpkit.errors import AuthError, InvalidReferenceError, McpkitError, RegistryError
 from hatch_mcpkit.registry import RegistryClient
+from hatch_mcpkit.store import BundleCache
 from tests.builders import build_layout, make_project, push_project
 from tests.faultproxy import Fault, FaultProxy
 

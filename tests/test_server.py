@@ -224,8 +224,8 @@ def test_fs_grant_warns_at_launch(hostile_bundle_dir: Path, tmp_path: Path) -> N
 
 def test_cached_bundle_by_name_and_archive_path(hostile_bundle_dir: Path, tmp_path: Path) -> None:
     from hatch_mcpkit.bundle import build_bundle
-    from hatch_mcpkit.cache import BundleCache
     from hatch_mcpkit.config import load_config
+    from hatch_mcpkit.store import BundleCache
 
     home = tmp_path / "home"
     BundleCache(home).pull(str(hostile_bundle_dir))
