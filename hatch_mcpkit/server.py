@@ -130,8 +130,8 @@ def _call(runtime: Runtime, tool: Tool, arguments: dict[str, Any],
 
 async def serve(runtime: Runtime, *, max_concurrency: int = DEFAULT_CONCURRENCY) -> None:
     """Serve ``runtime`` over this process's stdin/stdout until the client goes away."""
-    from mcp.server.stdio import stdio_server
+    from hatch_mcpkit._stdio import stdio_streams
 
     server = build_server(runtime, max_concurrency=max_concurrency)
-    async with stdio_server() as (read_stream, write_stream):
+    async with stdio_streams() as (read_stream, write_stream):
         await server.run(read_stream, write_stream, server.create_initialization_options())

@@ -242,3 +242,37 @@ def test_cached_bundle_by_name_and_archive_path(hostile_bundle_dir: Path, tmp_pa
                 assert res.content[0].text == "hello from the bundle\n"
 
     run(go)
+
+
+def test_malformed_lines_get_parse_and_invalid_request_errors(example_bundle_dir: Path) -> None:
+    """-32700 for a line that is not JSON, -32600 for JSON that is not a request; no "id": null ever."""
+    from tests.test_hostile_input import RawServer
+
+    server = RawServer(example_bundle_dir)
+    try:
+        server.request(1, "initialize", {"protocolVersion": "2025-11-25", "capabilities": {},
+                                         "clientInfo": {"name": "raw", "version": "0"}})
+        server.read_until(1)
+        server.send(b'{"jsonrpc":"2.0","method":"notifications/initialized"}')
+        cases = [
+            (b"{not json", -32700, None),
+            (b'{"jsonrpc":"1.0","id":7,"method":"ping"}', -32600, 7),
+            (b'{"jsonrpc":"2.0","id":8,"method":42}', -32600, 8),
+            (b'{"jsonrpc":"2.0","id":"nine","method":"tools/call","params":[1,2]}', -32600, "nine"),
+            (b'[{"jsonrpc":"2.0","id":10,"method":"ping"}]', -32600, None),
+            (b'{"jsonrpc":"2.0","id":{"x":1},"method":"ping"}', -32600, None),
+        ]
+        for n, (line, code, ident) in enumerate(cases):
+            server.send(line)
+            server.request(100 + n, "ping")
+            messages = server.read_until(100 + n)
+            errors = [m for m in messages if "error" in m]
+            assert len(errors) == 1, (line, messages)
+            assert errors[0]["error"]["code"] == code, (line, errors)
+            assert errors[0].get("id", None) == ident and (ident is not None or "id" not in errors[0]), errors
+        server.send(b'{"jsonrpc":"2.0","method":42}')  # a broken notification: no answer
+        server.request(200, "ping")
+        assert [m for m in server.read_until(200) if "error" in m] == []
+    finally:
+        stderr = server.close()
+    assert b"Traceback" not in stderr
