@@ -224,6 +224,11 @@ def _cmd_push(args: argparse.Namespace) -> int:
         if tag is not None:
             tags.insert(0, tag)
     password = _read_password(args)
+    sign_key = None
+    if args.sign_key:  # loaded first: a missing or wrong password fails before anything is pushed
+        from hatch_mcpkit.signing import load_private_key
+
+        sign_key = load_private_key(args.sign_key)
 
     own_config = None  # the publisher's own config.yaml; an archive's is data and never used to push
     with tempfile.TemporaryDirectory(prefix="mcpkit-push-") as tmp:
@@ -239,10 +244,12 @@ def _cmd_push(args: argparse.Namespace) -> int:
         result = push_archive(archive, target=target, tags=list(dict.fromkeys(tags)), username=args.username,
                               password=password, insecure=args.insecure, ca_file=args.ca_file,
                               deadline=getattr(args, "transfer_deadline", None),
-                              publisher_config=own_config)
+                              publisher_config=own_config, sign_key=sign_key)
     _out(f"digest: {result.digest}")
     for reference in result.references:
         _out(f"pushed oci://{clean(reference)}")
+    if result.signature:
+        _out(f"signed {result.digest} (signature oci://{clean(result.repository)}@{result.signature})")
     return 0
 
 
@@ -834,6 +841,9 @@ def _add_bundle_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
     p.add_argument("--to", dest="target", metavar="REF", help="where to push (default: distribution.registry)")
     p.add_argument("--tag", "-t", action="append", metavar="TAG",
                    help="tag to apply (repeatable; default: distribution.tags, else the version)")
+    p.add_argument("--sign-key", metavar="PREFIX.key",
+                   help="sign the pushed manifest digest with this private key (as mcpkit bundle sign does; "
+                   "MCPKIT_KEY_PASSWORD when it is encrypted)")
     _add_registry_options(p)
     p.set_defaults(func=_cmd_push)
 

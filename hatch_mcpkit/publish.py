@@ -20,10 +20,14 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hatch_mcpkit.bundle import ARCHIVE_SUFFIX, BundleLayout
 from hatch_mcpkit.config import Config, parse_config
 from hatch_mcpkit.errors import BundleError
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric import ec
 
 __all__ = ["PushResult", "find_archives", "push_archive"]
 
@@ -34,6 +38,7 @@ class PushResult:
     digest: str
     repository: str  # host/repository
     tags: tuple[str, ...]
+    signature: str | None = None  # the signature referrer's digest when the push was signed
 
     @property
     def references(self) -> list[str]:
@@ -93,11 +98,14 @@ def push_archive(
     echo: Callable[[str], None] | None = None,
     publisher_config: Config | None = None,
     deadline: float | None = None,
+    sign_key: ec.EllipticCurvePrivateKey | None = None,
 ) -> PushResult:
     """Push one ``.mcpkit.tar`` (or layout directory) and apply every tag; idempotent.
 
     ``publisher_config`` is the publisher's own config.yaml: its ``distribution`` (registry,
-    tags, ``auth`` expanded from ``environ``) is used when no ``target`` is given.
+    tags, ``auth`` expanded from ``environ``) is used when no ``target`` is given. With
+    ``sign_key``, the pushed manifest digest (what every tag names) is signed and the signature
+    pushed as its referrer, through the same client.
     """
     from hatch_mcpkit.auth import resolve_credentials
     from hatch_mcpkit.reference import parse_repository
@@ -142,6 +150,13 @@ def push_archive(
         with RegistryClient(repo_host, credentials=credentials, insecure=insecure, ca_file=ca_file,
                             deadline=deadline) as client:
             digest = client.push_layout(layout, repository, push_tags)
-        if digest != layout.manifest.digest:  # pragma: no cover - push_layout pushes the layout's bytes
-            raise BundleError(f"registry stored {digest}, expected {layout.manifest.digest}")
-        return PushResult(archive, digest, f"{repo_host}/{repository}", push_tags)
+            if digest != layout.manifest.digest:  # pragma: no cover - push_layout pushes the layout's bytes
+                raise BundleError(f"registry stored {digest}, expected {layout.manifest.digest}")
+            signature = None
+            if sign_key is not None:
+                from hatch_mcpkit._signatures import attach
+                from hatch_mcpkit.reference import Reference
+
+                signed = Reference(repo_host, repository, None, digest)
+                signature = attach(client, signed, digest, sign_key).referrer
+        return PushResult(archive, digest, f"{repo_host}/{repository}", push_tags, signature)

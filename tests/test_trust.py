@@ -407,3 +407,69 @@ def test_patterns_match_registry_and_repository(tmp_path: Path) -> None:
     assert keys_for("ghcr.io/myorg/team/weather:1") == [Path("/abs/o.pub")]
     assert keys_for("docker.io/myorg/weather:1") == []
     assert policy.requirement(parse_reference("docker.io/x/y:1")).mode == "off"
+
+
+# --- signing on publish ----------------------------------------------------------------------------
+
+_CHECKOUT = {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}  # hatch loads this checkout's plugin
+
+@pytest.mark.hatch
+def test_hatch_publish_with_sign_key_signs_every_pushed_tags_digest(
+    run_hatch: Any, example_copy: Path, registry: Any, repo_name: str, tmp_path: Path, keys: dict[str, Path],
+) -> None:
+    """`sign-key` in [tool.hatch.publish.mcpkit] (relative to the project): the real `hatch publish` pushes and
+    signs; what every tag names then verifies with the public key, and a pull with --key installs it."""
+    from tests.builders import build_archive
+
+    dist = example_copy / "dist"
+    dist.mkdir()
+    built = build_archive(make_project(tmp_path / "publish-me", version="1.0.0"), tmp_path / "built")
+    (dist / built.path.name).write_bytes(built.path.read_bytes())
+    (example_copy / "release.key").write_bytes(keys["publisher"].with_suffix(".key").read_bytes())
+    pyproject = example_copy / "pyproject.toml"
+    pyproject.write_text(pyproject.read_text().replace(
+        "[tool.hatch.publish.mcpkit]\n", '[tool.hatch.publish.mcpkit]\nsign-key = "release.key"\n'))
+    target = f"{registry.host}/{repo_name}"
+    published = run_hatch(["publish", "-p", "mcpkit", "-o", f"registry=oci://{target}"], example_copy, env=_CHECKOUT)
+    assert published.returncode == 0, published.stdout
+    digest = built.digest
+    assert f"signed {digest}" in published.stdout
+    public = signing.load_public_key(keys["publisher"].with_suffix(".pub"))
+    with registry.client() as client:
+        for tag in ("latest", "v1.0.0"):  # the example's distribution.tags
+            ref = Reference(registry.host, repo_name, tag)
+            assert client.resolve(ref) == digest
+            assert _signatures.require(client, ref, digest, public).key_id == _key_id(keys["publisher"])
+
+
+@pytest.mark.hatch
+def test_hatch_publish_with_a_wrong_key_password_pushes_nothing(
+    run_hatch: Any, example_copy: Path, registry: Any, repo_name: str, tmp_path: Path,
+) -> None:
+    from tests.builders import build_archive
+
+    signing.generate_key(example_copy / "locked", environ={"MCPKIT_KEY_PASSWORD": "right"})
+    (example_copy / "dist").mkdir()
+    built = build_archive(make_project(tmp_path / "publish-me", version="1.0.0"), tmp_path / "built")
+    (example_copy / "dist" / built.path.name).write_bytes(built.path.read_bytes())
+    published = run_hatch(["publish", "-p", "mcpkit", "-o", f"registry=oci://{registry.host}/{repo_name}",
+                           "-o", "sign-key=locked.key"], example_copy,
+                          env={**_CHECKOUT, "MCPKIT_KEY_PASSWORD": "wrong"})
+    assert published.returncode != 0 and "wrong password for private key" in published.stdout
+    assert "right" not in published.stdout
+    with registry.client() as client, pytest.raises(Exception, match="not found"):
+        client.list_tags(repo_name)
+
+
+def test_push_with_sign_key_signs_the_pushed_digest(
+    registry: Any, repo_name: str, tmp_path: Path, keys: dict[str, Path], capsys: pytest.CaptureFixture[str],
+) -> None:
+    project = make_project(tmp_path / "p", version="3.0.0")
+    target = registry.ref(repo_name, "3.0.0")
+    code, out, err = _mcpkit(capsys, "bundle", "push", "--config", str(project / "config.yaml"), "--to", target,
+                             "--sign-key", str(keys["publisher"].with_suffix(".key")))
+    assert code == 0, err
+    digest = out.split("digest: ", 1)[1].split()[0]
+    assert f"signed {digest} (signature oci://{registry.host}/{repo_name}@sha256:" in out
+    code, out, err = _mcpkit(capsys, "bundle", "verify", target, "--key", _pub(keys["publisher"]))
+    assert code == 0, err

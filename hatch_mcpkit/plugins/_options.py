@@ -245,6 +245,8 @@ PUBLISH_OPTIONS: Mapping[str, Option] = {
     "password": Option("string", "registry password or token (prefer the environment)", secret=True),
     "insecure": Option("flag", "allow plain HTTP to a non-loopback registry", False),
     "ca-file": Option("string", "PEM file to verify the registry's TLS certificate"),
+    "sign-key": Option("string", "sign every pushed digest with this private key (PREFIX.key; "
+                       "MCPKIT_KEY_PASSWORD when encrypted)"),
     "disable": Option("flag", "hatch asks for confirmation before publishing (read by hatch)", False),
 }
 

@@ -55,6 +55,10 @@ class PublishOptions(PluginOptions):
         return self.text("ca-file")
 
     @cached_property
+    def sign_key(self) -> str | None:
+        return self.text("sign-key")
+
+    @cached_property
     def disable(self) -> bool:
         return bool(self.value("disable"))
 
@@ -106,6 +110,11 @@ class McpkitPublisher(PublisherInterface):
         try:
             opts = self._options(options)
             own_config = self._own_config()
+            sign_key = None
+            if opts.sign_key:  # loaded first: a missing or wrong password fails before anything is pushed
+                from hatch_mcpkit.signing import load_private_key
+
+                sign_key = load_private_key(Path(self.root, opts.sign_key).expanduser())
             for archive in find_archives(artifacts, Path(self.root)):
                 result = push_archive(
                     archive,
@@ -118,9 +127,12 @@ class McpkitPublisher(PublisherInterface):
                     environ=os.environ,  # the publisher's own archives: its own ${VAR}s
                     echo=self.app.display_waiting,
                     publisher_config=own_config,
+                    sign_key=sign_key,
                 )
                 self.app.display_success(f"mcpkit: pushed {archive.name}")
                 self.app.display_info(f"  digest {result.digest}")
+                if result.signature:
+                    self.app.display_info(f"  signed {result.digest} (signature {result.signature})")
                 for ref in result.references:
                     self.app.display_info(f"  {ref}")
         except McpkitError as exc:
