@@ -2,7 +2,7 @@
 and turning a wasmtime failure into a reason.
 
 Nothing here raises out of a host function: ``poll_oneoff`` answers every bad request with
-a WASI errno, and stops (``_Stop``) only when the host ends the call.
+a WASI errno, and stops (:class:`Stop`) only when the host ends the call.
 """
 
 from __future__ import annotations
