@@ -84,6 +84,7 @@ class Runtime:
     ) -> None:
         import wasmtime
 
+        _wasmtime.check_supported()
         t0 = time.perf_counter()
         self.config = config
         self.bundle_dir = Path(bundle_dir) if bundle_dir is not None else Path(module_path).parent

@@ -31,9 +31,8 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 __all__ = [
-    "PRIVATE_NAMES", "Hooks", "attach_interrupt", "attach_output", "missing_names", "preopen", "register",
-    "set_stdin",
-    "unregister",
+    "PRIVATE_NAMES", "Hooks", "attach_interrupt", "attach_output", "check_supported", "missing_names",
+    "preopen", "register", "set_stdin", "unregister",
 ]
 
 PRIVATE_NAMES = (
@@ -79,6 +78,24 @@ def missing_names() -> list[str]:
     from wasmtime import _ffi
 
     return [name for name in PRIVATE_NAMES if not hasattr(_ffi, name.rsplit(".", 1)[1])]
+
+
+def check_supported() -> None:
+    """Refuse, with a clear error, a wasmtime-py the runtime cannot run on (too old, or a private name gone)."""
+    import wasmtime
+
+    from hatch_mcpkit.errors import SandboxError
+
+    missing = missing_names()
+    if not hasattr(wasmtime.Linker, "instantiate_pre"):
+        missing.append("wasmtime.Linker.instantiate_pre (wasmtime-py 45 and later)")
+    if missing:
+        from importlib.metadata import version
+
+        raise SandboxError(
+            f"wasmtime-py {version('wasmtime')} lacks what the mcpkit runtime needs: {', '.join(missing)}",
+            hint="install a supported release: pip install 'wasmtime>=45,<51'",
+        )
 
 
 def _ffi() -> dict[str, Any]:
