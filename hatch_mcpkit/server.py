@@ -9,8 +9,8 @@ Each call runs in a worker thread, at most ``--max-concurrency`` at a time: ther
 its arguments are checked against the tool's ``input_schema`` (the SDK does not do
 it on stdio; :mod:`hatch_mcpkit._validation`: no retrieval, RE2 patterns, a time
 budget) and, when they pass, the module runs in a fresh sandboxed instance
-(:mod:`hatch_mcpkit.runtime`). A bad argument is a JSON-RPC invalid-params error
-naming the field. The event loop only moves messages, so ``ping`` and
+(:mod:`hatch_mcpkit.runtime`). A bad argument is a tool result with ``isError``
+naming the field (SEP-1303); an unknown tool is a JSON-RPC invalid-params error. The event loop only moves messages, so ``ping`` and
 ``notifications/cancelled`` are answered while a call runs.
 
 stdout carries only protocol messages; everything else goes to stderr.
@@ -56,9 +56,12 @@ def build_server(runtime: Runtime, *, max_concurrency: int = DEFAULT_CONCURRENCY
     tools = [
         types.Tool(
             name=tool.name,
+            title=tool.title,
             description=tool.description,
             input_schema=tool.input_schema,
             output_schema=tool.output_schema,
+            annotations=types.ToolAnnotations.model_validate(tool.annotations, by_alias=True)
+            if tool.annotations else None,
         )
         for tool in config.tools
     ]
@@ -83,12 +86,6 @@ def build_server(runtime: Runtime, *, max_concurrency: int = DEFAULT_CONCURRENCY
             handle.cancel()  # validation stops at its next keyword, the instance at its next epoch tick
             log.info("call %s cancelled", name)
             raise
-        if isinstance(outcome, list):
-            raise MCPError(
-                code=types.INVALID_PARAMS,
-                message=f"Invalid arguments for tool {name}: " + "; ".join(outcome),
-                data={"errors": outcome},
-            )
         return outcome
 
     return Server(
@@ -101,17 +98,22 @@ def build_server(runtime: Runtime, *, max_concurrency: int = DEFAULT_CONCURRENCY
 
 
 def _call(runtime: Runtime, tool: Tool, arguments: dict[str, Any],
-          handle: CallHandle) -> list[str] | CallToolResult:
+          handle: CallHandle) -> CallToolResult:
     """One tools/call, in a worker thread: the argument check, the run, the MCP result.
 
-    Returns the problems with the arguments (a list) or the result to send.
+    Arguments that fail input_schema are a tool error naming the field (SEP-1303), so
+    the model can correct the call; a tool that declares output_schema answers with
+    structuredContent valid against it, or is an error saying why.
     """
     import mcp_types as types
     from pydantic import ValidationError
 
+    def error(text: str) -> CallToolResult:
+        return types.CallToolResult(content=[types.TextContent(type="text", text=text)], is_error=True)
+
     problems = runtime.schemas.arguments(tool, arguments, cancelled=lambda: handle.cancelled)
     if problems:
-        return problems
+        return error(f"Invalid arguments for tool {tool.name}: " + "; ".join(problems))
     result = runtime.call(tool.name, arguments, handle=handle)
     if result.is_error:
         log.info("call %s failed (%s) in %.1f ms", tool.name, result.reason, result.duration_ms)
@@ -119,13 +121,15 @@ def _call(runtime: Runtime, tool: Tool, arguments: dict[str, Any],
             log.debug("stderr of %s:\n%s", tool.name, result.stderr_tail)
     else:
         log.info("call %s ok in %.1f ms", tool.name, result.duration_ms)
+    if tool.output_schema is not None and not result.is_error and result.structured_content is None:
+        return error(f"{tool.name} declares an output_schema but its module printed no JSON object "
+                     "(structuredContent) to check against it; the result is withheld")
     try:
         return types.CallToolResult.model_validate(result.to_mcp(), by_alias=True)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first.get("loc", ()))
-        text = f"{tool.name} returned invalid MCP content ({where}: {first.get('msg')})"
-        return types.CallToolResult(content=[types.TextContent(type="text", text=text)], is_error=True)
+        return error(f"{tool.name} returned invalid MCP content ({where}: {first.get('msg')})")
 
 
 async def serve(runtime: Runtime, *, max_concurrency: int = DEFAULT_CONCURRENCY) -> None:

@@ -80,22 +80,26 @@ def test_calls_match_the_module(example_bundle_dir: Path, example_runtime: Any) 
     run(go)
 
 
-def test_bad_arguments_are_invalid_params_naming_the_field(example_bundle_dir: Path) -> None:
+def test_bad_arguments_are_tool_errors_naming_the_field(example_bundle_dir: Path) -> None:
+    """SEP-1303: arguments that fail input_schema are a tool result with isError, so the model can
+    correct itself; an unknown tool stays a JSON-RPC invalid-params error."""
     from mcp.shared.exceptions import MCPError
 
     async def go() -> None:
         async with session("server", str(example_bundle_dir)) as s:
-            with pytest.raises(MCPError) as info:
-                await s.call_tool("get_weather", {})
-            assert info.value.code == -32602
-            assert "arguments.location: 'location' is a required property" in info.value.message
-            with pytest.raises(MCPError) as info:
-                await s.call_tool("convert_temperature", {"value": "warm", "from": "celsius", "to": "kelvin"})
-            assert info.value.code == -32602
-            assert "arguments.value" in info.value.message and "'number'" in info.value.message
-            with pytest.raises(MCPError) as info:
-                await s.call_tool("get_weather", {"location": "Paris", "units": "metric"})
-            assert "Additional properties are not allowed" in info.value.message
+            await s.list_tools()
+            for tool, args, needles in [
+                ("get_weather", {}, ["arguments.location: 'location' is a required property"]),
+                ("convert_temperature", {"value": "warm", "from": "celsius", "to": "kelvin"},
+                 ["arguments.value", "'number'"]),
+                ("get_weather", {"location": "Paris", "units": "metric"}, ["Additional properties are not allowed"]),
+            ]:
+                res = await s.call_tool(tool, args)
+                assert res.is_error is True, (tool, args)
+                text = res.content[0].text
+                assert text.startswith(f"Invalid arguments for tool {tool}: "), text
+                assert all(n in text for n in needles), text
+                assert res.structured_content is None
             with pytest.raises(MCPError) as info:
                 await s.call_tool("get_forecast", {"location": "Paris"})
             assert info.value.code == -32602
@@ -192,7 +196,8 @@ def test_stdout_carries_only_protocol(hostile_bundle_dir: Path, tmp_path: Path) 
     assert by_id[2]["result"]["isError"] is True
     assert by_id[3]["result"]["isError"] is True
     assert len(stdout) < 20_000  # none of the 100 MB flood
-    assert by_id[4]["error"]["code"] == -32602
+    assert by_id[4]["result"]["isError"] is True  # read_file without its required path (SEP-1303)
+    assert "arguments.path" in by_id[4]["result"]["content"][0]["text"]
     assert by_id[5]["result"] == {} or "result" in by_id[5]
     stderr = err.decode()
     assert "mcpkit: serving hostile-tool" in stderr and "mcpkit: policy:" in stderr
@@ -276,3 +281,29 @@ def test_malformed_lines_get_parse_and_invalid_request_errors(example_bundle_dir
     finally:
         stderr = server.close()
     assert b"Traceback" not in stderr
+
+
+def test_output_schema_results_are_never_rejected_by_the_client(hostile_wasm: Path, tmp_path: Path) -> None:
+    """A tool with output_schema answers with structuredContent valid against it, or isError saying why;
+    the official client (which checks structuredContent against outputSchema) accepts every answer."""
+    from tests.test_schema_attacks import write_bundle
+
+    schema = {"type": "object", "properties": {"x": {"type": "integer"}}, "required": ["x"]}
+    bundle = write_bundle(tmp_path / "b", hostile_wasm, [
+        {"name": "echo", "description": "JSON object", "input_schema": {"type": "object"}, "output_schema": schema},
+        {"name": "argv_dump", "description": "a JSON array", "input_schema": {"type": "object"},
+         "output_schema": schema},
+    ])
+
+    async def go() -> None:
+        async with session("server", str(bundle)) as s:
+            await s.list_tools()
+            res = await s.call_tool("echo", {"x": 3})
+            assert res.is_error is False and res.structured_content == {"x": 3}
+            res = await s.call_tool("echo", {"x": "three"})
+            assert res.is_error is True and "output.x" in res.content[0].text
+            res = await s.call_tool("argv_dump", {})
+            assert res.is_error is True and res.structured_content is None
+            assert "output_schema" in res.content[0].text
+
+    run(go)
