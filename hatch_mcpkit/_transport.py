@@ -307,17 +307,21 @@ class Transport:
     ) -> requests.Response:
         """One request (no retry), following redirects under the policy; the body is left unread.
 
-        ``auth`` (an ``Authorization`` value) goes only to ``auth_origin`` (default: ``url``'s).
+        ``auth`` (an ``Authorization`` value) goes only to ``auth_origin`` (default: ``url``'s); a body
+        (a token request's refresh token, an upload) only to ``url``'s origin: a 307/308 elsewhere is refused.
         ``body`` is a factory, so a retry re-opens a file. Raises :class:`TransientError` for
         what is worth another try, :class:`RegistryError` for the rest.
         """
         deadline = deadline or self.start()
         owner = auth_origin or origin(url)
+        body_owner = origin(url)
         check_url(url, insecure=self.insecure, where=self.label)
         came_from: str | None = None
         for _hop in range(MAX_REDIRECTS + 1):
             if came_from is not None:
                 check_url(url, insecure=self.insecure, where=self.label, came_from=came_from)
+                if body is not None and origin(url) != body_owner:
+                    raise self._body_elsewhere(url, what)
             hdrs = dict(headers or {})
             if auth and origin(url) == owner:
                 hdrs["Authorization"] = auth
@@ -332,6 +336,17 @@ class Transport:
                 method, body = "GET", None
             came_from, url, params = url, target, None
         raise RegistryError(f"{self.label}: more than {MAX_REDIRECTS} redirects while trying to {what}")
+
+    def _body_elsewhere(self, url: str, what: str) -> RegistryError:
+        from hatch_mcpkit._text import clean
+
+        parts = urlsplit(url)
+        return RegistryError(
+            f"{self.label} redirected the request to {clean(parts.scheme)}://{clean(parts.netloc.rsplit('@', 1)[-1])}, "
+            f"another host, while trying to {what}; refusing to send the request body there "
+            "(it may carry credentials)",
+            hint="a request with a body is only ever sent to the host it was made for",
+        )
 
     def _send(self, method: str, url: str, headers: dict[str, str], body: Callable[[], Any] | None,
               params: Any, deadline: Deadline, what: str) -> requests.Response:

@@ -29,6 +29,7 @@ class Seen:
     method: str
     path: str
     authorization: str | None
+    body: bytes = b""  # the first 64 KiB of the request body
 
 
 @dataclass
@@ -50,10 +51,14 @@ class Server:
                 pass
 
             def _any(self) -> None:
-                outer.seen.append(Seen(self.command, self.path, self.headers.get("Authorization")))
+                seen = Seen(self.command, self.path, self.headers.get("Authorization"))
+                outer.seen.append(seen)
                 length = int(self.headers.get("Content-Length") or 0)
                 while length > 0:
-                    length -= len(self.rfile.read(min(length, 1 << 20)) or b"x" * length)
+                    chunk = self.rfile.read(min(length, 1 << 20)) or b"x" * length
+                    if len(seen.body) < 1 << 16:
+                        seen.body += chunk[: (1 << 16) - len(seen.body)]
+                    length -= len(chunk)
                 try:
                     outer.route(self)
                 except (BrokenPipeError, ConnectionResetError, ssl.SSLError):

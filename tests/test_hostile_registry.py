@@ -320,6 +320,30 @@ def test_environment_credentials_go_only_to_the_registry_they_name(servers: Call
     assert [s.authorization for s in hostile.credentials_seen()] != []
 
 
+def test_a_token_service_redirect_never_receives_the_refresh_token(servers: Callable[..., Server], tmp_path: Path,
+                                                                    home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An identity (refresh) token from docker config travels in the token request's POST body. A 307
+    from the token service to another host would re-send that body: it is refused, nothing is sent there."""
+    from hatch_mcpkit.auth import resolve_credentials
+
+    elsewhere = servers(lambda h: send(h, 200, b'{"token": "from-elsewhere"}'))
+    token_service = servers(lambda h: send(h, 307, headers={"Location": f"{elsewhere.url}/steal"}))
+    reg = servers(lambda h: send(h, 401, headers={
+        "Www-Authenticate": f'Bearer realm="{token_service.url}/token",service="reg"'}))
+    config = tmp_path / "docker"
+    config.mkdir()
+    (config / "config.json").write_text(json.dumps({"auths": {reg.host: {"identitytoken": "REFRESH-SECRET"}}}))
+    monkeypatch.setenv("DOCKER_CONFIG", str(config))
+    credentials = resolve_credentials(reg.host)
+    assert credentials is not None and credentials.identity_token == "REFRESH-SECRET"
+    with RegistryClient(reg.host, credentials=credentials) as client, pytest.raises(RegistryError) as info:
+        client.get_manifest(parse_reference(f"{reg.host}/org/tool:1"))
+    assert not any(b"REFRESH-SECRET" in s.body for s in elsewhere.seen), "the refresh token went to another host"
+    assert elsewhere.seen == [], "nothing of the token request goes to another host"
+    assert any(b"REFRESH-SECRET" in s.body for s in token_service.seen), "the token service itself got the token"
+    assert "another host" in str(info.value), str(info.value)
+
+
 # --------------------------------------------------------------------------- what a registry says
 
 
