@@ -38,6 +38,7 @@ __all__ = [
     "bundle_layer",
     "fallback_tag",
     "is_fallback_tag",
+    "layer_hint",
     "read_index",
     "referrer_manifest",
 ]
@@ -47,6 +48,11 @@ EMPTY_CONFIG = b"{}"
 PREDICATE_ANNOTATION = "dev.sigstore.bundle.predicateType"
 CONTENT_ANNOTATION = "dev.sigstore.bundle.content"
 CREATED_ANNOTATION = "org.opencontainers.image.created"
+# where the Sigstore bundle is (digest, size): added to the referrer's entry in the fallback index
+# (the manifest stays cosign's), so a verifier fetches the referrer manifest and the bundle side by
+# side. Only a hint: the manifest's own layer decides.
+LAYER_ANNOTATION = "dev.mcpkit.signature.layer"
+LAYER_SIZE_ANNOTATION = "dev.mcpkit.signature.layer.size"
 MAX_INDEX_BYTES = 4 * 1024 * 1024
 MAX_REFERRERS = 10_000
 _FALLBACK_TAG = re.compile(r"sha256-[0-9a-f]{64}")
@@ -121,7 +127,9 @@ def referrer_manifest(
         "annotations": annotations,
     }
     raw = _bytes(document)
-    entry = Referrer(_digest(raw), len(raw), BUNDLE_MEDIA_TYPE, MANIFEST_MEDIA_TYPE, annotations)
+    # the fallback index lists it with the manifest's annotations and where its bundle is (a hint)
+    listed = {**annotations, LAYER_ANNOTATION: layer.digest, LAYER_SIZE_ANNOTATION: str(layer.size)}
+    entry = Referrer(_digest(raw), len(raw), BUNDLE_MEDIA_TYPE, MANIFEST_MEDIA_TYPE, listed)
     return ReferrerManifest(raw, subject, config, layer, bundle, entry)
 
 
@@ -187,6 +195,15 @@ def read_index(raw: bytes, *, where: str, artifact_type: str | None = None) -> l
         if ref is not None and ref.media_type == MANIFEST_MEDIA_TYPE
         and (artifact_type is None or ref.artifact_type == artifact_type)
     ]
+
+
+def layer_hint(entry: Referrer) -> Descriptor | None:
+    """The Sigstore bundle layer a referrer's listing names (our annotations), if it names one plausibly."""
+    digest = entry.annotations.get(LAYER_ANNOTATION, "")
+    size = entry.annotations.get(LAYER_SIZE_ANNOTATION, "")
+    if not re.fullmatch(r"sha256:[0-9a-f]{64}", digest) or not size.isdigit() or int(size) > MAX_BUNDLE_BYTES:
+        return None
+    return Descriptor(BUNDLE_MEDIA_TYPE, digest, int(size))
 
 
 def bundle_layer(raw: bytes, *, subject_digest: str, where: str) -> Descriptor:

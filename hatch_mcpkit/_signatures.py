@@ -62,13 +62,35 @@ def _bundles(client: RegistryClient, ref: Reference, digest: str) -> Iterator[by
     for entry in listed[:MAX_SIGNATURES]:
         where = f"signature {ref.registry}/{ref.repository}@{entry.digest}"
         try:
-            manifest = client.fetch_manifest(_pinned(ref, entry.digest))
-            layer = _referrers.bundle_layer(manifest.raw, subject_digest=digest, where=where)
-            yield client.read_blob(ref.repository, layer, max_size=MAX_BUNDLE_BYTES)
+            yield _read_signature(client, ref, digest, entry, where)
         except SignatureError as exc:
             yield exc
         except McpkitError as exc:  # a listed referrer that cannot be read counts as a bad signature
             yield SignatureError(f"{where}: cannot be read: {exc.message}", reason="format")
+
+
+def _read_signature(client: RegistryClient, ref: Reference, digest: str, entry: _referrers.Referrer,
+                    where: str) -> bytes:
+    """The Sigstore bundle a referrer holds; when its listing names the layer, both are fetched side by side."""
+    hint = _referrers.layer_hint(entry)
+    if hint is None:
+        manifest = client.fetch_manifest(_pinned(ref, entry.digest))
+        layer = _referrers.bundle_layer(manifest.raw, subject_digest=digest, where=where)
+        return client.read_blob(ref.repository, layer, max_size=MAX_BUNDLE_BYTES)
+
+    def bundle() -> bytes | McpkitError:
+        try:
+            return client.read_blob(ref.repository, hint, max_size=MAX_BUNDLE_BYTES)
+        except McpkitError as exc:
+            return exc
+
+    manifest, early = client.both(lambda: client.fetch_manifest(_pinned(ref, entry.digest)), bundle)
+    layer = _referrers.bundle_layer(manifest.raw, subject_digest=digest, where=where)
+    if layer.digest != hint.digest:  # the listing lied: the manifest's own layer is the signature
+        return client.read_blob(ref.repository, layer, max_size=MAX_BUNDLE_BYTES)
+    if isinstance(early, McpkitError):
+        raise early
+    return early
 
 
 def find(client: RegistryClient, ref: Reference, digest: str) -> list[bytes]:

@@ -51,7 +51,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlencode, urljoin
 
 from hatch_mcpkit._transport import (
@@ -97,6 +97,8 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+_A = TypeVar("_A")
+_B = TypeVar("_B")
 
 MAX_SMALL_BLOB = 16 * 1024 * 1024
 MAX_TOKEN_ANSWER = 1024 * 1024
@@ -199,6 +201,7 @@ class RegistryClient:
         self._tokens: dict[str, str] = {}
         self._lock = threading.Lock()  # statistics from parallel uploads
         self._basic = False  # the registry asked for HTTP basic auth
+        self._referrers_api: bool | None = None  # None: not asked yet; False: it answered 404 once
 
     def __repr__(self) -> str:
         return f"RegistryClient({self.host!r}, scheme={self.scheme!r}, credentials={self._credentials!r})"
@@ -360,10 +363,7 @@ class RegistryClient:
                     headers: dict[str, str] | None, body: Callable[[], Any] | None,
                     params: dict[str, str] | None, deadline: Deadline | None) -> requests.Response:
         if self._probe_tls:
-            self._probe_tls = False
-            if speaks_tls(self.api_host, self.timeout[0]) is False:
-                log.debug("%s answers in plain HTTP; using http://", self.host)
-                self.scheme = "http"
+            self._settle_scheme()
         auth_tries = 0
         while True:
             url = path_or_url if "://" in path_or_url else self._url(path_or_url)
@@ -381,6 +381,15 @@ class RegistryClient:
                 raise AuthError(f"registry {self.host} denied access: cannot {what}", status=403,
                                 registry_message=self._message(resp), hint=self._creds_hint())
             return resp
+
+    def _settle_scheme(self) -> None:
+        """Probe a loopback registry for TLS once; requests side by side wait for the answer."""
+        with self._lock:
+            if self._probe_tls:
+                if speaks_tls(self.api_host, self.timeout[0]) is False:
+                    log.debug("%s answers in plain HTTP; using http://", self.host)
+                    self.scheme = "http"
+                self._probe_tls = False
 
     def _answer_challenge(self, resp: requests.Response, scope: str, what: str, auth_tries: int) -> None:
         if origin(resp.url) != self._origin:
@@ -671,14 +680,33 @@ class RegistryClient:
 
     def referrers(self, repository: str, digest: str, *, artifact_type: str | None = None) -> list[Referrer]:
         """The manifests that refer to ``digest``: from the referrers API when the registry has one,
-        else from the ``sha256-<hex>`` fallback tag; none when neither exists."""
+        else from the ``sha256-<hex>`` fallback tag; none when neither exists.
+
+        The API and the fallback tag are asked side by side (one round trip, not two); once the
+        API has answered 404 this client asks only for the fallback tag.
+        """
         from hatch_mcpkit import _referrers
 
         where = f"referrers of {self._where(repository)}@{digest}"
-        raw = self.transport.retry(lambda: self._referrers_once(repository, digest, artifact_type, where))
-        if raw is None:
-            raw = self._tagged(repository, _referrers.fallback_tag(digest))
+        tag = _referrers.fallback_tag(digest)
+        if self._referrers_api is False:
+            raw = self._tagged(repository, tag)
+        else:
+            api, fallback = self.both(
+                lambda: self.transport.retry(lambda: self._referrers_once(repository, digest, artifact_type, where)),
+                lambda: self._tagged(repository, tag),
+            )
+            self._referrers_api = api is not None
+            raw = api if api is not None else fallback
         return [] if raw is None else _referrers.read_index(raw, where=where, artifact_type=artifact_type)
+
+    def both(self, first: Callable[[], _A], second: Callable[[], _B]) -> tuple[_A, _B]:
+        """Two independent requests side by side (one round trip); the first failure is raised."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            later = pool.submit(second)
+            return first(), later.result()  # (leaving the pool waits for ``second`` whatever happens)
 
     def _referrers_once(self, repository: str, digest: str, artifact_type: str | None, what: str) -> bytes | None:
         from hatch_mcpkit._referrers import MAX_INDEX_BYTES

@@ -65,6 +65,7 @@ from hatch_mcpkit.errors import (
     CacheError,
     IntegrityError,
     InvalidReferenceError,
+    McpkitError,
 )
 from hatch_mcpkit.reference import (
     AnyRef,
@@ -300,9 +301,18 @@ class _RegistryBlobs:
     def __init__(self, client: RegistryClient, repository: str) -> None:
         self.client = client
         self.repository = repository
+        self._early: dict[str, bytes] = {}
+
+    def prefetch(self, desc: Descriptor) -> None:
+        """Read a small blob now (while a signature is checked); a failure is left for read_blob to raise."""
+        try:
+            self._early[desc.digest] = self.client.read_blob(self.repository, desc)
+        except McpkitError:  # read again, and fail there, if the pull goes on
+            pass
 
     def read_blob(self, desc: Descriptor) -> bytes:
-        return self.client.read_blob(self.repository, desc)
+        early = self._early.pop(desc.digest, None)
+        return early if early is not None else self.client.read_blob(self.repository, desc)
 
     def fetch_blob(self, desc: Descriptor, dest: Path) -> None:
         self.client.fetch_blob(self.repository, desc, dest)
@@ -598,13 +608,16 @@ class BundleCache:
                     digest=ref.digest,
                 )
             check_declared_sizes(manifest, limit, source.key)  # before anything else is fetched
+            blobs = _RegistryBlobs(client, ref.repository)
             if opts.verify is not None:  # by the digest installed below: the tag is not resolved again
-                signature = opts.verify(client, ref, manifest.digest)
+                check = opts.verify
+                # side by side with the small config blob (read into memory, used only once this passes)
+                signature, _ = client.both(lambda: check(client, ref, manifest.digest),
+                                           lambda: blobs.prefetch(manifest.config))
                 if signature is not None:
                     meta["signature"] = signature
             return self._install(
-                manifest=manifest, blobs=_RegistryBlobs(client, ref.repository), reference=source.key, rel=rel,
-                meta=meta, limit=limit,
+                manifest=manifest, blobs=blobs, reference=source.key, rel=rel, meta=meta, limit=limit,
             )
 
     def _pull_file(self, source: FileRef, opts: PullOptions) -> PullResult:

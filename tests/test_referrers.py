@@ -81,7 +81,10 @@ def test_first_signature_creates_the_fallback_index() -> None:
             "digest": ref.digest,
             "size": len(ref.manifest),
             "artifactType": BUNDLE_TYPE,
-            "annotations": json.loads(ref.manifest)["annotations"],
+            # the manifest's own annotations, and where its Sigstore bundle is (a hint for verifiers)
+            "annotations": {**json.loads(ref.manifest)["annotations"],
+                            "dev.mcpkit.signature.layer": _sha(SIGSTORE_BUNDLE),
+                            "dev.mcpkit.signature.layer.size": str(len(SIGSTORE_BUNDLE))},
         }],
     }
 

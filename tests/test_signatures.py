@@ -474,3 +474,28 @@ def test_signatures_the_api_lists_beyond_the_cap_are_not_fetched(
                             keys["publisher.pub"])
     assert info.value.reason == "format"
     assert f"and {_signatures.MAX_SIGNATURES - 1} other invalid signatures" in str(info.value)
+
+
+def test_a_lying_layer_hint_in_the_index_changes_nothing(registry: Any, repo_name: str, tmp_path: Path,
+                                                         keys: dict[str, Any]) -> None:
+    """The fallback index names where each signature's bundle is, so it is fetched beside the referrer
+    manifest. The hint is only that: pointed at a missing blob, or at another (valid) signature's blob, the
+    referrer manifest's own layer is what is verified."""
+    digest = _push(registry, tmp_path, repo_name, "1.0.0")
+    other = _push(registry, tmp_path, repo_name, "other", version="2.0.0")
+    ref = _ref(registry, repo_name)
+    with registry.client() as client:
+        _signatures.attach(client, ref, other, keys["publisher"])
+        other_layer = json.loads(client.fetch_manifest(Reference(
+            registry.host, repo_name, None, _fallback(client, repo_name, other)["manifests"][0]["digest"])).raw
+        )["layers"][0]
+        _signatures.attach(client, ref, digest, keys["intruder"])
+        index = _fallback(client, repo_name, digest)
+        for target in ("sha256:" + "0" * 64, other_layer["digest"]):
+            index["manifests"][0]["annotations"]["dev.mcpkit.signature.layer"] = target
+            client.put_manifest(repo_name, _referrers.fallback_tag(digest), json.dumps(index).encode(),
+                                INDEX_MEDIA_TYPE)
+            with pytest.raises(SignatureError, match="signed by another key") as info:
+                _signatures.require(client, ref, digest, keys["publisher.pub"])
+            assert info.value.reason == "wrong-key"
+            assert _signatures.require(client, ref, digest, keys["intruder.pub"]).digest == digest

@@ -237,17 +237,22 @@ def test_tag_moved_to_another_signed_bundle_during_the_pull_installs_what_was_ve
     assert result.entry.metadata()["signature"]["signers"][0]["key_id"] == _key_id(keys["publisher"])
 
 
-def test_refusal_comes_before_any_blob_is_downloaded(
+def test_refusal_comes_before_any_layer_is_downloaded(
     registry: Any, repo_name: str, tmp_path: Path, keys: dict[str, Path],
 ) -> None:
     _push(registry, tmp_path, repo_name, "stable", "1.0.0")
+    with registry.client() as client:
+        manifest = client.get_manifest(parse_reference(registry.ref(repo_name, "stable")))
     home = tmp_path / "home"
     requirement = trust.Requirement((trust.KeySet((keys["publisher"].with_suffix(".pub"),), "--key"),), "off", "")
     seen: list[Any] = []
     with pytest.raises(SignatureError, match="is not signed"):
         _pull_with_hook(home, registry.ref(repo_name, "stable"), requirement, seen.append)
-    # the pull's own client read the manifest and looked for signatures, and fetched no blob
-    assert seen and seen[0].stats.blobs_downloaded == 0 and seen[0].stats.requests >= 2
+    # the pull's own client read the manifest, looked for signatures and (side by side with that) at most
+    # the small config blob -- not one layer
+    stats = seen[0].stats
+    assert stats.requests >= 2 and stats.blobs_downloaded <= 1
+    assert stats.bytes_downloaded in (0, manifest.config.size)
     assert not (home / "bundles").exists()
 
 
