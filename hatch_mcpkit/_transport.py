@@ -20,7 +20,11 @@ One policy, applied here and nowhere else:
   byte every few seconds hits the deadline. (The status line and headers are bounded by the
   per-read timeout, cut to the time left when the request is sent.)
 * **memory** -- nothing reads a body whole: :meth:`Transport.read_body` stops at a limit,
-  :meth:`Transport.error_body` at :data:`ERROR_BODY_CAP` (64 KiB), and blobs stream.
+  :meth:`Transport.error_body` at :data:`ERROR_BODY_CAP` (64 KiB), and blobs stream
+  (:meth:`Transport.stream` receives at most :data:`AHEAD` chunks ahead on a helper thread,
+  so the network, SHA-256 and the disk overlap).
+* **loopback scheme** -- where plain HTTP is allowed anyway, :func:`speaks_tls` picks http or
+  https with a bare handshake before the first request (as Docker tries https first).
 * **retries** -- one layer, :meth:`Transport.retry`: connection errors, bodies that break
   off and 500/502/503/504 answers are :class:`TransientError` and are tried again after the
   pauses in ``retry_pauses`` (3 tries by default); a timeout or a deadline is not retried.
