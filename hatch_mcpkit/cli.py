@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from hatch_mcpkit.__about__ import __version__
 from hatch_mcpkit._text import clean, clean_block
-from hatch_mcpkit.errors import BundleError, InvalidReferenceError, McpkitError, UsageError
+from hatch_mcpkit.errors import BundleError, InvalidReferenceError, McpkitError, SignatureError, UsageError
 
 if TYPE_CHECKING:
     from hatch_mcpkit.auth import Credentials
@@ -135,6 +135,14 @@ def _check_cached(args: argparse.Namespace, path: Path, label: str) -> None:
     from hatch_mcpkit.trust import check_installed
 
     meta = read_metadata(path)
+    if not meta.get("source"):  # unreadable: what was verified is unknown, so with any policy, refuse
+        from hatch_mcpkit.trust import TrustPolicy
+
+        if getattr(args, "key", None) or TrustPolicy.load(_cache(args).home).layers:
+            raise SignatureError(f"{clean(label)}: {path / 'metadata.json'} cannot be read, so whether the cached "
+                                 "bundle was verified is unknown; refusing to run it under a trust policy",
+                                 reason="policy", hint=f"pull it again: mcpkit bundle pull {clean(label)}")
+        return
     if meta.get("source") != "oci" or not meta.get("registry") or not meta.get("repository"):
         return  # policies name registry references; local and https bundles are what the user chose
     ref = Reference(str(meta["registry"]), str(meta["repository"]), None)

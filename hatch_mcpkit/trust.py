@@ -116,7 +116,7 @@ class TrustPolicy:
 
     def requirement(self, ref: Reference, extra: KeySet | None = None) -> Requirement:
         """What ``ref`` must show: each file's first matching rule, plus ``extra`` (``--key``)."""
-        target = f"{ref.registry}/{ref.repository}"
+        target = f"{_host(ref.registry)}/{ref.repository}"
         sets = [rule_set for layer in self.layers if (rule_set := _first_match(layer, target)) is not None]
         if extra is not None:
             sets.append(extra)
@@ -134,8 +134,18 @@ def _first_match(layer: _Layer, target: str) -> KeySet | None:
     return None
 
 
+def _host(registry: str) -> str:
+    """One spelling per registry, so a rule cannot be walked around by writing the host another way
+    (``GHCR.IO``, ``ghcr.io:443``, ``index.docker.io``): matching more spellings only adds requirements."""
+    from hatch_mcpkit.reference import DOCKER_HUB_ALIASES
+
+    host = registry.lower().removesuffix(":443")
+    return "docker.io" if host in DOCKER_HUB_ALIASES else host
+
+
 def _pattern(text: str) -> re.Pattern[str]:
-    body = text.removeprefix("oci://")
+    registry, _, rest = text.removeprefix("oci://").partition("/")
+    body = f"{_host(registry)}/{rest}" if rest else registry
     parts = re.split(r"(\*\*|\*)", body)
     out = "".join(".*" if p == "**" else "[^/]*" if p == "*" else re.escape(p) for p in parts)
     return re.compile(out)

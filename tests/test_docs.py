@@ -87,14 +87,9 @@ def test_hatch_commands_name_real_parts(where: str, cmd: str) -> None:
         assert argv[argv.index("-p") + 1] == "mcpkit", where
         for i, arg in enumerate(argv):
             if arg == "-o":
-                assert argv[i + 1].split("=", 1)[0] in (
-                    "registry",
-                    "tags",
-                    "username",
-                    "password",
-                    "insecure",
-                    "ca-file",
-                ), where
+                from hatch_mcpkit.plugins._options import PUBLISH_OPTIONS
+
+                assert argv[i + 1].split("=", 1)[0] in PUBLISH_OPTIONS, where
     if argv[1] == "run" and argv[2].startswith("mcpkit:"):
         assert argv[2].split(":", 1)[1] in COMMANDS, where
         _parse([argv[2].split(":", 1)[1], *argv[3:]])

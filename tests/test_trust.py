@@ -333,6 +333,11 @@ def test_run_refuses_a_cached_entry_the_policy_now_requires_signed(
     assert code == 1 and "was installed without a verified signature" in err
     code, _, err = _mcpkit(capsys, "--home", str(published["home"]), "bundle", "pull", "fault-tool", "--offline")
     assert code == 1 and "was installed without a verified signature" in err
+    # an entry whose metadata.json cannot be read is not taken as verified either
+    entry = BundleCache(published["home"]).find_entry("fault-tool")
+    (entry.path / "metadata.json").write_text("{broken")
+    code, _, err = _mcpkit(capsys, "--home", str(published["home"]), "run", "fault-tool", "--offline")
+    assert code == 1 and "metadata.json cannot be read" in err
 
 
 def test_run_with_key_refuses_an_entry_verified_with_another_key(
@@ -411,6 +416,13 @@ def test_patterns_match_registry_and_repository(tmp_path: Path) -> None:
     assert keys_for("ghcr.io/myorg/weather:1") == [tmp_path / "home" / "k.pub"]
     assert keys_for("ghcr.io/myorg/team/weather:1") == [Path("/abs/o.pub")]
     assert keys_for("docker.io/myorg/weather:1") == []
+    # the same registry written another way is still the rule's: no walking around it by spelling
+    assert keys_for("GHCR.IO/myorg/weather:1") == keys_for("ghcr.io:443/myorg/weather:1") == [tmp_path / "home" / "k.pub"]
+    _policy(tmp_path / "hub", "rules:\n  - match: 'index.docker.io/myorg/*'\n    keys: [k.pub]\n")
+    hub = trust.TrustPolicy.load(tmp_path / "hub", tmp_path)
+    for text in ("myorg/weather:1", "docker.io/myorg/weather:1", "registry-1.docker.io/myorg/weather:1"):
+        assert [k for s in hub.requirement(parse_reference(text)).key_sets for k in s.keys] == [
+            tmp_path / "hub" / "k.pub"], text
     assert policy.requirement(parse_reference("docker.io/x/y:1")).mode == "off"
 
 
@@ -478,3 +490,23 @@ def test_push_with_sign_key_signs_the_pushed_digest(
     assert f"signed {digest} (signature oci://{registry.host}/{repo_name}@sha256:" in out
     code, out, err = _mcpkit(capsys, "bundle", "verify", target, "--key", _pub(keys["publisher"]))
     assert code == 0, err
+
+
+def test_the_policies_in_docs_load(tmp_path: Path) -> None:
+    """Every trust.yaml and [tool.mcpkit.trust] example in docs/signing.md passes the schema."""
+    import re
+    import textwrap
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "signing.md").read_text()
+    blocks = re.findall(r"```(yaml|toml)\n(.*?)```", text, flags=re.S)
+    yaml_blocks = [body for kind, body in blocks if kind == "yaml" and "rules:" in body]
+    toml_blocks = [body for kind, body in blocks if kind == "toml" and "[tool.mcpkit.trust]" in body]
+    assert len(yaml_blocks) >= 2 and toml_blocks
+    for n, body in enumerate(yaml_blocks):
+        home = tmp_path / f"home-{n}"
+        _policy(home, textwrap.dedent(body))  # the rotation example is indented in a list
+        assert trust.TrustPolicy.load(home, tmp_path).layers[0].rules
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "pyproject.toml").write_text(toml_blocks[0])
+    assert trust.TrustPolicy.load(tmp_path / "none", project).layers[0].default == "warn"
