@@ -144,6 +144,8 @@ def _check_cached(args: argparse.Namespace, path: Path, label: str) -> None:
                                  reason="policy", hint=f"pull it again: mcpkit bundle pull {clean(label)}")
         return
     if meta.get("source") != "oci" or not meta.get("registry") or not meta.get("repository"):
+        if getattr(args, "key", None):
+            raise UsageError(f"--key verifies bundles from a registry; {label!r} is a {meta.get('source')} bundle")
         return  # policies name registry references; local and https bundles are what the user chose
     ref = Reference(str(meta["registry"]), str(meta["repository"]), None)
     check_installed(_trust(args)(ref), meta, label, _warn)
@@ -271,7 +273,7 @@ def _cmd_pull(args: argparse.Namespace) -> int:
     if args.key and isinstance(classify(args.reference, insecure=args.insecure), (FileRef, HttpsRef)):
         raise UsageError(f"--key verifies bundles from a registry; {args.reference!r} is not an oci:// reference")
     result = cache.pull(args.reference, _pull_options(args))
-    if args.offline:
+    if args.offline or args.key:  # (a bare name of a local entry is not verified by the pull itself)
         _check_cached(args, result.path, args.reference)
     for warning in result.warnings:
         _warn(warning)
@@ -677,6 +679,8 @@ def open_runtime(args: argparse.Namespace) -> Iterator[Runtime]:
     with _bundle_to_serve(args, store) as found:
         if found.cached:
             _check_cached(args, found.path, found.label)
+        elif getattr(args, "key", None):
+            raise UsageError(f"--key verifies bundles from a registry; {found.label!r} is a local bundle")
         if not found.module.is_file():
             raise InvalidReferenceError(f"{found.label}: {found.module} is missing",
                                         hint="a bundle needs module.wasm beside config.yaml")

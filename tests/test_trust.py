@@ -197,6 +197,21 @@ def _attach_raw(registry: Any, repository: str, digest: str, bundle: bytes) -> N
         client.push_referrer(repository, referrer)
 
 
+def test_key_on_a_local_bundle_is_a_usage_error_never_a_silent_pass(
+    tmp_path: Path, keys: dict[str, Path], capsys: pytest.CaptureFixture[str],
+) -> None:
+    """--key must verify or fail: a folder, a path, or the bare name of a cached local entry is refused."""
+    home = str(tmp_path / "home")
+    folder = make_project(tmp_path / "local", version="1.0.0")
+    code, _, err = _mcpkit(capsys, "--home", home, "bundle", "pull", str(folder), "--key", _pub(keys["publisher"]))
+    assert code == 2 and "--key verifies bundles from a registry" in err
+    code, _, err = _mcpkit(capsys, "--home", home, "bundle", "pull", str(folder))
+    assert code == 0, err
+    for argv in (("bundle", "pull", "fault-tool"), ("run", "fault-tool"), ("run", str(folder))):
+        code, _, err = _mcpkit(capsys, "--home", home, *argv, "--key", _pub(keys["publisher"]))
+        assert code == 2 and "--key verifies bundles from a registry" in err, (argv, err)
+
+
 # --- the digest verified is the digest installed ---------------------------------------------------
 
 def _pull_with_hook(home: Path, ref: str, requirement: trust.Requirement,
