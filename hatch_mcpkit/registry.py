@@ -104,6 +104,8 @@ MAX_SMALL_BLOB = 16 * 1024 * 1024
 MAX_TOKEN_ANSWER = 1024 * 1024
 MAX_LISTING_PAGE = 8 * 1024 * 1024
 MAX_PAGES = 10_000
+MAX_LISTING_ITEMS = 100_000  # tags of one repository, or repositories of a catalog
+MAX_LISTING_BYTES = 64 * 1024 * 1024  # every page of one listing together
 PARALLEL_UPLOADS = 4
 _ACCEPT_MANIFEST = ", ".join(
     (
@@ -736,9 +738,13 @@ class RegistryClient:
     # ------------------------------------------------------------------ listings
 
     def _paginated(self, path: str, key: str, scope: str, what: str) -> Iterator[str]:
-        """Items of a listing, following ``Link: rel=next`` (same URL rule, credentials only to the registry)."""
+        """Items of a listing, following ``Link: rel=next`` (same URL rule, credentials only to the registry).
+
+        A listing that goes on past :data:`MAX_LISTING_ITEMS` items or :data:`MAX_LISTING_BYTES` bytes
+        is an error: a registry does not get to grow the client without bound.
+        """
         url: str | None = self._url(path)
-        pages = 0
+        pages = count = size = 0
         while url:
             clock = self.transport.start()
             resp = self._request("GET", url, scope=scope, what=what, deadline=clock)
@@ -746,14 +752,26 @@ class RegistryClient:
                 raise self._fail(resp, what)
             following = resp.links.get("next", {}).get("url")
             here = resp.url
-            body = _json(self.transport.read_body(resp, limit=MAX_LISTING_PAGE, what=what, deadline=clock),
-                         f"listing from registry {self.host}", MAX_LISTING_PAGE)
+            raw = self.transport.read_body(resp, limit=MAX_LISTING_PAGE, what=what, deadline=clock)
+            size += len(raw)
+            if size > MAX_LISTING_BYTES:
+                raise self._endless(what, f"more than {MAX_LISTING_BYTES} bytes of {key}")
+            body = _json(raw, f"listing from registry {self.host}", MAX_LISTING_PAGE)
             items = body.get(key) if isinstance(body, dict) else None
             for item in items if isinstance(items, list) else ():
                 if isinstance(item, str):
+                    count += 1
+                    if count > MAX_LISTING_ITEMS:
+                        raise self._endless(what, f"more than {MAX_LISTING_ITEMS} {key}")
                     yield item
             pages += 1
             url = urljoin(here, following) if following and pages < MAX_PAGES else None
+
+    def _endless(self, what: str, how_many: str) -> RegistryError:
+        return RegistryError(
+            f"registry {self.host} lists {how_many} while trying to {what}; stopped reading there",
+            hint="mcpkit reads listings only up to that size; name the bundle instead (oci://REGISTRY/REPOSITORY:TAG)",
+        )
 
     def list_tags(self, repository: str) -> list[str]:
         what = f"list tags of {repository}"

@@ -219,6 +219,43 @@ def test_a_bad_transfer_deadline_is_a_usage_error(tmp_path: Path) -> None:
     assert proc.returncode == 2 and "--transfer-deadline" in proc.stderr
 
 
+def test_a_tag_listing_that_never_ends_is_read_only_up_to_a_cap(servers: Callable[..., Server],
+                                                                  tmp_path: Path) -> None:
+    """Every page of tags/list carries 10,000 tags and a ``Link: rel=next`` to one more page: the
+    client stops at a bounded number of tags with a clear error, not after holding every page."""
+    pages = {"n": 0}
+
+    def registry(h: http.server.BaseHTTPRequestHandler) -> None:
+        if "/tags/list" not in h.path:
+            send(h, 404)
+            return
+        pages["n"] += 1
+        n = pages["n"]
+        headers = {"Content-Type": "application/json"}
+        if n < 60:  # 600,000 tags in all (a hostile registry would go on for ever)
+            headers["Link"] = f'</v2/org/tool/tags/list?last=t{n}&n=10000>; rel="next"'
+        send(h, 200, json.dumps({"name": "org/tool", "tags": [f"t{n}-{i}" for i in range(10_000)]}).encode(), headers)
+
+    reg = servers(registry)
+    proc = mcpkit(cli_env(tmp_path), "list", "--registry", f"{reg.host}/org/tool", timeout=300)
+    assert proc.returncode != 0 and "more than 100000 tags" in proc.stderr, proc.stderr[-500:]
+    assert pages["n"] <= 20, f"read {pages['n']} pages of tags"
+
+
+def test_a_listing_page_of_huge_names_counts_toward_the_cap(servers: Callable[..., Server], home: Path) -> None:
+    """Few items, each a megabyte long: the total of the pages read is capped too, not only the count."""
+    name = "x" * (1 << 20)
+
+    def registry(h: http.server.BaseHTTPRequestHandler) -> None:
+        send(h, 200, json.dumps({"name": "org/tool", "tags": [name] * 4}).encode(),
+             {"Content-Type": "application/json", "Link": '</v2/org/tool/tags/list?n=4>; rel="next"'})
+
+    reg = servers(registry)
+    with RegistryClient(reg.host) as client, pytest.raises(RegistryError, match=r"more than \d+ bytes of tags"):
+        client.list_tags("org/tool")
+    assert len(reg.seen) <= 20
+
+
 # --------------------------------------------------------------------------- where credentials go
 
 
