@@ -9,6 +9,9 @@ Every place that writes bytes that matter goes through here:
   the declared size is exceeded, and ``dest`` appears (by rename) only when size and SHA-256
   both match. On any failure the temporary file is gone and ``dest`` is untouched.
 * :func:`read_verified` -- the same check for a small blob kept in memory.
+* :func:`open_regular` / :func:`read_regular` -- open a file from outside (a layout folder, a
+  cloned repository) only if it is a regular file: a symlink to ``/dev/zero``, a FIFO nobody
+  writes or a socket is refused without blocking, and a read has a byte cap.
 
 The digest format is ``sha256:<64 lowercase hex>``; anything else is an
 :class:`~hatch_mcpkit.errors.IntegrityError`.
@@ -19,14 +22,24 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import stat
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
-from typing import IO
+from typing import IO, BinaryIO
 
-from hatch_mcpkit.errors import IntegrityError
+from hatch_mcpkit.errors import IntegrityError, McpkitError
 
-__all__ = ["CHUNK", "DigestCheck", "atomic_write", "file_chunks", "read_verified", "write_verified"]
+__all__ = [
+    "CHUNK",
+    "DigestCheck",
+    "atomic_write",
+    "file_chunks",
+    "open_regular",
+    "read_regular",
+    "read_verified",
+    "write_verified",
+]
 
 CHUNK = 1024 * 1024
 _DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
@@ -47,6 +60,47 @@ def atomic_write(path: Path, data: bytes, *, mode: int | None = None) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _not_regular(path: Path, mode: int, where: str, error: type[McpkitError]) -> McpkitError:
+    kind = "a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else \
+        "a socket" if stat.S_ISSOCK(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "special"
+    return error(f"{where}: {path.name} is {kind}, not a regular file; refusing to read it",
+                 hint="a bundle's files are plain files (a symlink may only point at one)")
+
+
+def open_regular(path: Path, *, where: str, error: type[McpkitError] = IntegrityError) -> BinaryIO:
+    """Open ``path`` for reading only if it is a regular file (symlinks followed).
+
+    Anything else is ``error``, found without blocking: the file is checked before it is opened,
+    opened non-blocking (a FIFO with no writer cannot hold the open) and checked again on the
+    open descriptor. A missing file is ``FileNotFoundError``, as with :func:`open`.
+    """
+    path = Path(path)
+    mode = os.stat(path).st_mode
+    if not stat.S_ISREG(mode):
+        raise _not_regular(path, mode, where, error)
+    nonblock = getattr(os, "O_NONBLOCK", 0)
+    fd = os.open(path, os.O_RDONLY | nonblock | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise _not_regular(path, mode, where, error)
+        if nonblock:
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_regular(path: Path, *, limit: int, where: str, error: type[McpkitError] = IntegrityError) -> bytes:
+    """The bytes of the regular file ``path`` (see :func:`open_regular`), refusing more than ``limit``."""
+    with open_regular(path, where=where, error=error) as fh:
+        data = fh.read(limit + 1)
+    if len(data) > limit:
+        raise error(f"{where}: {Path(path).name} is larger than {limit} bytes; refusing to read it")
+    return data
 
 
 def file_chunks(fh: IO[bytes], size: int = CHUNK) -> Iterable[bytes]:

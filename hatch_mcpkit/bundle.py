@@ -29,7 +29,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from hatch_mcpkit import _json
 from hatch_mcpkit._archive import RESERVED_NAMES, extract, reserved_part
-from hatch_mcpkit._files import DigestCheck, file_chunks, read_verified
+from hatch_mcpkit._files import DigestCheck, file_chunks, open_regular, read_regular, read_verified
 from hatch_mcpkit.errors import BundleError, InvalidReferenceError
 
 if TYPE_CHECKING:
@@ -54,6 +54,7 @@ __all__ = [
     "build_bundle",
     "check_bundle_folder",
     "file_digest",
+    "is_layout_folder",
     "local_bundle",
     "max_bundle_size",
     "parse_bundle_config",
@@ -77,6 +78,8 @@ DEFAULT_EPOCH = 1580601600
 ARCHIVE_SUFFIX = ".mcpkit.tar"
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 MAX_CONFIG_BLOB_BYTES = 1024 * 1024
+MAX_OCI_LAYOUT_BYTES = 64 * 1024
+MAX_SMALL_BLOB = 16 * 1024 * 1024  # a blob read into memory (config.yaml, the config blob)
 MAX_LAYERS = 1024
 CHUNK = 1024 * 1024
 MAX_BUNDLE_SIZE_ENV = "MCPKIT_MAX_BUNDLE_SIZE"
@@ -147,10 +150,15 @@ class LocalBundle:
     module: Path | None = None
 
 
+def is_layout_folder(path: Path) -> bool:
+    """A folder holding an ``oci-layout`` entry of any kind: :class:`BundleLayout` then checks what it is."""
+    return path.is_dir() and os.path.lexists(path / "oci-layout")
+
+
 def local_bundle(path: Path, where: str) -> LocalBundle:
     """The one reading of a local path as a bundle: a folder (module.wasm + config.yaml), its config.yaml or
     module.wasm, an OCI layout folder or a ``.mcpkit.tar``. A folder is checked for reserved names."""
-    if path.is_dir() and (path / "oci-layout").is_file():
+    if is_layout_folder(path):
         return LocalBundle(layout=path)
     if path.is_dir():
         if not (path / CONFIG_TITLE).is_file():
@@ -597,10 +605,10 @@ class BundleLayout:
         return _blob_path(self.root, digest, self.source)
 
     def open_blob(self, digest: str) -> IO[bytes]:
-        return open(self.blob_path(digest), "rb")
+        return open_regular(self.blob_path(digest), where=str(self.source), error=BundleError)
 
-    def read_blob(self, digest: str) -> bytes:
-        return self.blob_path(digest).read_bytes()
+    def read_blob(self, digest: str, *, max_size: int = MAX_SMALL_BLOB) -> bytes:
+        return read_regular(self.blob_path(digest), limit=max_size, where=str(self.source), error=BundleError)
 
     def extract_files(self, dest: Path) -> list[Path]:
         """Write module.wasm, config.yaml and the extra files under ``dest`` (titles were checked by parse)."""
@@ -639,13 +647,16 @@ class BundleLayout:
         cls, root: Path, source: Path, tempdir: tempfile.TemporaryDirectory[str] | None
     ) -> BundleLayout:
         try:
-            layout_raw = (root / "oci-layout").read_bytes()
-            index_raw = (root / "index.json").read_bytes()
+            layout_raw = read_regular(root / "oci-layout", limit=MAX_OCI_LAYOUT_BYTES, where=str(source),
+                                      error=BundleError)
+            index_raw = read_regular(root / "index.json", limit=MAX_MANIFEST_BYTES, where=str(source),
+                                     error=BundleError)
         except FileNotFoundError as exc:
             raise BundleError(
                 f"{source}: not an OCI image layout ({Path(exc.filename).name} is missing)"
             ) from None
-        layout = _json.load(layout_raw, where=f"{source}: oci-layout", error=BundleError, max_bytes=64 * 1024)
+        layout = _json.load(layout_raw, where=f"{source}: oci-layout", error=BundleError,
+                            max_bytes=MAX_OCI_LAYOUT_BYTES)
         index = _json.load(index_raw, where=f"{source}: index.json", error=BundleError, max_bytes=MAX_MANIFEST_BYTES)
         if not isinstance(layout, dict) or layout.get("imageLayoutVersion") != "1.0.0":
             raise BundleError(f"{source}: unsupported oci-layout (imageLayoutVersion must be 1.0.0)")
@@ -663,11 +674,12 @@ class BundleLayout:
             )
         entry = Descriptor.from_json(bundles[0], f"{source}: index.json manifests[0]")
         ref_name = entry.annotations.get(REF_NAME_ANNOTATION)
-        raw = _read_verified(_blob_path(root, entry.digest, source), entry, source)
+        raw = _read_verified(_blob_path(root, entry.digest, source), entry, source, MAX_MANIFEST_BYTES)
         manifest = Manifest.parse(raw, str(source))
         for desc in manifest.blobs:
             _verify_file(_blob_path(root, desc.digest, source), desc, source)
-        config_raw = _blob_path(root, manifest.config.digest, source).read_bytes()
+        config_raw = _read_verified(_blob_path(root, manifest.config.digest, source), manifest.config, source,
+                                    MAX_CONFIG_BLOB_BYTES)
         bundle_config = parse_bundle_config(config_raw, str(source), manifest)
         return cls(root, manifest, bundle_config, ref_name, source, tempdir)
 
@@ -681,14 +693,17 @@ def _blob_path(root: Path, digest: str, source: Path) -> Path:
     return path
 
 
-def _read_verified(path: Path, desc: Descriptor, source: Path) -> bytes:
-    with open(path, "rb") as fh:
+def _read_verified(path: Path, desc: Descriptor, source: Path, limit: int) -> bytes:
+    if desc.size > limit:
+        raise BundleError(f"{source}: blob {desc.digest} declares {desc.size} bytes, more than the {limit} "
+                          "a manifest or config blob may have")
+    with open_regular(path, where=str(source), error=BundleError) as fh:
         return read_verified(file_chunks(fh), digest=desc.digest, size=desc.size, where=str(source))
 
 
 def _verify_file(path: Path, desc: Descriptor, source: Path) -> None:
     check = DigestCheck(desc.digest, desc.size, where=str(source))
-    with open(path, "rb") as fh:
+    with open_regular(path, where=str(source), error=BundleError) as fh:
         for chunk in file_chunks(fh):
             check.update(chunk)
     check.finish()

@@ -202,7 +202,7 @@ def _credentials(args: argparse.Namespace, registry: str, config: Config | None 
 
 
 def _cmd_push(args: argparse.Namespace) -> int:
-    from hatch_mcpkit.bundle import ARCHIVE_SUFFIX, build_bundle
+    from hatch_mcpkit.bundle import ARCHIVE_SUFFIX, build_bundle, is_layout_folder
     from hatch_mcpkit.config import load_config
     from hatch_mcpkit.publish import push_archive
 
@@ -213,7 +213,7 @@ def _cmd_push(args: argparse.Namespace) -> int:
     # The positional forms: ARCHIVE [TARGET] | MODULE CONFIG [TARGET] | CONFIG [TARGET] | TARGET
     for item in args.items:
         lower = item.lower()
-        if lower.endswith(ARCHIVE_SUFFIX) or (Path(item).is_dir() and (Path(item) / "oci-layout").is_file()):
+        if lower.endswith(ARCHIVE_SUFFIX) or is_layout_folder(Path(item)):
             archive = Path(item)
         elif lower.endswith(".wasm"):
             module = Path(item)
@@ -539,7 +539,7 @@ def _inspect_cached(entry: CacheEntry) -> dict[str, Any]:
 
 
 def _inspect_view(args: argparse.Namespace) -> dict[str, Any]:
-    from hatch_mcpkit.bundle import BundleLayout
+    from hatch_mcpkit.bundle import BundleLayout, is_layout_folder
     from hatch_mcpkit.reference import FileRef, NameRef, OciRef, classify
 
     cache = _cache(args)
@@ -549,7 +549,7 @@ def _inspect_view(args: argparse.Namespace) -> dict[str, Any]:
         return _inspect_cached(cached)
     if isinstance(source, FileRef):
         path = source.resolved().path
-        if path.suffix in (".wasm", ".yaml", ".yml") or (path.is_dir() and not (path / "oci-layout").is_file()):
+        if path.suffix in (".wasm", ".yaml", ".yml") or (path.is_dir() and not is_layout_folder(path)):
             from hatch_mcpkit.bundle import check_bundle_folder
 
             check_bundle_folder(path if path.is_dir() else path.parent, str(source.path))

@@ -484,6 +484,36 @@ def test_registry_tags_and_messages_never_reach_the_terminal_raw(env: dict[str, 
     assert pulled.returncode != 0
 
 
+# --------------------------------------------------------------------------- layout folders that are not files
+
+
+@pytest.mark.parametrize(("name", "kind"), [("index.json", "dev-zero"), ("oci-layout", "fifo"), ("index.json", "fifo"),
+                                            ("index.json", "huge")])
+def test_a_layout_folder_whose_index_is_not_a_small_file_is_a_clear_error(env: dict[str, str], tmp_path: Path,
+                                                                           name: str, kind: str) -> None:
+    """A cloned repository laid out as an OCI layout whose ``index.json`` (or ``oci-layout``) is a
+    symlink to ``/dev/zero``, a FIFO nobody writes, or an 8 GiB file: reading is bounded and never
+    blocks -- a clear error naming the file, not a MemoryError or a hang."""
+    layout = tmp_path / "layout"
+    (layout / "blobs" / "sha256").mkdir(parents=True)
+    (layout / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+    (layout / "index.json").write_text('{"schemaVersion": 2, "manifests": []}')
+    target = layout / name
+    target.unlink()
+    if kind == "dev-zero":
+        target.symlink_to("/dev/zero")
+    elif kind == "fifo":
+        os.mkfifo(target)
+    else:
+        with open(target, "wb") as fh:
+            fh.truncate(8 << 30)  # sparse: nothing on disk
+    proc = subprocess.run(["bash", "-c", 'ulimit -v 4000000; exec "$@"', "-", shutil.which("mcpkit") or "mcpkit",
+                           "inspect", str(layout)], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1, proc.stderr[-500:]
+    assert name in proc.stderr and "internal error" not in proc.stderr and "Traceback" not in proc.stderr, \
+        proc.stderr[-500:]
+
+
 # --------------------------------------------------------------------------- deeply nested JSON
 
 
