@@ -3,9 +3,9 @@
 Guest ABI (docs/guest-abi.md): argv ``[<server.name>, <tool>]``, environment ``MCPKIT_TOOL``
 plus the keys policy allows (and only when the host has them), stdin = the call's arguments
 as one JSON object, stdout = the result, stderr kept for error reports. A module sees only
-the directories its policy grants (read-only unless ``write`` is granted; never a write
-grant over MCPKIT_HOME or the bundle, never a ``bundle:`` grant that leaves the bundle) and
-runs under a wall-clock timeout (epoch deadlines), store limits on memories, tables and
+the directories its policy grants, each held open from launch (read-only unless ``write`` is
+granted; never a write grant over any MCPKIT_HOME or the bundle or a symlink on the way to
+them, never a ``bundle:`` grant that leaves the bundle) and runs under a wall-clock timeout (epoch deadlines), store limits on memories, tables and
 instances, an output cap and optionally a fuel budget -- each the smaller of the bundle's
 and the host's (:class:`HostLimits`). Whatever a module does, the host keeps serving: every
 failure becomes a :class:`ToolResult` with ``is_error=True`` and a reason.

@@ -1,12 +1,19 @@
 """What a module may touch: directory grants, host-side limit ceilings, the launch summary.
 
-Two rules hold whatever a bundle's config says:
+These rules hold whatever a bundle's config says:
 
 * a ``bundle:`` grant opens only what lies inside the bundle folder once every symlink is
   resolved (a cloned repository's ``data -> ~`` is refused);
+* no grant's path passes a symlink inside a writable grant (the module could re-point it);
 * a writable grant (config ``fs://`` with ``write`` or ``--allow-dir ...:rw``) is refused when
-  its resolved path contains or lies inside ``MCPKIT_HOME`` or the bundle folder, so a module
-  can never plant code or records for the next run.
+  its resolved path contains or lies inside a protected folder -- every ``MCPKIT_HOME`` mcpkit may
+  use (the one in use, ``$MCPKIT_HOME``, ``~/.mcpkit``) and the bundle folder -- or contains any
+  place the way to one passes through (the path as given, each symlink on the way), so a module
+  can never plant code or records for the next run, nor re-point the way to them.
+
+Each granted directory is opened once, at launch, and checked as opened; every call preopens
+that open directory (``/proc/self/fd/N``), never the path again: a guest that swaps a granted
+folder (or a folder on the way to it) for a symlink between calls reaches nothing new.
 
 The effective limit of each kind is the smaller of the bundle's and the host's
 (:class:`HostLimits`: options, ``MCPKIT_MAX_*`` environment variables, defaults).
@@ -14,8 +21,10 @@ The effective limit of each kind is the smaller of the bundle's and the host's
 
 from __future__ import annotations
 
+import functools
 import os
-from collections.abc import Iterable, Mapping
+import threading
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
@@ -26,7 +35,7 @@ from hatch_mcpkit.errors import SandboxError, UsageError
 if TYPE_CHECKING:
     from hatch_mcpkit.runtime._runtime import Runtime
 
-__all__ = ["HostLimits", "Preopen", "effective_grants", "format_policy", "parse_allow_dir"]
+__all__ = ["Grants", "HostLimits", "Preopen", "effective_grants", "every_home", "format_policy", "parse_allow_dir"]
 
 
 # --------------------------------------------------------------------------- host ceilings
@@ -118,31 +127,135 @@ def parse_allow_dir(spec: str, *, cwd: Path | None = None) -> StorageGrant:
 
 @dataclass(frozen=True)
 class Preopen:
-    host: Path  # resolved: no symlink left in it
+    host: Path  # resolved at launch: no symlink left in it
     guest: str
     writable: bool
     kind: str  # "bundle" or "fs"
     uri: str
+    fd: int  # that directory, opened at launch: what every call preopens
+
+
+class Grants:
+    """The granted directories, held open from launch to :meth:`close`.
+
+    Thread-safe; after ``close`` no call gets a preopen any more (a closed fd number may name
+    another file by then).
+    """
+
+    def __init__(self, preopens: list[Preopen]) -> None:
+        self.preopens = preopens
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def each(self, preopen: Callable[[str, Preopen], None]) -> None:
+        """``preopen(path, grant)`` for each grant, ``path`` naming the directory opened at launch."""
+        with self._lock:
+            if self._closed:
+                raise SandboxError("this runtime is closed: its granted directories are no longer open",
+                                   hint="make calls only between launch and close")
+            for p in self.preopens:
+                preopen(_held(p.fd), p)
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                for p in self.preopens:
+                    os.close(p.fd)
+
+
+def every_home(given: Iterable[Path] = ()) -> list[Path]:
+    """Every MCPKIT_HOME mcpkit may use here: those given (the one in use), ``$MCPKIT_HOME`` and ``~/.mcpkit``."""
+    from hatch_mcpkit.store import default_home
+
+    return list(dict.fromkeys([*map(Path, given), default_home(), Path(os.path.expanduser("~")) / ".mcpkit"]))
 
 
 def effective_grants(
     config: Config, bundle_dir: Path, extra: Iterable[StorageGrant], deny_guests: Iterable[str],
     protected: Iterable[Path],
-) -> list[Preopen]:
-    """The directories to preopen, checked against the two rules above."""
+) -> Grants:
+    """The directories to preopen, checked against the rules above and held open."""
     by_guest: dict[str, StorageGrant] = {g.guest: g for g in config.policy.storage}
     for grant in extra:  # a launch-time grant for the same guest path replaces the config's
         by_guest[str(PurePosixPath(grant.guest))] = grant
     for guest in deny_guests:
         by_guest.pop(str(PurePosixPath(guest)), None)
     bundle_real = Path(os.path.realpath(bundle_dir))
-    fences = [(bundle_real, "the bundle folder")]
-    fences += [(Path(os.path.realpath(p)), "MCPKIT_HOME") for p in protected]
-    out = [_check(grant, bundle_dir, bundle_real, fences) for grant in by_guest.values()]
-    return sorted(out, key=lambda p: p.guest)
+    fences = _fences(bundle_dir, "the bundle folder")
+    for path in protected:
+        fences += _fences(path, "MCPKIT_HOME")
+    grants = sorted(by_guest.values(), key=lambda g: g.guest)
+    out = Grants([])
+    try:
+        for grant in grants:
+            out.preopens.append(_check(grant, bundle_dir, bundle_real, fences))
+        for grant in grants:
+            _not_through_a_writable_grant(grant, grant.host_path(bundle_dir), out.preopens)
+    except BaseException:
+        out.close()
+        raise
+    return out
 
 
-def _check(grant: StorageGrant, bundle_dir: Path, bundle_real: Path, fences: list[tuple[Path, str]]) -> Preopen:
+def _not_through_a_writable_grant(grant: StorageGrant, host: Path, preopens: list[Preopen]) -> None:
+    """Refuse a grant whose path passes a symlink the module may re-point (one inside a writable grant)."""
+    raw = host if host.is_absolute() else Path.cwd() / host
+    for link in _links_on_the_way(raw):
+        for w in preopens:
+            if w.writable and link.is_relative_to(w.host):
+                raise SandboxError(
+                    f"storage grant {grant.uri} (guest {grant.guest}): its path passes through the symlink "
+                    f"{link}, inside the writable grant {w.uri} (guest {w.guest}); refused",
+                    hint=f"the module could re-point that symlink (it can write {w.guest}); grant the folder "
+                         f"it leads to directly, or make {w.guest} read-only",
+                )
+
+
+@dataclass(frozen=True)
+class _Fence:
+    place: Path  # where the protected folder is, or a place the way to it passes through
+    protected: Path  # the protected folder, as given
+    label: str  # "MCPKIT_HOME" or "the bundle folder"
+    resolved: bool  # place is the protected folder itself (no symlink left in it)
+
+
+def _fences(path: Path, label: str) -> list[_Fence]:
+    """``path`` where it resolves to, and every place on the way to it: as given, each symlink passed."""
+    raw = Path(path) if Path(path).is_absolute() else Path.cwd() / path  # ".." kept: it follows symlinks
+    real = Path(os.path.realpath(raw))
+    places = dict.fromkeys([Path(os.path.abspath(raw)), *_links_on_the_way(raw)])
+    return [_Fence(real, Path(path), label, True),
+            *(_Fence(place, Path(path), label, False) for place in places if place != real)]
+
+
+def _links_on_the_way(path: Path, max_links: int = 40) -> list[Path]:
+    """Every symlink the lookup of ``path`` passes through (where the link itself is), in order."""
+    links: list[Path] = []
+    done = Path("/")
+    todo = list(path.parts[1:])
+    while todo and len(links) < max_links:
+        part = todo.pop(0)
+        if part in (".", ""):
+            continue
+        if part == "..":
+            done = done.parent
+            continue
+        step = done / part
+        try:
+            target = os.readlink(step)
+        except OSError:  # not a symlink, or not there (the rest is as written)
+            done = step
+            continue
+        links.append(step)
+        parts = PurePosixPath(target).parts
+        if parts[:1] == ("/",):
+            done, parts = Path("/"), parts[1:]
+        todo = [*parts, *todo]
+    return links
+
+
+def _check(grant: StorageGrant, bundle_dir: Path, bundle_real: Path, fences: list[_Fence]) -> Preopen:
     where = f"storage grant {grant.uri} (guest {grant.guest})"
     host = grant.host_path(bundle_dir)
     if not host.is_dir():
@@ -156,15 +269,69 @@ def _check(grant: StorageGrant, bundle_dir: Path, bundle_real: Path, fences: lis
             hint="a bundle: grant opens only files shipped in the bundle; remove the symlink",
         )
     if grant.writable:
-        for fence, label in fences:
-            if real == fence or real.is_relative_to(fence) or fence.is_relative_to(real):
-                how = "lies inside" if real.is_relative_to(fence) else "contains"
-                raise SandboxError(
-                    f"{where}: write access to {real} refused: it {how} {label} ({fence})",
-                    hint="a module must not write where bundles and compiled code live; grant another "
-                         "folder, or make this grant read-only",
-                )
-    return Preopen(real, grant.guest, grant.writable, grant.kind, grant.uri)
+        for fence in fences:
+            _fence(where, real, fence)
+    fd = _open_dir(where, real)
+    return Preopen(real, grant.guest, grant.writable, grant.kind, grant.uri, fd)
+
+
+def _fence(where: str, real: Path, fence: _Fence) -> None:
+    place = fence.place
+    hint = ("a module must not write where bundles and compiled code live, nor re-point the way to them; "
+            "grant another folder, or make this grant read-only")
+    if fence.resolved and (real == place or real.is_relative_to(place) or place.is_relative_to(real)):
+        how = "lies inside" if real.is_relative_to(place) else "contains"
+        raise SandboxError(f"{where}: write access to {real} refused: it {how} {fence.label} ({place})", hint=hint)
+    if not fence.resolved and place.is_relative_to(real):
+        raise SandboxError(f"{where}: write access to {real} refused: it contains {place}, on the way to "
+                           f"{fence.label} ({fence.protected})", hint=hint)
+
+
+def _held(fd: int) -> str:
+    """A path naming the directory open as ``fd`` itself, whatever has become of its path since."""
+    return f"{_fd_dir()}/{fd}"
+
+
+@functools.cache
+def _fd_dir() -> str:
+    return "/proc/self/fd" if os.path.isdir("/proc/self/fd") else "/dev/fd"
+
+
+def _open_dir(where: str, real: Path) -> int:
+    """``real`` opened (no symlink followed), checked to be the directory that was checked."""
+    try:
+        fd = os.open(real, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        raise SandboxError(f"{where}: cannot open {real}: {exc.strerror}",
+                           hint="check the directory exists and is readable") from None
+    try:
+        _same_dir(where, real, fd)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _same_dir(where: str, real: Path, fd: int) -> None:
+    opened = _identity(fd)
+    held = _held(fd)
+    if _identity(held) != opened:
+        raise SandboxError(f"{where}: cannot hold {real} open for the module's calls: {held} does not name it",
+                           hint="mcpkit needs /proc (Linux) or /dev/fd to keep granted directories open")
+    changed = _identity(real) != opened
+    if not changed and os.path.islink(held):  # Linux: the kernel's own path of what was opened
+        changed = os.readlink(held) != str(real)
+    if changed:
+        raise SandboxError(f"{where}: {real} changed while it was being checked; refused",
+                           hint="something is moving folders on the way to this grant; run again when it stops")
+
+
+def _identity(what: int | str | Path) -> tuple[int, int] | None:
+    try:
+        st = os.fstat(what) if isinstance(what, int) else os.stat(what)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 # --------------------------------------------------------------------------- launch summary
@@ -196,3 +363,4 @@ def format_policy(runtime: Runtime) -> list[str]:
 def _limits_text(lim: Limits) -> str:
     return (f"timeout {lim.timeout_ms} ms, memory {lim.memory_mb} MiB, output {lim.max_output_kb} KiB, "
             f"fuel {lim.fuel if lim.fuel else 'unlimited'}")
+

@@ -16,7 +16,7 @@ from hatch_mcpkit.config import Config, Limits, StorageGrant, Tool, load_config
 from hatch_mcpkit.errors import ModuleError, ToolCallError
 from hatch_mcpkit.runtime import _call, _wasmtime
 from hatch_mcpkit.runtime._engine import load_module, make_engine
-from hatch_mcpkit.runtime._policy import HostLimits, effective_grants
+from hatch_mcpkit.runtime._policy import HostLimits, effective_grants, every_home
 from hatch_mcpkit.runtime._result import (
     CallHandle,
     ToolResult,
@@ -65,6 +65,9 @@ class Runtime:
     """A bundle ready to serve tool calls, each in a fresh sandboxed instance.
 
     Thread-safe: ``call`` may run concurrently from several threads.
+
+    ``protected_paths`` (the MCPKIT_HOME in use) are fenced from write grants together with
+    ``$MCPKIT_HOME``, ``~/.mcpkit`` and the bundle folder, whatever the caller passes.
     """
 
     def __init__(
@@ -82,19 +85,28 @@ class Runtime:
         protected_paths: Sequence[Path] | None = None,
         host_limits: HostLimits | None = None,
     ) -> None:
-        import wasmtime
-
         _wasmtime.check_supported()
         t0 = time.perf_counter()
         self.config = config
         self.bundle_dir = Path(bundle_dir) if bundle_dir is not None else Path(module_path).parent
         self.module_path = Path(module_path)
         self.environ: Mapping[str, str] = dict(os.environ if environ is None else environ)
-        if protected_paths is None:
-            from hatch_mcpkit.store import default_home
+        self._grants = effective_grants(config, self.bundle_dir, extra_grants, deny_guests,
+                                        every_home(protected_paths or ()))
+        self._closers: list[Any] = [self._grants.close]
+        self._finalizer = weakref.finalize(self, _close_all, self._closers)
+        try:
+            self._load(config, code_cache, extra_env_keys, deny_env_keys, host_limits)
+        except BaseException:
+            self._finalizer()
+            raise
+        self.load_ms = (time.perf_counter() - t0) * 1000
 
-            protected_paths = [default_home()]
-        self.preopens = effective_grants(config, self.bundle_dir, extra_grants, deny_guests, protected_paths)
+    def _load(self, config: Config, code_cache: CodeCache | None, extra_env_keys: Sequence[str],
+              deny_env_keys: Sequence[str], host_limits: HostLimits | None) -> None:
+        import wasmtime
+
+        self.preopens = self._grants.preopens
         keys = [k for k in (*config.policy.env_keys, *extra_env_keys) if k not in set(deny_env_keys)]
         self.env_keys: tuple[str, ...] = tuple(dict.fromkeys(k for k in keys if k != "MCPKIT_TOOL"))
         self.tools: dict[str, Tool] = {t.name: t for t in config.tools}
@@ -108,8 +120,7 @@ class Runtime:
             raise ModuleError(f"{self.module_path} exports no _start: build it as a WASI command (fn main)")
         self._pre = self._instance_pre(wasmtime)
         self._ticker = _call.Ticker(self.engine)
-        self._finalizer = weakref.finalize(self, self._ticker.close)
-        self.load_ms = (time.perf_counter() - t0) * 1000
+        self._closers.insert(0, self._ticker.close)
 
     def _plan(self, tool: Tool) -> _Plan:
         limits = self.host_limits.cap(self.config.limits_for(tool))
@@ -147,7 +158,7 @@ class Runtime:
         return cls(config, bundle_dir / MODULE_FILE, bundle_dir=bundle_dir, **options)
 
     def close(self) -> None:
-        """Stop the epoch ticker."""
+        """Stop the epoch ticker and let go of the granted directories."""
         self._finalizer()
 
     def __enter__(self) -> Runtime:
@@ -229,8 +240,7 @@ class Runtime:
         wasi = wasmtime.WasiConfig()
         wasi.argv = plan.argv
         wasi.env = plan.env
-        for p in self.preopens:
-            _wasmtime.preopen(wasi, str(p.host), p.guest, p.writable)
+        self._grants.each(lambda held, p: _wasmtime.preopen(wasi, held, p.guest, p.writable))
         _wasmtime.attach_output(wasi, key)
         _wasmtime.set_stdin(wasi, payload)
         return wasi
@@ -278,3 +288,8 @@ class Runtime:
             return failure_result(plan.tool, *failure, stderr_tail, exit_code, total, run_ms)
         return map_output(plan.tool, b"".join(state.out), self.schemas.output, stderr_tail, exit_code,
                           total, run_ms)
+
+
+def _close_all(closers: list[Any]) -> None:
+    for close in closers:
+        close()
