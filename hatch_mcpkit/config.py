@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -41,6 +41,7 @@ __all__ = [
     "Policy",
     "StorageGrant",
     "Tool",
+    "check_bundle_grants",
     "expand_vars",
     "load_config",
     "parse_config",
@@ -659,15 +660,24 @@ def expand_include(config: Config) -> list[tuple[str, Path]]:
             problems.append(
                 Problem(where.file, format_path(kp), f"{item!r} does not exist (relative to {base})", where.line(kp))
             )
-    if not problems:
-        problems += _unshipped_grants(config, files, where)
     if problems:
         raise ConfigError(problems)
+    check_bundle_grants(config, files)
     return sorted(files.items())
 
 
-def _unshipped_grants(config: Config, files: Mapping[str, Path], where: _Where) -> list[Problem]:
-    """A ``bundle:`` grant whose folder the bundle does not ship fails for the publisher, not at serve time."""
+def check_bundle_grants(config: Config, shipped: Iterable[str]) -> None:
+    """Every ``bundle:`` grant names a folder among ``shipped`` (relative file names), or ConfigError.
+
+    Checked when a bundle is built or pushed, so the publisher hears of it -- not the user at serve time.
+    """
+    where = _Where(str(config.path), config.lines)
+    problems = _unshipped_grants(config, set(shipped), where)
+    if problems:
+        raise ConfigError(problems)
+
+
+def _unshipped_grants(config: Config, files: Collection[str], where: _Where) -> list[Problem]:
     problems: list[Problem] = []
     for i, grant in enumerate(config.policy.storage):
         rel = grant.uri[len("bundle:") :].strip("/") if grant.kind == "bundle" else ""

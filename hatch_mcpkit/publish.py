@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hatch_mcpkit.bundle import ARCHIVE_SUFFIX, BundleLayout
-from hatch_mcpkit.config import Config, parse_config
+from hatch_mcpkit.config import Config, check_bundle_grants, parse_config
 from hatch_mcpkit.errors import BundleError
 
 if TYPE_CHECKING:
@@ -68,7 +68,9 @@ def find_archives(paths: Sequence[str | os.PathLike[str]], root: Path) -> list[P
 def bundle_config_of(layout: BundleLayout) -> Config:
     """The archive's config.yaml, checked as data: no ``${VAR}`` is taken from this environment."""
     raw = layout.read_blob(layout.manifest.config_layer.digest)
-    return parse_config(raw, f"{layout.source}!config.yaml")
+    config = parse_config(raw, f"{layout.source}!config.yaml")
+    check_bundle_grants(config, (layer.title for layer in layout.manifest.layers if layer.title))
+    return config
 
 
 def _target(target: str) -> tuple[str, str, tuple[str, ...]]:

@@ -349,6 +349,37 @@ def test_descriptions_carry_no_terminal_controls(tmp_path: Path, escape: str) ->
     assert load_config(write(tmp_path, fine)).tools[0].description == "line one\n\tline two"
 
 
+def test_push_of_an_archive_with_an_unshipped_bundle_grant_fails_before_any_network(tmp_path: Path) -> None:
+    """An archive made elsewhere (without this check) whose bundle: grant has no shipped folder."""
+    import dataclasses
+
+    from hatch_mcpkit.bundle import build_bundle
+    from hatch_mcpkit.config import Policy
+    from tests.builders import tiny_module
+
+    (tmp_path / "module.wasm").write_bytes(tiny_module())
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "a.txt").write_text("a")
+    text = SCHEMA_BASE + (
+        'policy: {storage: {allow: [{uri: "bundle:data", guest: /data}]}}\n'
+        "distribution: {registry: 127.0.0.1:9/nowhere/tool, include: [data]}\n"
+    )
+    config = load_config(write(tmp_path, text), {})
+    assert config.distribution is not None
+    # the config.yaml layer still names the grant and the folder; the folder's layers are left out
+    hollow = dataclasses.replace(
+        config, policy=Policy(), distribution=dataclasses.replace(config.distribution, include=())
+    )
+    archive = build_bundle(hollow, tmp_path / "module.wasm", tmp_path / "dist").path
+    proc = subprocess.run(
+        [*SERVER_CMD, "bundle", "push", str(archive), "oci://127.0.0.1:9/nowhere/tool:1"],
+        capture_output=True, timeout=120, check=False,
+    )
+    assert proc.returncode != 0
+    assert b"!config.yaml:10: policy.storage.allow[0].uri" in proc.stderr, proc.stderr
+    assert b"add data to distribution.include" in proc.stderr
+
+
 def test_yaml_syntax_error_has_a_line(tmp_path: Path) -> None:
     found = problems_of(tmp_path, 'version: "1.0"\nserver: [unclosed\n')
     assert found[0][0] is not None and "invalid YAML" in found[0][2]
