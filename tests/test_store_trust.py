@@ -20,6 +20,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tarfile
 import threading
 import time
@@ -482,6 +483,62 @@ def test_registry_tags_and_messages_never_reach_the_terminal_raw(env: dict[str, 
     for proc in (listed, pulled):
         assert ESC not in proc.stdout + proc.stderr, proc
     assert pulled.returncode != 0
+
+
+def _gz_tar_with_header(path: Path, kind: bytes, size: int) -> Path:
+    """A gzip-compressed tar whose first member is an extended header (``kind``) declaring ``size`` bytes."""
+    import gzip
+
+    info = tarfile.TarInfo("header")
+    info.type = kind
+    info.size = size
+    with gzip.open(path, "wb", compresslevel=6) as out:
+        out.write(info.tobuf(format=tarfile.USTAR_FORMAT))
+        zeros = b"\0" * (1 << 20)
+        for _ in range(size >> 20):
+            out.write(zeros)
+        out.write(b"\0" * 1024)
+    return path
+
+
+def _gz_tar_with_sparse_map(path: Path, numbers: int) -> Path:
+    """A gzip-compressed tar with one GNU sparse 1.0 member whose sparse map (read into a list of
+    tuples by tarfile) holds ``numbers`` entries."""
+    import gzip
+
+    info = tarfile.TarInfo("GNUSparseFile.0/blob")
+    info.size = numbers * 2 + 16
+    info.pax_headers = {"GNU.sparse.major": "1", "GNU.sparse.minor": "0", "GNU.sparse.name": "blob",
+                        "GNU.sparse.realsize": "10"}
+    with gzip.open(path, "wb", compresslevel=6) as out:
+        out.write(info.tobuf(format=tarfile.PAX_FORMAT))
+        out.write(f"{numbers // 2}\n".encode())
+        for _ in range(numbers >> 20):
+            out.write(b"0\n" * (1 << 20))
+        out.write(b"\0" * 1024)
+    return path
+
+
+@pytest.mark.parametrize("kind", ["pax", "gnu-longname", "sparse-map"])
+def test_a_compressed_archive_with_a_huge_header_is_refused_without_reading_it(env: dict[str, str], tmp_path: Path,
+                                                                               kind: str) -> None:
+    """~400 KB on disk, a 400 MiB PAX (or GNU long name) header -- or a sparse map of 32 million
+    numbers -- once decompressed: tarfile reads these whole into memory, so they are refused
+    before that (peak memory stays small)."""
+    bomb = tmp_path / "bomb.mcpkit.tar"
+    if kind == "sparse-map":
+        archive = _gz_tar_with_sparse_map(bomb, 32 << 20)
+    else:
+        archive = _gz_tar_with_header(bomb, tarfile.XHDTYPE if kind == "pax" else tarfile.GNUTYPE_LONGNAME, 400 << 20)
+    assert archive.stat().st_size < 1 << 20
+    measured = ("import resource, sys\nfrom hatch_mcpkit.cli import main\nrc = main(sys.argv[1:])\n"
+                "print('peak-kib', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\nsys.exit(rc)")
+    proc = subprocess.run([sys.executable, "-c", measured, "inspect", str(archive)], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr and "internal error" not in proc.stderr, proc.stderr
+    assert str(archive) in proc.stderr and "header" in proc.stderr, proc.stderr
+    peak_kib = int(proc.stderr.rsplit("peak-kib", 1)[1].split()[0])
+    assert peak_kib < 200 * 1024, f"peak memory {peak_kib // 1024} MiB"
 
 
 # --------------------------------------------------------------------------- layout folders that are not files
