@@ -307,3 +307,53 @@ def test_output_schema_results_are_never_rejected_by_the_client(hostile_wasm: Pa
             assert "output_schema" in res.content[0].text
 
     run(go)
+
+
+@pytest.fixture(scope="session")
+def ts_client(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The official TypeScript SDK client (tests/fixtures/ts-client), installed with ``npm ci``."""
+    import shutil
+
+    from tests._support import need
+
+    need(shutil.which("node") and shutil.which("npm"), "node and npm (Debian: nodejs npm)")
+    src = Path(__file__).parent / "fixtures" / "ts-client"
+    dest = tmp_path_factory.mktemp("ts-client")
+    for name in ("package.json", "package-lock.json", "client.mjs"):
+        shutil.copyfile(src / name, dest / name)
+    proc = subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=dest, capture_output=True, timeout=300,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr.decode(errors="replace")[-2000:]
+    return dest / "client.mjs"
+
+
+def test_typescript_sdk_client_accepts_every_result(ts_client: Path, hostile_wasm: Path, tmp_path: Path) -> None:
+    """The TS SDK rejects a result without structuredContent for a tool with outputSchema, and a
+    tools/list with boolean property schemas; none of our answers may be rejected."""
+    import os
+
+    from tests.test_schema_attacks import write_bundle
+
+    schema = {"type": "object", "properties": {"x": {"type": "integer"}}, "required": ["x"]}
+    bundle = write_bundle(tmp_path / "b", hostile_wasm, [
+        {"name": "echo", "description": "JSON object", "title": "Echo",
+         "annotations": {"readOnlyHint": True},
+         "input_schema": {"type": "object", "properties": {"x": {"type": "integer"}}}, "output_schema": schema},
+        {"name": "argv_dump", "description": "a JSON array", "input_schema": {"type": "object"},
+         "output_schema": schema},
+    ])
+    calls = [["echo", {"x": 3}], ["echo", {"x": "three"}], ["argv_dump", {}], ["nope", {}], ["echo", {}]]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.run(["node", str(ts_client), json.dumps(calls), "--", *SERVER, "server", str(bundle), "-q"],
+                          capture_output=True, timeout=120, check=False, env=env)
+    assert proc.returncode == 0, proc.stderr.decode(errors="replace")[-2000:]
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert lines[0]["tools"] == ["echo", "argv_dump"]
+    ok, bad_args, no_object, unknown, mismatch = lines[1:]
+    assert ok["ok"] and ok["result"]["structuredContent"] == {"x": 3}
+    assert bad_args["ok"] and bad_args["result"]["isError"] is True
+    assert "arguments.x" in bad_args["result"]["content"][0]["text"]
+    assert no_object["ok"] and no_object["result"]["isError"] is True
+    assert unknown["ok"] is False and unknown["code"] == -32602
+    assert mismatch["ok"] and mismatch["result"]["isError"] is True
+    assert "output" in mismatch["result"]["content"][0]["text"]
