@@ -67,7 +67,10 @@ def build_server(runtime: Runtime, *, max_concurrency: int = DEFAULT_CONCURRENCY
     ]
     limiter = anyio.CapacityLimiter(max(1, max_concurrency))
 
-    async def list_tools(_ctx: Any, _params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
+    async def list_tools(_ctx: Any, params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
+        if params is not None and params.cursor is not None:  # one page: no cursor was ever handed out
+            raise MCPError(code=types.INVALID_PARAMS, message=f"Invalid cursor {params.cursor!r}: tools/list has "
+                           "a single page; call it without a cursor")
         return types.ListToolsResult(tools=tools)
 
     async def call_tool(_ctx: Any, params: types.CallToolRequestParams) -> types.CallToolResult:

@@ -55,6 +55,12 @@ def test_initialize_and_list_tools(example_bundle_dir: Path) -> None:
             assert weather.output_schema is not None and "temperature_c" in weather.output_schema["properties"]
             assert by_name["convert_temperature"].output_schema is None
             assert "Convert a temperature" in (by_name["convert_temperature"].description or "")
+            from mcp.shared.exceptions import MCPError
+            from mcp_types import PaginatedRequestParams
+
+            with pytest.raises(MCPError) as info:  # a cursor the server never handed out
+                await s.list_tools(params=PaginatedRequestParams(cursor="bogus"))
+            assert info.value.code == -32602 and "cursor" in info.value.message
 
     run(go)
 
