@@ -65,15 +65,28 @@ def build_server(runtime: Runtime, *, max_concurrency: int = DEFAULT_CONCURRENCY
         )
         for tool in config.tools
     ]
+    # what clients of older protocol versions get: only the fields their version defines
+    older = {
+        "2025-03-26": [t.model_copy(update={"title": None, "output_schema": None}) for t in tools],
+        "2024-11-05": [t.model_copy(update={"title": None, "output_schema": None, "annotations": None})
+                       for t in tools],
+    }
     limiter = anyio.CapacityLimiter(max(1, max_concurrency))
 
-    async def list_tools(_ctx: Any, params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
+    def era(ctx: Any) -> str:
+        """"2024-11-05", "2025-03-26" or "" (2025-06-18 and later: every field)."""
+        version = str(getattr(ctx, "protocol_version", "") or "")
+        if not version:
+            return ""
+        return "2024-11-05" if version < "2025-03-26" else "2025-03-26" if version < "2025-06-18" else ""
+
+    async def list_tools(ctx: Any, params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
         if params is not None and params.cursor is not None:  # one page: no cursor was ever handed out
             raise MCPError(code=types.INVALID_PARAMS, message=f"Invalid cursor {params.cursor!r}: tools/list has "
                            "a single page; call it without a cursor")
-        return types.ListToolsResult(tools=tools)
+        return types.ListToolsResult(tools=older.get(era(ctx), tools))
 
-    async def call_tool(_ctx: Any, params: types.CallToolRequestParams) -> types.CallToolResult:
+    async def call_tool(ctx: Any, params: types.CallToolRequestParams) -> types.CallToolResult:
         name = params.name
         tool = runtime.tools.get(name)
         if tool is None:
@@ -89,6 +102,8 @@ def build_server(runtime: Runtime, *, max_concurrency: int = DEFAULT_CONCURRENCY
             handle.cancel()  # validation stops at its next keyword, the instance at its next epoch tick
             log.info("call %s cancelled", name)
             raise
+        if outcome.structured_content is not None and era(ctx):  # structuredContent came with 2025-06-18
+            outcome = outcome.model_copy(update={"structured_content": None})
         return outcome
 
     return Server(

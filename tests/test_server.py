@@ -363,3 +363,26 @@ def test_typescript_sdk_client_accepts_every_result(ts_client: Path, hostile_was
     assert unknown["ok"] is False and unknown["code"] == -32602
     assert mismatch["ok"] and mismatch["result"]["isError"] is True
     assert "output" in mismatch["result"]["content"][0]["text"]
+
+
+@pytest.mark.parametrize("version", ["2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25"])
+def test_older_protocol_versions_get_only_their_fields(example_bundle_dir: Path, version: str) -> None:
+    """outputSchema, title and structuredContent came with 2025-06-18, annotations with 2025-03-26."""
+    from tests.test_hostile_input import RawServer
+
+    server = RawServer(example_bundle_dir)
+    try:
+        server.request(1, "initialize", {"protocolVersion": version, "capabilities": {},
+                                         "clientInfo": {"name": "old", "version": "0"}})
+        assert server.read_until(1)[-1]["result"]["protocolVersion"] == version
+        server.send(b'{"jsonrpc":"2.0","method":"notifications/initialized"}')
+        server.request(2, "tools/list")
+        tools = {t["name"]: t for t in server.read_until(2)[-1]["result"]["tools"]}
+        server.request(3, "tools/call", {"name": "get_weather", "arguments": {"location": "Berlin"}})
+        result = server.read_until(3)[-1]["result"]
+    finally:
+        server.close()
+    new = version >= "2025-06-18"
+    assert ("outputSchema" in tools["get_weather"]) is new
+    assert ("structuredContent" in result) is new
+    assert result["isError"] is False and "overcast" in result["content"][0]["text"]
