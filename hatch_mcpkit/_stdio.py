@@ -27,6 +27,7 @@ from typing import Any
 __all__ = ["stdio_streams"]
 
 _CHUNK = 1 << 16
+MAX_LINE = 64 << 20  # a longer line is dropped unread (answered with -32700), not buffered for ever
 _PIPE_BUF = 4096  # a write this size to a writable pipe never blocks (POSIX atomic write)
 
 
@@ -85,6 +86,10 @@ async def _serve(wire_in: int, wire_out: int) -> AsyncIterator[tuple[Any, Any]]:
     async def reader() -> None:
         async with read_send:
             async for line in _lines(wire_in):
+                if line is None:
+                    await send(_error(None, -32700, f"Parse error: a line longer than {MAX_LINE >> 20} MiB was "
+                                      "dropped"))
+                    continue
                 message, error = _parse(line)
                 if message is not None:
                     await read_send.send(SessionMessage(message))
@@ -106,10 +111,12 @@ async def _serve(wire_in: int, wire_out: int) -> AsyncIterator[tuple[Any, Any]]:
             tg.cancel_scope.cancel()
 
 
-async def _lines(fd: int) -> AsyncIterator[bytes]:
+async def _lines(fd: int) -> AsyncIterator[bytes | None]:
+    """Each non-blank line; ``None`` for a line over MAX_LINE (dropped as it arrives, never buffered)."""
     import anyio
 
-    pending = b""
+    pending = bytearray()
+    dropping = False
     while True:
         await anyio.wait_readable(fd)
         try:
@@ -118,15 +125,31 @@ async def _lines(fd: int) -> AsyncIterator[bytes]:
             continue
         if not chunk:
             break
-        pending += chunk
-        if b"\n" not in chunk:
+        end = chunk.find(b"\n")
+        if end < 0:
+            if not dropping:
+                pending += chunk
+                if len(pending) > MAX_LINE:
+                    dropping = True
+                    pending.clear()
+                    yield None
             continue
-        *lines, pending = pending.split(b"\n")
+        if dropping:  # the rest of an oversized line
+            dropping = False
+            chunk = chunk[end + 1 :]
+        elif len(pending) + end > MAX_LINE:
+            pending.clear()
+            chunk = chunk[end + 1 :]
+            yield None
+        *lines, rest = (bytes(pending) + chunk).split(b"\n")
+        pending = bytearray(rest)
         for line in lines:
-            if line.strip():
+            if len(line) > MAX_LINE:
+                yield None
+            elif line.strip():
                 yield line
-    if pending.strip():
-        yield pending
+    if pending.strip() and not dropping:
+        yield bytes(pending)
 
 
 async def _write(fd: int, data: bytes) -> None:

@@ -281,6 +281,13 @@ def test_malformed_lines_get_parse_and_invalid_request_errors(example_bundle_dir
             assert len(errors) == 1, (line, messages)
             assert errors[0]["error"]["code"] == code, (line, errors)
             assert errors[0].get("id", None) == ident and (ident is not None or "id" not in errors[0]), errors
+        from hatch_mcpkit._stdio import MAX_LINE
+
+        server.send(b'{"jsonrpc":"2.0","id":300,"method":"ping","params":{"pad":"' + b"x" * MAX_LINE + b'"}}')
+        server.request(301, "ping")
+        messages = server.read_until(301)
+        assert [m["error"]["code"] for m in messages if "error" in m] == [-32700], messages
+        assert not any(m.get("id") == 300 for m in messages)
         server.send(b'{"jsonrpc":"2.0","method":42}')  # a broken notification: no answer
         server.request(200, "ping")
         assert [m for m in server.read_until(200) if "error" in m] == []
