@@ -111,11 +111,21 @@ def pull_rows(key: ec.EllipticCurvePrivateKey, pub: ec.EllipticCurvePublicKey, p
             fn()
             return time.perf_counter() - started
 
-        pull(), pull_verified(), verify()  # warm up: imports, the registry's caches
-        plain, verified, alone = [], [], []
+        side_by_side = RegistryClient.both
+
+        def one_at_a_time() -> None:  # the same pull with every request after the one before (as it was)
+            RegistryClient.both = lambda _self, first, second: (first(), second())  # type: ignore[method-assign,assignment]
+            try:
+                pull_verified()
+            finally:
+                RegistryClient.both = side_by_side  # type: ignore[method-assign]
+
+        pull(), pull_verified(), one_at_a_time(), verify()  # warm up: imports, the registry's caches
+        plain, verified, sequential, alone = [], [], [], []
         for _ in range(rounds):
             plain.append(timed(pull))
             verified.append(timed(pull_verified))
+            sequential.append(timed(one_at_a_time))
             alone.append(timed(verify))
     finally:
         registry.stop()
@@ -125,11 +135,13 @@ def pull_rows(key: ec.EllipticCurvePrivateKey, pub: ec.EllipticCurvePublicKey, p
         return sorted(values)[len(values) // 2]
 
     added = mid([v - p for v, p in zip(verified, plain, strict=True)])
+    before = mid([v - p for v, p in zip(sequential, plain, strict=True)])
     return [
         ("pull, 2 MiB module, fresh cache (baseline)", mid(plain), 1.0),
         ("pull --key (verified in the pull, same client)", mid(verified), mid(verified) / mid(plain)),
         (f"find + verify alone, new client ({counted[-1]} requests in the pull)", mid(alone),
          mid(alone) / mid(plain)),
+        ("added, one request at a time (median of diffs)", before, before / mid(plain)),
         ("added to a pull (median of differences)", added, added / mid(plain)),
     ]
 

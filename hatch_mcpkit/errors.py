@@ -170,8 +170,9 @@ class SignatureError(McpkitError):
     ``reason`` says which: ``key`` (a key file is missing, unreadable, of the wrong type or
     its password is missing or wrong), ``format`` (not a Sigstore bundle we can read),
     ``wrong-key`` (signed by another key), ``tampered`` (the signature does not match the
-    signed content), ``statement`` (signed content of another kind) or ``digest`` (a valid
-    signature over another manifest digest).
+    signed content), ``statement`` (signed content of another kind), ``digest`` (a valid
+    signature over another manifest digest), ``missing`` (no signature at all) or ``policy``
+    (the trust policy requires a signature the bundle or the cached entry does not show).
     """
 
     def __init__(self, message: str, *, reason: str, hint: str | None = None) -> None:

@@ -312,9 +312,9 @@ def check_installed(needed: Requirement, metadata: Mapping[str, Any], label: str
     signers = record.get("signers") if isinstance(record, dict) and record.get("digest") == digest else None
     verified = {str(s.get("key_id")) for s in signers or () if isinstance(s, dict)}
     reference = str(metadata.get("reference", label))
-    for key_set in needed.key_sets:
-        from hatch_mcpkit import signing
+    from hatch_mcpkit import signing
 
+    for key_set in needed.key_sets:
         ids = {signing.key_id(key) for key in key_set.load()}
         if not ids & verified:
             state = "was installed without a verified signature" if not verified else \
