@@ -430,12 +430,12 @@ def test_a_write_grant_over_the_symlink_leading_to_mcpkit_home_is_refused(tmp_pa
 
 @pytest.mark.parametrize("writable", ["w", "y"])
 def test_every_symlink_on_the_way_to_a_protected_folder_is_fenced(tmp_path: Path, writable: str) -> None:
-    """Two hops (``w/l1 -> ../y/l2``, ``y/l2 -> ../store``): a write grant over the folder holding
+    """Two hops (``w/l1 -> $TMP/y/l2``, absolute, ``y/l2 -> ../store``): a write grant over the folder holding
     either link could re-point the way to MCPKIT_HOME; the bundle folder is fenced the same way."""
     (tmp_path / "store" / "home").mkdir(parents=True)
     for d in ("w", "y"):
         (tmp_path / d).mkdir()
-    (tmp_path / "w" / "l1").symlink_to("../y/l2")
+    (tmp_path / "w" / "l1").symlink_to(tmp_path / "y" / "l2")
     (tmp_path / "y" / "l2").symlink_to("../store")
     granted = grants_yaml((tmp_path / writable, "/g", True))
     bundle = wat_bundle(tmp_path / "b", GENUINE, storage=granted)

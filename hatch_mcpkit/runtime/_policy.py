@@ -181,27 +181,28 @@ def effective_grants(
         by_guest[str(PurePosixPath(grant.guest))] = grant
     for guest in deny_guests:
         by_guest.pop(str(PurePosixPath(guest)), None)
-    bundle_real = Path(os.path.realpath(bundle_dir))
     fences = _fences(bundle_dir, "the bundle folder")
+    bundle_real = fences[0].place
     for path in protected:
         fences += _fences(path, "MCPKIT_HOME")
-    grants = sorted(by_guest.values(), key=lambda g: g.guest)
     out = Grants([])
     try:
-        for grant in grants:
-            out.preopens.append(_check(grant, bundle_dir, bundle_real, fences))
-        for grant in grants:
-            _not_through_a_writable_grant(grant, grant.host_path(bundle_dir), out.preopens)
+        passed = []
+        for grant in sorted(by_guest.values(), key=lambda g: g.guest):
+            preopen, links = _check(grant, bundle_dir, bundle_real, fences)
+            out.preopens.append(preopen)
+            passed.append((grant, links))
+        for grant, links in passed:
+            _not_through_a_writable_grant(grant, links, out.preopens)
     except BaseException:
         out.close()
         raise
     return out
 
 
-def _not_through_a_writable_grant(grant: StorageGrant, host: Path, preopens: list[Preopen]) -> None:
+def _not_through_a_writable_grant(grant: StorageGrant, links: list[Path], preopens: list[Preopen]) -> None:
     """Refuse a grant whose path passes a symlink the module may re-point (one inside a writable grant)."""
-    raw = host if host.is_absolute() else Path.cwd() / host
-    for link in _links_on_the_way(raw):
+    for link in links:
         for w in preopens:
             if w.writable and link.is_relative_to(w.host):
                 raise SandboxError(
@@ -210,6 +211,63 @@ def _not_through_a_writable_grant(grant: StorageGrant, host: Path, preopens: lis
                     hint=f"the module could re-point that symlink (it can write {w.guest}); grant the folder "
                          f"it leads to directly, or make {w.guest} read-only",
                 )
+
+
+# ---------------------------------------------------------------- looking a path up
+
+
+_STEP = os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC | getattr(os, "O_PATH", os.O_RDONLY)
+
+
+@dataclass(frozen=True)
+class _Walk:
+    real: Path  # where the path leads, no symlink left (the rest as written from a missing component on)
+    links: list[Path]  # every symlink passed on the way (where the link itself is), in order
+    fd: int | None  # the folder reached, open; None when the path does not lead to a folder
+    problem: str = ""  # why not, when fd is None
+
+
+def _walk(path: Path, max_links: int = 40) -> _Walk:
+    """Look ``path`` up one component at a time, reading each symlink instead of following it unseen.
+
+    The folder it yields is the one the recorded symlinks lead to, whatever changes meanwhile.
+    """
+    raw = path if path.is_absolute() else Path.cwd() / path  # ".." kept: it follows the symlinks before it
+    here, fd = Path("/"), os.open("/", _STEP)
+    links: list[Path] = []
+    todo = list(raw.parts[1:])
+    try:
+        while todo:
+            part = todo.pop(0)
+            try:
+                step = os.open(part, _STEP, dir_fd=fd)
+            except OSError as exc:
+                target = _link_target(part, fd)
+                if target is None or len(links) >= max_links:
+                    os.close(fd)
+                    rest = Path(os.path.normpath(here.joinpath(part, *todo)))
+                    return _Walk(rest, links, None, exc.strerror or "not a directory")
+                links.append(here / part)
+                parts = PurePosixPath(target).parts
+                if parts[:1] == ("/",):
+                    root = os.open("/", _STEP)
+                    os.close(fd)
+                    here, parts, fd = Path("/"), parts[1:], root
+                todo = [*parts, *todo]
+                continue
+            os.close(fd)
+            fd, here = step, here.parent if part == ".." else here / part
+    except BaseException:
+        os.close(fd)
+        raise
+    return _Walk(here, links, fd)
+
+
+def _link_target(name: str, dir_fd: int) -> str | None:
+    try:
+        return os.readlink(name, dir_fd=dir_fd)
+    except OSError:  # not a symlink, or not there
+        return None
 
 
 @dataclass(frozen=True)
@@ -221,58 +279,39 @@ class _Fence:
 
 
 def _fences(path: Path, label: str) -> list[_Fence]:
-    """``path`` where it resolves to, and every place on the way to it: as given, each symlink passed."""
-    raw = Path(path) if Path(path).is_absolute() else Path.cwd() / path  # ".." kept: it follows symlinks
-    real = Path(os.path.realpath(raw))
-    places = dict.fromkeys([Path(os.path.abspath(raw)), *_links_on_the_way(raw)])
-    return [_Fence(real, Path(path), label, True),
-            *(_Fence(place, Path(path), label, False) for place in places if place != real)]
+    """``path`` where it leads, then every place on the way to it: as given, each symlink passed."""
+    walk = _walk(Path(path))
+    if walk.fd is not None:
+        os.close(walk.fd)
+    given = Path(os.path.abspath(path))
+    places = [p for p in dict.fromkeys([given, *walk.links]) if p != walk.real]
+    return [_Fence(walk.real, Path(path), label, True), *(_Fence(p, Path(path), label, False) for p in places)]
 
 
-def _links_on_the_way(path: Path, max_links: int = 40) -> list[Path]:
-    """Every symlink the lookup of ``path`` passes through (where the link itself is), in order."""
-    links: list[Path] = []
-    done = Path("/")
-    todo = list(path.parts[1:])
-    while todo and len(links) < max_links:
-        part = todo.pop(0)
-        if part in (".", ""):
-            continue
-        if part == "..":
-            done = done.parent
-            continue
-        step = done / part
-        try:
-            target = os.readlink(step)
-        except OSError:  # not a symlink, or not there (the rest is as written)
-            done = step
-            continue
-        links.append(step)
-        parts = PurePosixPath(target).parts
-        if parts[:1] == ("/",):
-            done, parts = Path("/"), parts[1:]
-        todo = [*parts, *todo]
-    return links
-
-
-def _check(grant: StorageGrant, bundle_dir: Path, bundle_real: Path, fences: list[_Fence]) -> Preopen:
+def _check(grant: StorageGrant, bundle_dir: Path, bundle_real: Path,
+           fences: list[_Fence]) -> tuple[Preopen, list[Path]]:
+    """The grant checked and held open, and the symlinks on its way."""
     where = f"storage grant {grant.uri} (guest {grant.guest})"
     host = grant.host_path(bundle_dir)
-    if not host.is_dir():
+    walk = _walk(host)
+    if walk.fd is None:
         place = "shipped in the bundle" if grant.kind == "bundle" else "on this machine"
-        raise SandboxError(f"{where}: {host} is not a directory {place}",
+        raise SandboxError(f"{where}: {host} is not a directory {place} ({walk.problem})",
                            hint="create the directory, or remove the grant from policy.storage (or --allow-dir)")
-    real = Path(os.path.realpath(host))
-    if grant.kind == "bundle" and not real.is_relative_to(bundle_real):
-        raise SandboxError(
-            f"{where}: {host} resolves to {real}, outside the bundle folder {bundle_real}; refused",
-            hint="a bundle: grant opens only files shipped in the bundle; remove the symlink",
-        )
-    if grant.writable:
-        for fence in fences:
-            _fence(where, real, fence)
-    fd = _open_dir(where, real)
-    return Preopen(real, grant.guest, grant.writable, grant.kind, grant.uri, fd)
+    try:
+        real = walk.real
+        if grant.kind == "bundle" and not real.is_relative_to(bundle_real):
+            raise SandboxError(
+                f"{where}: {host} resolves to {real}, outside the bundle folder {bundle_real}; refused",
+                hint="a bundle: grant opens only files shipped in the bundle; remove the symlink",
+            )
+        if grant.writable:
+            for fence in fences:
+                _fence(where, real, fence)
+        fd = _hold(where, real, walk.fd)
+    finally:
+        os.close(walk.fd)
+    return Preopen(real, grant.guest, grant.writable, grant.kind, grant.uri, fd), walk.links
 
 
 def _fence(where: str, real: Path, fence: _Fence) -> None:
@@ -297,41 +336,19 @@ def _fd_dir() -> str:
     return "/proc/self/fd" if os.path.isdir("/proc/self/fd") else "/dev/fd"
 
 
-def _open_dir(where: str, real: Path) -> int:
-    """``real`` opened (no symlink followed), checked to be the directory that was checked."""
+def _hold(where: str, real: Path, looked_up: int) -> int:
+    """The folder ``looked_up`` opened for reading through its fd path (as every call will open it)."""
+    held = _held(looked_up)
     try:
-        fd = os.open(real, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(held, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as exc:
-        raise SandboxError(f"{where}: cannot open {real}: {exc.strerror}",
-                           hint="check the directory exists and is readable") from None
-    try:
-        _same_dir(where, real, fd)
-    except BaseException:
+        raise SandboxError(f"{where}: cannot hold {real} open for the module's calls ({held}: {exc.strerror})",
+                           hint="mcpkit needs /proc (Linux) or /dev/fd, and read access to the folder") from None
+    if os.path.islink(held) and os.readlink(held) != str(real):  # Linux: the kernel's own path of it
         os.close(fd)
-        raise
-    return fd
-
-
-def _same_dir(where: str, real: Path, fd: int) -> None:
-    opened = _identity(fd)
-    held = _held(fd)
-    if _identity(held) != opened:
-        raise SandboxError(f"{where}: cannot hold {real} open for the module's calls: {held} does not name it",
-                           hint="mcpkit needs /proc (Linux) or /dev/fd to keep granted directories open")
-    changed = _identity(real) != opened
-    if not changed and os.path.islink(held):  # Linux: the kernel's own path of what was opened
-        changed = os.readlink(held) != str(real)
-    if changed:
-        raise SandboxError(f"{where}: {real} changed while it was being checked; refused",
+        raise SandboxError(f"{where}: {real} was moved while it was being checked; refused",
                            hint="something is moving folders on the way to this grant; run again when it stops")
-
-
-def _identity(what: int | str | Path) -> tuple[int, int] | None:
-    try:
-        st = os.fstat(what) if isinstance(what, int) else os.stat(what)
-    except OSError:
-        return None
-    return st.st_dev, st.st_ino
+    return fd
 
 
 # --------------------------------------------------------------------------- launch summary

@@ -176,7 +176,11 @@ def set_stdin(wasi: Any, data: bytes) -> None:
 
 
 def preopen(wasi: Any, host: str, guest: str, writable: bool) -> None:
-    """``WasiConfig.preopen_dir``, read-only unless ``writable``, on every supported wasmtime-py."""
+    """``WasiConfig.preopen_dir``, read-only unless ``writable``, on every supported wasmtime-py.
+
+    wasmtime opens ``host`` right here (not when the store starts), following a ``/proc/self/fd/N``
+    to the very folder held open as N: that is how each call gets the folder checked at launch.
+    """
     if not _PREOPEN:
         import inspect
 
