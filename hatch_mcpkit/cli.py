@@ -314,6 +314,7 @@ def _entry_row(entry: CacheEntry) -> dict[str, Any]:
         "pulled_at": entry.pulled_at,
         "path": str(entry.path),
         "tools": meta.get("tools", []),
+        "signature": meta.get("signature"),  # who signed what was installed (pull --key, trust policy)
     }
 
 

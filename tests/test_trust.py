@@ -114,6 +114,9 @@ def test_pull_with_key_installs_the_verified_digest_and_records_the_signer(
                              "--offline")
     assert code == 0, err
     assert f"Signed:      key {_key_id(keys['publisher'])} (verified {record['verified_at']})" in out
+    code, out, err = _mcpkit(capsys, "--home", str(published["home"]), "bundle", "list", "--json")
+    assert code == 0, err
+    assert [row["signature"] for row in json.loads(out)] == [record]
 
 
 def test_pull_with_key_of_an_unsigned_bundle_is_refused(
@@ -296,6 +299,17 @@ def test_policy_rule_requires_its_key_without_key_option(
     signers = BundleCache(published["home"]).find_entry(published["ref"]).metadata()["signature"]["signers"]
     assert [s["key_id"] for s in signers] == [_key_id(keys["publisher"])]
     assert "trust.yaml:2: rules[0]" in signers[0]["required_by"]
+
+
+def test_a_policy_key_file_that_is_missing_is_named_with_its_rule(
+    registry: Any, repo_name: str, published: dict[str, Any], capsys: pytest.CaptureFixture[str],
+) -> None:
+    _policy(published["home"], "rules:\n  - match: '**'\n    keys: [gone.pub]\n")
+    published["before"] = snapshot(published["home"])
+    err = _refused(capsys, published)
+    assert "trust.yaml:2: rules[0] (**): public key" in err and "gone.pub does not exist" in err
+    code, _, err = _mcpkit(capsys, "--home", str(published["home"]), "run", "fault-tool", "--offline")
+    assert code == 1 and "gone.pub does not exist" in err
 
 
 def test_policy_during_a_key_rotation_accepts_either_key(
