@@ -27,8 +27,9 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from hatch_mcpkit._configschema import schema_problems, type_name
+from hatch_mcpkit._files import read_regular
 from hatch_mcpkit._yaml import KeyPath, LineMap, SpanMap, format_path, load_yaml
-from hatch_mcpkit.errors import ConfigError, Problem
+from hatch_mcpkit.errors import ConfigError, McpkitError, Problem
 
 __all__ = [
     "DEFAULT_LIMITS",
@@ -47,6 +48,7 @@ __all__ = [
     "parse_config",
 ]
 
+MAX_CONFIG_BYTES = 16 * 1024 * 1024  # a config.yaml is read into memory whole
 GUEST_PATH_RE = re.compile(r"^/[A-Za-z0-9._/-]*$")
 TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
 VAR_RE = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}|\$\{([^}]*)\}?")
@@ -288,12 +290,14 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None 
     passes ``os.environ`` for its own config.yaml.
     """
     p = Path(path)
-    try:
-        raw = p.read_bytes()
+    try:  # a regular file only: a FIFO or a symlink to /dev/zero in a cloned folder is an error, not a hang
+        raw = read_regular(p, limit=MAX_CONFIG_BYTES, where="cannot read file", error=McpkitError)
     except FileNotFoundError:
         raise ConfigError([Problem(str(p), "", "file not found")]) from None
     except OSError as exc:
         raise ConfigError([Problem(str(p), "", f"cannot read file: {exc.strerror}")]) from None
+    except McpkitError as exc:
+        raise ConfigError([Problem(str(p), "", exc.message)]) from None
     return parse_config(raw, p, environ)
 
 

@@ -531,8 +531,11 @@ def test_a_compressed_archive_with_a_huge_header_is_refused_without_reading_it(e
     else:
         archive = _gz_tar_with_header(bomb, tarfile.XHDTYPE if kind == "pax" else tarfile.GNUTYPE_LONGNAME, 400 << 20)
     assert archive.stat().st_size < 1 << 20
-    measured = ("import resource, sys\nfrom hatch_mcpkit.cli import main\nrc = main(sys.argv[1:])\n"
-                "print('peak-kib', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\nsys.exit(rc)")
+    # VmHWM, not ru_maxrss: Linux keeps ru_maxrss across exec, so it would report pytest's own peak
+    need(Path("/proc/self/status").is_file(), "Linux /proc (to measure the command's peak memory)")
+    measured = ("import sys\nfrom hatch_mcpkit.cli import main\nrc = main(sys.argv[1:])\n"
+                "hwm = [line.split()[1] for line in open('/proc/self/status') if line.startswith('VmHWM:')]\n"
+                "print('peak-kib', hwm[0], file=sys.stderr)\nsys.exit(rc)")
     proc = subprocess.run([sys.executable, "-c", measured, "inspect", str(archive)], env=env,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr and "internal error" not in proc.stderr, proc.stderr
@@ -569,6 +572,27 @@ def test_a_layout_folder_whose_index_is_not_a_small_file_is_a_clear_error(env: d
     assert proc.returncode == 1, proc.stderr[-500:]
     assert name in proc.stderr and "internal error" not in proc.stderr and "Traceback" not in proc.stderr, \
         proc.stderr[-500:]
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero"])
+def test_a_bundle_folder_whose_config_is_not_a_file_is_a_clear_error(env: dict[str, str], tmp_path: Path,
+                                                                      kind: str) -> None:
+    """``mcpkit run ./cloned/config.yaml`` where config.yaml is a FIFO nobody writes (or /dev/zero):
+    a clear error naming the file, not a process blocked for ever on the open."""
+    from tests.builders import TINY_WASM
+
+    folder = tmp_path / "cloned"
+    folder.mkdir()
+    (folder / "module.wasm").write_bytes(TINY_WASM)
+    if kind == "fifo":
+        os.mkfifo(folder / "config.yaml")
+    else:
+        (folder / "config.yaml").symlink_to("/dev/zero")
+    proc = subprocess.run(["bash", "-c", 'ulimit -v 4000000; exec "$@"', "-", shutil.which("mcpkit") or "mcpkit",
+                           "run", str(folder / "config.yaml")], env=env, capture_output=True, text=True, timeout=60,
+                          stdin=subprocess.DEVNULL)
+    assert proc.returncode != 0 and "config.yaml" in proc.stderr, proc.stderr[-500:]
+    assert "internal error" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-500:]
 
 
 # --------------------------------------------------------------------------- deeply nested JSON
