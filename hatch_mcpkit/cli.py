@@ -354,12 +354,13 @@ def _list_registry(args: argparse.Namespace) -> int:
     from hatch_mcpkit._referrers import is_fallback_tag
     from hatch_mcpkit.errors import RegistryError
     from hatch_mcpkit.reference import parse_registry_scope, parse_repository
-    from hatch_mcpkit.registry import RegistryClient
+    from hatch_mcpkit.registry import MAX_LISTING_ITEMS, RegistryClient
 
     text = args.registry.strip()
     registry, namespace = parse_registry_scope(text)
     credentials = _credentials(args, registry)
     listing: dict[str, list[str]] = {}
+    total = 0
     with RegistryClient(registry, credentials=credentials, insecure=args.insecure, ca_file=args.ca_file,
                         deadline=getattr(args, "transfer_deadline", None)) as client:
         try:
@@ -376,7 +377,13 @@ def _list_registry(args: argparse.Namespace) -> int:
             except RegistryError as exc:
                 if len(repos) == 1:
                     raise
-                _warn(f"cannot list tags of {repo}: {exc.message}")
+                _warn(f"cannot list tags of {clean(repo)}: {exc.message}")
+                continue
+            total += len(listing[repo])
+            if total > MAX_LISTING_ITEMS:  # each listing is capped; so is the sum of them
+                raise RegistryError(f"registry {clean(registry)} lists more than {MAX_LISTING_ITEMS} tags "
+                                    "across its repositories; stopped reading there",
+                                    hint="name a repository or a namespace (mcpkit list --registry HOST/NAMESPACE)")
     if args.json:
         _out(json.dumps([{"repository": f"{registry}/{r}", "tags": t} for r, t in listing.items()], indent=2))
         return 0

@@ -256,6 +256,27 @@ def test_a_listing_page_of_huge_names_counts_toward_the_cap(servers: Callable[..
     assert len(reg.seen) <= 20
 
 
+def test_a_catalog_of_many_long_tag_lists_is_read_only_up_to_a_cap(servers: Callable[..., Server],
+                                                                    tmp_path: Path) -> None:
+    """``list --registry HOST``: a catalog of 40 repositories, each with 10,000 tags on one page --
+    every listing is under the per-listing cap, the total is what is capped."""
+    listed: list[str] = []
+
+    def registry(h: http.server.BaseHTTPRequestHandler) -> None:
+        if h.path.startswith("/v2/_catalog"):
+            send(h, 200, json.dumps({"repositories": [f"org/r{i}" for i in range(40)]}).encode())
+        elif "/tags/list" in h.path:
+            listed.append(h.path)
+            send(h, 200, json.dumps({"tags": [f"t{i}" for i in range(10_000)]}).encode())
+        else:
+            send(h, 404)
+
+    reg = servers(registry)
+    proc = mcpkit(cli_env(tmp_path), "list", "--registry", reg.host, timeout=300)
+    assert proc.returncode != 0 and "more than 100000 tags" in proc.stderr, proc.stderr[-500:]
+    assert len(listed) <= 11, f"listed {len(listed)} repositories"
+
+
 # --------------------------------------------------------------------------- where credentials go
 
 
