@@ -46,6 +46,7 @@ __all__ = ["build_parser", "main", "open_runtime"]
 
 PROG = "mcpkit"
 DEFAULT_CONCURRENCY = 4
+MAX_CHECKED_TAGS = 1000  # tags of one repository whose manifests `list --registry` reads
 
 
 # --------------------------------------------------------------------------- output helpers
@@ -371,19 +372,24 @@ def _list_registry(args: argparse.Namespace) -> int:
                 raise
             _warn(f"{exc.message}; listing {namespace} as one repository")
             repos = [parse_repository(f"{registry}/{namespace}").repository]
+        hidden = 0
         for repo in sorted(repos):
             try:
-                listing[repo] = sorted(tag for tag in client.list_tags(repo) if not is_fallback_tag(tag))
+                tags = [tag for tag in client.list_tags(repo) if not is_fallback_tag(tag)]
             except RegistryError as exc:
                 if len(repos) == 1:
                     raise
                 _warn(f"cannot list tags of {clean(repo)}: {exc.message}")
                 continue
-            total += len(listing[repo])
+            total += len(tags)
             if total > MAX_LISTING_ITEMS:  # each listing is capped; so is the sum of them
                 raise RegistryError(f"registry {clean(registry)} lists more than {MAX_LISTING_ITEMS} tags "
                                     "across its repositories; stopped reading there",
                                     hint="name a repository or a namespace (mcpkit list --registry HOST/NAMESPACE)")
+            listing[repo], others = _bundle_tags(client, registry, repo, tags)
+            hidden += others
+    if hidden:
+        _warn(f"{hidden} tag{'s' if hidden != 1 else ''} that are not mcpkit bundles (other artifacts) not shown")
     if args.json:
         _out(json.dumps([{"repository": f"{registry}/{r}", "tags": t} for r, t in listing.items()], indent=2))
         return 0
@@ -396,6 +402,35 @@ def _list_registry(args: argparse.Namespace) -> int:
         for tag in tags:
             _out(f"oci://{clean(registry)}/{clean(repo)}:{clean(tag)}")
     return 0
+
+
+def _bundle_tags(client: Any, registry: str, repository: str, tags: list[str]) -> tuple[list[str], int]:
+    """The tags whose manifest is an mcpkit bundle (checked side by side), and how many are not."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from hatch_mcpkit.bundle import Manifest
+    from hatch_mcpkit.errors import BundleError, IntegrityError, RegistryError
+    from hatch_mcpkit.reference import Reference
+
+    def is_bundle(tag: str) -> bool:
+        ref = Reference(registry, repository, tag)
+        try:
+            Manifest.parse(client.fetch_manifest(ref).raw, str(ref))
+        except (BundleError, IntegrityError):
+            return False
+        except RegistryError as exc:
+            if exc.status == 404:  # deleted since the listing
+                return False
+            raise
+        return True
+
+    if len(tags) > MAX_CHECKED_TAGS:
+        _warn(f"{clean(repository)} has {len(tags)} tags; only the first {MAX_CHECKED_TAGS} were checked")
+        tags = sorted(tags)[:MAX_CHECKED_TAGS]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        verdicts = list(pool.map(is_bundle, tags))
+    bundles = sorted(tag for tag, ok in zip(tags, verdicts, strict=True) if ok)
+    return bundles, len(tags) - len(bundles)
 
 
 # --------------------------------------------------------------------------- keys and signatures
@@ -882,9 +917,10 @@ def _add_bundle_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
 
     p = sub.add_parser("list", aliases=["ls"], help="list cached bundles, or the bundles in a registry",
                        description="Without options: the bundles in the local cache. With --registry: the "
-                       "repositories and tags in a registry (needs a registry that allows listing).")
+                       "bundles in a registry, by repository and tag -- signatures, their sha256-<hex> "
+                       "fallback tags and other artifacts are left out (needs a registry that allows listing).")
     p.add_argument("--registry", "-r", metavar="HOST[/NAMESPACE]",
-                   help="list repositories and tags in this registry (or namespace, or one repository)")
+                   help="list the bundles in this registry (or namespace, or one repository)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _add_registry_options(p)
     _add_home(p)

@@ -324,6 +324,28 @@ def test_registry_listing_leaves_out_signature_fallback_tags(registry: Any, repo
     assert json.loads(out) == [{"repository": f"{registry.host}/{repo_name}", "tags": ["1.0.0"]}]
 
 
+def test_registry_listing_shows_bundles_only(registry: Any, repo_name: str, tmp_path: Path,
+                                              keys: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+    digest = _push(registry, tmp_path, repo_name, "1.0.0")
+    with registry.client() as client:
+        _signatures.attach(client, _ref(registry, repo_name), digest, keys["publisher"])
+        entry = _push_sbom(client, repository=repo_name, subject_digest=digest)
+        raw = client.fetch_manifest(Reference(client.host, repo_name, None, entry["digest"])).raw
+        client.put_manifest(repo_name, "sbom", raw, MANIFEST_MEDIA_TYPE)  # another tool's artifact, tagged
+        index = client.fetch_manifest(Reference(client.host, repo_name, _referrers.fallback_tag(digest))).raw
+        client.put_manifest(repo_name, "an-index", index, INDEX_MEDIA_TYPE)
+        assert {"1.0.0", "sbom", "an-index"} <= set(client.list_tags(repo_name))
+    scope = f"{registry.host}/{repo_name}"
+    code, out, err = _mcpkit(capsys, "bundle", "list", "--registry", scope, "--json")
+    assert code == 0, err
+    assert json.loads(out) == [{"repository": scope, "tags": ["1.0.0"]}]
+    code, out, err = _mcpkit(capsys, "bundle", "list", "--registry", scope)
+    assert code == 0, err
+    assert out.splitlines()[0] == f"oci://{scope}:1.0.0"
+    assert "sbom" not in out and "an-index" not in out
+    assert "2 tags that are not mcpkit bundles" in out + err
+
+
 # --- a registry with the referrers API -----------------------------------------------------------
 
 class ReferrersApiRegistry:
