@@ -248,7 +248,8 @@ def _cmd_push(args: argparse.Namespace) -> int:
 
             if config_path is None:
                 config_path = (module.parent if module is not None else Path.cwd()) / "config.yaml"
-            config = own_config = load_config(config_path, os.environ)  # the publisher's own config.yaml
+            own_config = _publishers_config(config_path, args.home)
+            config = own_config or load_config(config_path)  # a cached bundle's config.yaml is data
             module = module or config_path.parent / "module.wasm"
             check_guest_module(module)
             archive = build_bundle(config, module, Path(tmp)).path
@@ -262,6 +263,19 @@ def _cmd_push(args: argparse.Namespace) -> int:
     if result.signature:
         _out(f"signed {result.digest} (signature oci://{clean(result.repository)}@{result.signature})")
     return 0
+
+
+def _publishers_config(path: Path, home: str | None) -> Config | None:
+    """config.yaml to push from: the publisher's own, expanded from this environment -- unless it is a
+    cached bundle's (someone else's): that one is data, never expanded, and says nothing about where to push."""
+    from hatch_mcpkit.config import load_config
+    from hatch_mcpkit.store import in_a_cache
+
+    if not in_a_cache(path, home):
+        return load_config(path, os.environ)
+    _warn(f"{path} belongs to a bundle in the mcpkit cache: it is pushed as it is (no ${{VAR}} is filled in "
+          "from this environment) and its distribution section is not used")
+    return None
 
 
 # --------------------------------------------------------------------------- pull
@@ -743,7 +757,7 @@ def _announce(runtime: Runtime, label: str, quiet: bool) -> None:
     from hatch_mcpkit.runtime import format_policy
 
     for warning in runtime.warnings():  # always shown: the module can touch the user's files
-        print(f"{PROG}: {clean_block(warning)}", file=sys.stderr)
+        print(f"{PROG}: {clean(warning)}", file=sys.stderr)  # one line each: a path cannot draw another
     if quiet:
         return
     config = runtime.config

@@ -41,7 +41,7 @@ import shutil
 import tempfile
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -90,6 +90,8 @@ __all__ = [
     "PullOptions",
     "PullResult",
     "default_home",
+    "every_home",
+    "in_a_cache",
     "read_metadata",
 ]
 
@@ -107,6 +109,21 @@ def default_home() -> Path:
     """``$MCPKIT_HOME`` or ``~/.mcpkit``."""
     env = os.environ.get("MCPKIT_HOME")
     return Path(env).expanduser() if env else Path.home() / ".mcpkit"
+
+
+def every_home(given: Iterable[Path | str] = ()) -> list[Path]:
+    """Every MCPKIT_HOME mcpkit may use here: those ``given`` (the one in use), ``$MCPKIT_HOME`` and
+    ``~/.mcpkit``. No module may write into any of them (a run with ``--home`` elsewhere must not plant
+    code for the usual runs), and a file in one of them came from someone else."""
+    return list(dict.fromkeys([*map(Path, given), default_home(), Path(os.path.expanduser("~")) / ".mcpkit"]))
+
+
+def in_a_cache(path: Path | str, home: Path | str | None = None) -> bool:
+    """Whether ``path`` lies among the bundles of a cache (any of :func:`every_home`): a file there was
+    pulled from someone else, so a config.yaml there is data, never the publisher's own."""
+    real = Path(os.path.realpath(path))
+    homes = every_home([home] if home is not None else [])
+    return any(real.is_relative_to(os.path.realpath(h / "bundles")) for h in homes)
 
 
 def _now() -> str:

@@ -35,7 +35,7 @@ from hatch_mcpkit.errors import SandboxError, UsageError
 if TYPE_CHECKING:
     from hatch_mcpkit.runtime._runtime import Runtime
 
-__all__ = ["Grants", "HostLimits", "Preopen", "effective_grants", "every_home", "format_policy", "parse_allow_dir"]
+__all__ = ["Grants", "HostLimits", "Preopen", "effective_grants", "format_policy", "parse_allow_dir"]
 
 
 # --------------------------------------------------------------------------- host ceilings
@@ -162,13 +162,6 @@ class Grants:
                 self._closed = True
                 for p in self.preopens:
                     os.close(p.fd)
-
-
-def every_home(given: Iterable[Path] = ()) -> list[Path]:
-    """Every MCPKIT_HOME mcpkit may use here: those given (the one in use), ``$MCPKIT_HOME`` and ``~/.mcpkit``."""
-    from hatch_mcpkit.store import default_home
-
-    return list(dict.fromkeys([*map(Path, given), default_home(), Path(os.path.expanduser("~")) / ".mcpkit"]))
 
 
 def effective_grants(

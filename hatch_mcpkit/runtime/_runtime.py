@@ -16,7 +16,7 @@ from hatch_mcpkit.config import Config, Limits, StorageGrant, Tool, load_config
 from hatch_mcpkit.errors import ModuleError, ToolCallError
 from hatch_mcpkit.runtime import _call, _wasmtime
 from hatch_mcpkit.runtime._engine import load_module, make_engine
-from hatch_mcpkit.runtime._policy import HostLimits, effective_grants, every_home
+from hatch_mcpkit.runtime._policy import HostLimits, effective_grants
 from hatch_mcpkit.runtime._result import (
     CallHandle,
     ToolResult,
@@ -91,6 +91,8 @@ class Runtime:
         self.bundle_dir = Path(bundle_dir) if bundle_dir is not None else Path(module_path).parent
         self.module_path = Path(module_path)
         self.environ: Mapping[str, str] = dict(os.environ if environ is None else environ)
+        from hatch_mcpkit.store import every_home
+
         self._grants = effective_grants(config, self.bundle_dir, extra_grants, deny_guests,
                                         every_home(protected_paths or ()))
         self._closers: list[Any] = [self._grants.close]
