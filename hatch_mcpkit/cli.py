@@ -57,11 +57,12 @@ def _out(text: str = "") -> None:
 
 
 def _warn(text: str) -> None:
-    print(f"{PROG}: warning: {clean_block(text)}", file=sys.stderr, flush=True)
+    """One warning, one line: a newline in a name inside it cannot draw a line of its own."""
+    print(f"{PROG}: warning: {clean(text, limit=None)}", file=sys.stderr, flush=True)
 
 
 def _info(text: str) -> None:
-    print(f"{PROG}: {clean_block(text)}", file=sys.stderr, flush=True)
+    print(f"{PROG}: {clean(text, limit=None)}", file=sys.stderr, flush=True)
 
 
 def _human_size(size: int | None) -> str:
@@ -163,7 +164,8 @@ def _precompile(store: BundleCache, result: PullResult) -> None:
     try:
         runtime.precompile(result.path, code_cache=store.code_cache)
     except Exception as exc:
-        _warn(f"could not precompile {result.path / 'module.wasm'}: {exc} (it will be compiled when it runs)")
+        why = exc.message if isinstance(exc, McpkitError) else str(exc)
+        _warn(f"could not precompile {result.path / 'module.wasm'}: {why} (it will be compiled when it runs)")
 
 
 def _read_line_unbuffered(limit: int = 64 * 1024) -> str:

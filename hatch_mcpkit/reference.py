@@ -47,6 +47,8 @@ __all__ = [
     "Repository",
     "classify",
     "is_loopback",
+    "is_repository_path",
+    "is_tag",
     "looks_local",
     "oci_key",
     "parse_cache_name",
@@ -85,6 +87,16 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(name).is_loopback
     except ValueError:
         return False
+
+
+def is_repository_path(text: str) -> bool:
+    """Whether ``text`` is a repository path by the OCI name grammar (``org/tool``), as a registry must list it."""
+    return 0 < len(text) <= _MAX_NAME_LENGTH and all(_PATH_COMPONENT_RE.fullmatch(p) for p in text.split("/"))
+
+
+def is_tag(text: str) -> bool:
+    """Whether ``text`` is a tag by the OCI grammar (``[A-Za-z0-9_][A-Za-z0-9._-]{0,127}``)."""
+    return _TAG_RE.fullmatch(text) is not None  # fullmatch: "$" alone would let a final newline through
 
 
 def use_plain_http(host: str, *, insecure: bool = False) -> bool:

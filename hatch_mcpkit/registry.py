@@ -78,6 +78,8 @@ from hatch_mcpkit.reference import (
     DOCKER_HUB_ALIASES,
     DOCKER_HUB_API,
     Reference,
+    is_repository_path,
+    is_tag,
     parse_reference,
     use_plain_http,
 )
@@ -737,8 +739,11 @@ class RegistryClient:
 
     # ------------------------------------------------------------------ listings
 
-    def _paginated(self, path: str, key: str, scope: str, what: str) -> Iterator[str]:
+    def _paginated(self, path: str, key: str, scope: str, what: str, valid: Callable[[str], bool]) -> Iterator[str]:
         """Items of a listing, following ``Link: rel=next`` (same URL rule, credentials only to the registry).
+
+        Only names ``valid`` accepts (the OCI grammar of a tag or repository) are listed: anything else
+        cannot be pulled and could carry a newline or a terminal sequence into a message.
 
         A listing that goes on past :data:`MAX_LISTING_ITEMS` items or :data:`MAX_LISTING_BYTES` bytes
         is an error: a registry does not get to grow the client without bound.
@@ -759,7 +764,7 @@ class RegistryClient:
             body = _json(raw, f"listing from registry {self.host}", MAX_LISTING_PAGE)
             items = body.get(key) if isinstance(body, dict) else None
             for item in items if isinstance(items, list) else ():
-                if isinstance(item, str):
+                if isinstance(item, str) and valid(item):
                     count += 1
                     if count > MAX_LISTING_ITEMS:
                         raise self._endless(what, f"more than {MAX_LISTING_ITEMS} {key}")
@@ -777,7 +782,7 @@ class RegistryClient:
         what = f"list tags of {repository}"
         try:
             return list(self._paginated(f"/v2/{repository}/tags/list", "tags",
-                                        _scope(repository, False), what))
+                                        _scope(repository, False), what, is_tag))
         except RegistryError as exc:
             if exc.status == 404:
                 raise RegistryError(f"repository {self._where(repository)} not found", status=404,
@@ -788,7 +793,7 @@ class RegistryClient:
         """Every repository (``/v2/_catalog``); many hosted registries do not allow this."""
         try:
             return list(self._paginated("/v2/_catalog", "repositories", "registry:catalog:*",
-                                        "list repositories"))
+                                        "list repositories", is_repository_path))
         except RegistryError as exc:
             if exc.status in (401, 403, 404, 405):
                 raise RegistryError(
