@@ -6,6 +6,10 @@ checked with jsonschema's ``iter_errors`` (every problem at once); each error be
 ``(key path, message)`` pair. Messages come from the schema where it says more than
 jsonschema would (``title`` names what a pattern describes, ``x-errors`` maps a keyword to a
 message, ``x-missing`` explains a missing required key); unknown keys get a did-you-mean.
+
+``pattern`` is checked with JSON Schema's (ECMA-262) meaning of ``$``: the end of the text.
+Python's ``re`` also lets ``$`` match before a final newline, which would let a tool named
+``"t\n"`` through ``^[A-Za-z0-9_.-]{1,64}$``.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import difflib
 import functools
 import json
+import re
 from collections.abc import Iterator
 from importlib import resources
 from typing import Any
@@ -38,11 +43,40 @@ def _schema(resource: str) -> dict[str, Any]:
 
 @functools.lru_cache(maxsize=4)
 def _validator(resource: str) -> Any:
-    from jsonschema import Draft202012Validator
+    from jsonschema import Draft202012Validator, validators
     from referencing import Registry
 
+    checker = validators.extend(Draft202012Validator, {"pattern": _pattern})  # type: ignore[no-untyped-call]
     # the schema refers only to its own #/$defs; this registry has nothing else and never retrieves
-    return Draft202012Validator(_schema(resource), registry=Registry())
+    return checker(_schema(resource), registry=Registry())
+
+
+def _pattern(validator: Any, pattern: str, instance: Any, schema: Any) -> Iterator[Any]:
+    from jsonschema.exceptions import ValidationError
+
+    if validator.is_type(instance, "string") and not _ecma(pattern).search(instance):
+        yield ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
+@functools.lru_cache(maxsize=256)
+def _ecma(pattern: str) -> re.Pattern[str]:
+    """A shipped schema's ``pattern`` for Python's ``re``, each ``$`` (outside a class) made ``\\Z``."""
+    out: list[str] = []
+    escaped = in_class = False
+    for ch in pattern:
+        if escaped:
+            escaped = False
+        elif ch == "\\":
+            escaped = True
+        elif ch == "[":
+            in_class = True
+        elif ch == "]":
+            in_class = False
+        elif ch == "$" and not in_class:
+            out.append("\\Z")
+            continue
+        out.append(ch)
+    return re.compile("".join(out))
 
 
 def schema_problems(data: Any, resource: str = SCHEMA_RESOURCE) -> list[tuple[KeyPath, str]]:

@@ -42,7 +42,7 @@ __all__ = [
 ]
 
 CHUNK = 1024 * 1024
-_DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
+_DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}\Z")
 
 
 def atomic_write(path: Path, data: bytes, *, mode: int | None = None) -> None:

@@ -85,11 +85,11 @@ CHUNK = 1024 * 1024
 MAX_BUNDLE_SIZE_ENV = "MCPKIT_MAX_BUNDLE_SIZE"
 DEFAULT_MAX_BUNDLE_SIZE = 1024**3  # 1 GiB: every declared blob together, and an archive unpacked
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*([kmgt]?)(i?b?)\s*$", re.I)
-_SERVER_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}$")
-_TOOL_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_SERVER_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}\Z")
+_TOOL_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}\Z")
 _MAX_TEXT = 4096
 
-_DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
+_DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}\Z")
 _EXTRA_MEDIA_TYPES = {
     ".json": "application/json",
     ".md": "text/markdown",

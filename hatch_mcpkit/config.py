@@ -49,8 +49,8 @@ __all__ = [
 ]
 
 MAX_CONFIG_BYTES = 16 * 1024 * 1024  # a config.yaml is read into memory whole
-GUEST_PATH_RE = re.compile(r"^/[A-Za-z0-9._/-]*$")
-TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
+GUEST_PATH_RE = re.compile(r"^/[A-Za-z0-9._/-]*\Z")
+TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}\Z")
 VAR_RE = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}|\$\{([^}]*)\}?")
 
 

@@ -64,11 +64,11 @@ DOCKER_HUB_API = "registry-1.docker.io"
 DOCKER_HUB_ALIASES = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io"})  # the one table
 
 _LABEL = r"(?:[A-Za-z0-9]|[A-Za-z0-9][A-Za-z0-9-]*[A-Za-z0-9])"
-_HOSTNAME_RE = re.compile(rf"^{_LABEL}(?:\.{_LABEL})*$")
-_PATH_COMPONENT_RE = re.compile(r"^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*$")
-_TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
-_HEX64_RE = re.compile(r"^[a-f0-9]{64}$")
-_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+_HOSTNAME_RE = re.compile(rf"^{_LABEL}(?:\.{_LABEL})*\Z")
+_PATH_COMPONENT_RE = re.compile(r"^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*\Z")
+_TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}\Z")
+_HEX64_RE = re.compile(r"^[a-f0-9]{64}\Z")
+_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*\Z")
 _MAX_NAME_LENGTH = 255
 _LOCAL_SUFFIXES = (".wasm", ".tar", ".tgz", ".tar.gz", ".yaml", ".yml")
 
@@ -91,12 +91,12 @@ def is_loopback(host: str) -> bool:
 
 def is_repository_path(text: str) -> bool:
     """Whether ``text`` is a repository path by the OCI name grammar (``org/tool``), as a registry must list it."""
-    return 0 < len(text) <= _MAX_NAME_LENGTH and all(_PATH_COMPONENT_RE.fullmatch(p) for p in text.split("/"))
+    return 0 < len(text) <= _MAX_NAME_LENGTH and all(_PATH_COMPONENT_RE.match(p) for p in text.split("/"))
 
 
 def is_tag(text: str) -> bool:
     """Whether ``text`` is a tag by the OCI grammar (``[A-Za-z0-9_][A-Za-z0-9._-]{0,127}``)."""
-    return _TAG_RE.fullmatch(text) is not None  # fullmatch: "$" alone would let a final newline through
+    return _TAG_RE.match(text) is not None
 
 
 def use_plain_http(host: str, *, insecure: bool = False) -> bool:

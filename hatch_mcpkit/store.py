@@ -102,7 +102,7 @@ MAX_METADATA_BYTES = 16 * 1024 * 1024
 STALE_WORKDIR_SECONDS = 24 * 3600
 _WORKDIR_RE = re.compile(r"^[a-z]+-(\d+)-")
 _SAFE_PART = re.compile(r"[^A-Za-z0-9._-]")
-_KEY_PART = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+_KEY_PART = re.compile(r"^[A-Za-z0-9._-]{1,128}\Z")
 
 
 def default_home() -> Path:
