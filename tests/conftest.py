@@ -1,8 +1,14 @@
 from __future__ import annotations
 
+import http.server
 import os
 import re
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 pytest_plugins = [
     "tests.plugins.rust",
@@ -33,3 +39,33 @@ def _load_setup_env() -> None:
 
 
 _load_setup_env()
+
+
+@pytest.fixture
+def slow_web() -> Iterator[str]:
+    """A server that trickles an endless .tar.gz body, so a pull is still running when it is killed or interrupted."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/gzip")
+            self.end_headers()
+            try:
+                for _ in range(600):
+                    self.wfile.write(b"\x1f\x8b" + b"\0" * 65536)
+                    self.wfile.flush()
+                    time.sleep(0.05)
+            except OSError:
+                pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/slow.tar.gz"
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import http.server
 import json
 import os
 import shutil
 import signal
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -208,36 +206,6 @@ def test_server_and_run_are_delegated(env: dict[str, str]) -> None:
         assert command in proc.stdout
     proc = mcpkit(env, "server", "--from-bundle", "no-such-tool", ok=False)
     assert proc.returncode == 3 and "no cached bundle" in proc.stderr
-
-
-@pytest.fixture
-def slow_web(tmp_path: Path) -> Iterator[str]:
-    """A server that trickles an endless .tar.gz body, so a pull is still running when interrupted."""
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def log_message(self, *args: object) -> None:
-            pass
-
-        def do_GET(self) -> None:
-            self.send_response(200)
-            self.send_header("Content-Type", "application/gzip")
-            self.end_headers()
-            try:
-                for _ in range(600):
-                    self.wfile.write(b"\x1f\x8b" + b"\0" * 65536)
-                    self.wfile.flush()
-                    time.sleep(0.05)
-            except OSError:
-                pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/slow.tar.gz"
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def test_ctrl_c_exits_130_and_leaves_nothing(env: dict[str, str], slow_web: str) -> None:

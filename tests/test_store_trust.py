@@ -375,36 +375,6 @@ def test_a_tampered_entry_is_repaired_by_the_next_pull(env: dict[str, str], tmp_
 # --------------------------------------------------------------------------- killed pulls
 
 
-@pytest.fixture
-def slow_web() -> Iterator[str]:
-    """A server that trickles an endless .tar.gz body, so a pull is still running when it is killed."""
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def log_message(self, *args: object) -> None:
-            pass
-
-        def do_GET(self) -> None:
-            self.send_response(200)
-            self.send_header("Content-Type", "application/gzip")
-            self.end_headers()
-            try:
-                for _ in range(600):
-                    self.wfile.write(b"\x1f\x8b" + b"\0" * 65536)
-                    self.wfile.flush()
-                    time.sleep(0.05)
-            except OSError:
-                pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/slow.tar.gz"
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
 def _wait_for(check: Callable[[], bool], what: str) -> None:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
