@@ -380,12 +380,7 @@ class Transport:
                 hint="check the host name and your network",
             ) from None
         except requests.exceptions.Timeout:
-            if deadline.left() <= 0:
-                raise self._late(deadline, what) from None
-            raise RegistryError(
-                f"{self.label} stopped answering (no data for {self.timeout[1]:g} s) while trying to {what}",
-                hint="try again later; the server may be overloaded",
-            ) from None
+            raise self._stalled(deadline, what) from None
         except (requests.exceptions.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
             raise TransientError(
                 f"cannot reach {self.label} to {what}: {type(exc).__name__}",
@@ -394,6 +389,15 @@ class Transport:
         finally:
             if data is not None and hasattr(data, "close"):
                 data.close()
+
+    def _stalled(self, deadline: Deadline, what: str) -> RegistryError:
+        """A read that timed out: the transfer deadline if that is what ran out, else the per-read timeout."""
+        if deadline.left() <= 0:
+            return self._late(deadline, what)
+        return RegistryError(
+            f"{self.label} stopped answering (no data for {self.timeout[1]:g} s) while trying to {what}",
+            hint="try again later; the server may be overloaded",
+        )
 
     def _late(self, deadline: Deadline, what: str) -> RegistryError:
         return RegistryError(
@@ -422,12 +426,7 @@ class Transport:
                 try:
                     chunk = raw.read1(size, decode_content=decode)
                 except (urllib3.exceptions.ReadTimeoutError, TimeoutError):
-                    if deadline.left() <= 0:
-                        raise self._late(deadline, what) from None
-                    raise RegistryError(
-                        f"{self.label} stopped answering (no data for {self.timeout[1]:g} s) while trying to {what}",
-                        hint="try again later; the server may be overloaded",
-                    ) from None
+                    raise self._stalled(deadline, what) from None
                 except (urllib3.exceptions.ProtocolError, urllib3.exceptions.DecodeError, OSError) as exc:
                     raise TransientError(f"{self.label}: transfer broke off while trying to {what}: "
                                          f"{type(exc).__name__}") from None
