@@ -151,20 +151,26 @@ def test_an_endless_error_body_is_read_only_up_to_a_cap(servers: Callable[..., S
     assert state["sent"] < 16 * 1024 * 1024, f"the client read {state['sent']} bytes of an error body"
 
 
-def test_a_dripping_registry_hits_the_transfer_deadline(servers: Callable[..., Server], home: Path,
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    """One byte a second never trips the 30 s read timeout; the overall deadline stops it."""
+def _drip(byte: bytes, content_type: str | None = None) -> Callable[[http.server.BaseHTTPRequestHandler], None]:
+    """A handler that promises 1000 bytes and sends one a second, for 12 seconds at most."""
     def drip(h: http.server.BaseHTTPRequestHandler) -> None:
         h.send_response(200)
-        h.send_header("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+        if content_type:
+            h.send_header("Content-Type", content_type)
         h.send_header("Content-Length", "1000")
         h.end_headers()
         for _ in range(12):
-            h.wfile.write(b" ")
+            h.wfile.write(byte)
             h.wfile.flush()
             time.sleep(1.0)
 
-    reg = servers(drip)
+    return drip
+
+
+def test_a_dripping_registry_hits_the_transfer_deadline(servers: Callable[..., Server], home: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """One byte a second never trips the 30 s read timeout; the overall deadline stops it."""
+    reg = servers(_drip(b" ", "application/vnd.oci.image.manifest.v1+json"))
     monkeypatch.setenv("MCPKIT_TRANSFER_DEADLINE", "2")
     start = time.monotonic()
     with pytest.raises(RegistryError, match="transfer deadline") as info:
@@ -176,16 +182,7 @@ def test_a_dripping_registry_hits_the_transfer_deadline(servers: Callable[..., S
 
 def test_a_dripping_download_hits_the_transfer_deadline(servers: Callable[..., Server], tmp_path: Path,
                                                         home: Path) -> None:
-    def drip(h: http.server.BaseHTTPRequestHandler) -> None:
-        h.send_response(200)
-        h.send_header("Content-Length", "1000")
-        h.end_headers()
-        for _ in range(12):
-            h.wfile.write(b"x")
-            h.wfile.flush()
-            time.sleep(1.0)
-
-    web = servers(drip)
+    web = servers(_drip(b"x"))
     start = time.monotonic()
     proc = mcpkit(cli_env(tmp_path, MCPKIT_TRANSFER_DEADLINE="2"), "pull", f"{web.url}/bundle.tar.gz")
     assert proc.returncode != 0 and "transfer deadline" in proc.stderr
@@ -194,17 +191,7 @@ def test_a_dripping_download_hits_the_transfer_deadline(servers: Callable[..., S
 
 def test_the_transfer_deadline_option_wins_over_the_environment(servers: Callable[..., Server],
                                                                  tmp_path: Path) -> None:
-    def drip(h: http.server.BaseHTTPRequestHandler) -> None:
-        h.send_response(200)
-        h.send_header("Content-Type", "application/vnd.oci.image.manifest.v1+json")
-        h.send_header("Content-Length", "1000")
-        h.end_headers()
-        for _ in range(12):
-            h.wfile.write(b" ")
-            h.wfile.flush()
-            time.sleep(1.0)
-
-    reg = servers(drip)
+    reg = servers(_drip(b" ", "application/vnd.oci.image.manifest.v1+json"))
     start = time.monotonic()
     proc = mcpkit(cli_env(tmp_path, MCPKIT_TRANSFER_DEADLINE="600"), "pull", f"oci://{reg.host}/slow/tool:1",
                   "--transfer-deadline", "1.5")
