@@ -1,4 +1,10 @@
-"""The MCP server: a :class:`~hatch_mcpkit.runtime.Runtime`'s tools over stdio.
+"""The MCP server: the tools of one :class:`~hatch_mcpkit.runtime.Runtime`, or of several.
+
+A server answers from a *tool table*: rows of (exposed name, runtime, tool, that
+bundle's own concurrency limiter), :class:`ServedTool`. One bundle's table keeps its
+tools' own names (:func:`build_server`); the gateway (:mod:`hatch_mcpkit.gateway`)
+joins several bundles' rows under ``<key>__<tool>`` names (:func:`table_server`). Every
+call takes the same path (``_call``) whichever table it came from.
 
 The command line (``mcpkit server`` / ``mcpkit run``: what to serve, options, the launch
 banner) lives in :mod:`hatch_mcpkit.cli`; this module is only the server.
@@ -10,8 +16,9 @@ its arguments are checked against the tool's ``input_schema`` (the SDK does not 
 it on stdio; :mod:`hatch_mcpkit._validation`: no retrieval, RE2 patterns, a time
 budget) and, when they pass, the module runs in a fresh sandboxed instance
 (:mod:`hatch_mcpkit.runtime`). A bad argument is a tool result with ``isError``
-naming the field (SEP-1303); an unknown tool is a JSON-RPC invalid-params error. The event loop only moves messages, so ``ping`` and
-``notifications/cancelled`` are answered while a call runs.
+naming the field (SEP-1303); an unknown tool is a JSON-RPC invalid-params error. The
+event loop only moves messages, so ``ping`` and ``notifications/cancelled`` are answered
+while a call runs.
 
 stdout carries only protocol messages; everything else goes to stderr.
 """
@@ -19,104 +26,149 @@ stdout carries only protocol messages; everything else goes to stderr.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from anyio import CapacityLimiter
     from mcp.server.lowlevel import Server
     from mcp_types import CallToolResult
 
     from hatch_mcpkit.config import Tool
     from hatch_mcpkit.runtime import CallHandle, Runtime
 
-__all__ = ["DEFAULT_CONCURRENCY", "build_server", "serve"]
+__all__ = ["DEFAULT_CONCURRENCY", "ServedTool", "build_server", "serve", "serve_stdio", "table_server", "tool_rows"]
 
 log = logging.getLogger("hatch_mcpkit.server")
 
 DEFAULT_CONCURRENCY = 4
 
 
+# --------------------------------------------------------------------------- the tool table
+
+
+@dataclass(frozen=True)
+class ServedTool:
+    """One row of a server's tool table: the name clients see, and what answers it.
+
+    ``limiter`` is the bundle's own: every row of one bundle shares it, so a bundle
+    whose calls hang holds only its own slots, never another bundle's.
+    """
+
+    name: str
+    runtime: Runtime
+    tool: Tool
+    limiter: CapacityLimiter
+
+
+def tool_rows(runtime: Runtime, *, max_concurrency: int = DEFAULT_CONCURRENCY,
+              exposed: Callable[[str], str] | None = None) -> list[ServedTool]:
+    """The rows of one bundle, in config order; ``exposed`` maps a tool name to the name served."""
+    import anyio
+
+    limiter = anyio.CapacityLimiter(max(1, max_concurrency))
+    return [ServedTool(exposed(tool.name) if exposed else tool.name, runtime, tool, limiter)
+            for tool in runtime.config.tools]
+
+
 # --------------------------------------------------------------------------- the MCP server
 
 
 def build_server(runtime: Runtime, *, max_concurrency: int = DEFAULT_CONCURRENCY) -> Server[Any]:
-    """A low-level ``mcp`` Server that serves ``runtime``'s tools.
+    """A low-level ``mcp`` Server that serves ``runtime``'s tools under their own names.
 
     The runtime has already refused a bundle whose schemas are unsafe to validate with
     (:class:`~hatch_mcpkit._validation.ToolSchemas`); its validators are used here.
+    """
+    config = runtime.config
+    return table_server(tool_rows(runtime, max_concurrency=max_concurrency), name=config.name,
+                        version=config.server_version, description=config.description or None)
+
+
+def _listing(rows: Sequence[ServedTool]) -> dict[str, list[Any]]:
+    """tools/list answers by era: "" (2025-06-18 and later: every field) and the older versions'."""
+    import mcp_types as types
+
+    tools = [
+        types.Tool(
+            name=row.name,
+            title=row.tool.title,
+            description=row.tool.description,
+            input_schema=row.tool.input_schema,
+            output_schema=row.tool.output_schema,
+            annotations=types.ToolAnnotations.model_validate(row.tool.annotations, by_alias=True)
+            if row.tool.annotations else None,
+        )
+        for row in rows
+    ]
+    # what clients of older protocol versions get: only the fields their version defines
+    return {
+        "": tools,
+        "2025-03-26": [t.model_copy(update={"title": None, "output_schema": None}) for t in tools],
+        "2024-11-05": [t.model_copy(update={"title": None, "output_schema": None, "annotations": None})
+                       for t in tools],
+    }
+
+
+def _era(ctx: Any) -> str:
+    """"2024-11-05", "2025-03-26" or "" (2025-06-18 and later: every field)."""
+    version = str(getattr(ctx, "protocol_version", "") or "")
+    if not version:
+        return ""
+    return "2024-11-05" if version < "2025-03-26" else "2025-03-26" if version < "2025-06-18" else ""
+
+
+def table_server(rows: Sequence[ServedTool], *, name: str, version: str,
+                 description: str | None = None) -> Server[Any]:
+    """A low-level ``mcp`` Server over a tool table (one bundle's rows, or a gateway's).
+
+    tools/list is the rows in the order given; a name appears once (a duplicate is a
+    bug in the caller, refused here).
     """
     import anyio
     import mcp_types as types
     from mcp.server.lowlevel import Server
     from mcp.shared.exceptions import MCPError
 
-    from hatch_mcpkit.runtime import CallHandle
-
-    config = runtime.config
-    tools = [
-        types.Tool(
-            name=tool.name,
-            title=tool.title,
-            description=tool.description,
-            input_schema=tool.input_schema,
-            output_schema=tool.output_schema,
-            annotations=types.ToolAnnotations.model_validate(tool.annotations, by_alias=True)
-            if tool.annotations else None,
-        )
-        for tool in config.tools
-    ]
-    # what clients of older protocol versions get: only the fields their version defines
-    older = {
-        "2025-03-26": [t.model_copy(update={"title": None, "output_schema": None}) for t in tools],
-        "2024-11-05": [t.model_copy(update={"title": None, "output_schema": None, "annotations": None})
-                       for t in tools],
-    }
-    limiter = anyio.CapacityLimiter(max(1, max_concurrency))
-
-    def era(ctx: Any) -> str:
-        """"2024-11-05", "2025-03-26" or "" (2025-06-18 and later: every field)."""
-        version = str(getattr(ctx, "protocol_version", "") or "")
-        if not version:
-            return ""
-        return "2024-11-05" if version < "2025-03-26" else "2025-03-26" if version < "2025-06-18" else ""
+    table = {row.name: row for row in rows}
+    if len(table) != len(rows):
+        raise ValueError("a tool table serves each name once")
+    listing = _listing(rows)
 
     async def list_tools(ctx: Any, params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
         if params is not None and params.cursor is not None:  # one page: no cursor was ever handed out
             raise MCPError(code=types.INVALID_PARAMS, message=f"Invalid cursor {params.cursor!r}: tools/list has "
                            "a single page; call it without a cursor")
-        return types.ListToolsResult(tools=older.get(era(ctx), tools))
+        return types.ListToolsResult(tools=listing[_era(ctx)])
 
     async def call_tool(ctx: Any, params: types.CallToolRequestParams) -> types.CallToolResult:
-        name = params.name
-        tool = runtime.tools.get(name)
-        if tool is None:
+        row = table.get(params.name)
+        if row is None:
             raise MCPError(
                 code=types.INVALID_PARAMS,
-                message=f"Unknown tool: {name!r}; {config.name} has: {', '.join(runtime.tools)}",
+                message=f"Unknown tool: {params.name!r}; {name} has: {', '.join(table)}",
             )
         handle = CallHandle()
-        work = partial(_call, runtime, tool, dict(params.arguments or {}), handle)
+        work = partial(_call, row, dict(params.arguments or {}), handle)
         try:
-            outcome = await anyio.to_thread.run_sync(work, limiter=limiter, abandon_on_cancel=True)
+            outcome = await anyio.to_thread.run_sync(work, limiter=row.limiter, abandon_on_cancel=True)
         except anyio.get_cancelled_exc_class():
             handle.cancel()  # validation stops at its next keyword, the instance at its next epoch tick
-            log.info("call %s cancelled", name)
+            log.info("call %s cancelled", row.name)
             raise
-        if outcome.structured_content is not None and era(ctx):  # structuredContent came with 2025-06-18
+        if outcome.structured_content is not None and _era(ctx):  # structuredContent came with 2025-06-18
             outcome = outcome.model_copy(update={"structured_content": None})
         return outcome
 
-    return Server(
-        config.name,
-        version=config.server_version,
-        description=config.description or None,
-        on_list_tools=list_tools,
-        on_call_tool=call_tool,
-    )
+    from hatch_mcpkit.runtime import CallHandle
+
+    return Server(name, version=version, description=description, on_list_tools=list_tools,
+                  on_call_tool=call_tool)
 
 
-def _call(runtime: Runtime, tool: Tool, arguments: dict[str, Any],
-          handle: CallHandle) -> CallToolResult:
+def _call(row: ServedTool, arguments: dict[str, Any], handle: CallHandle) -> CallToolResult:
     """One tools/call, in a worker thread: the argument check, the run, the MCP result.
 
     Arguments that fail input_schema are a tool error naming the field (SEP-1303), so
@@ -129,31 +181,36 @@ def _call(runtime: Runtime, tool: Tool, arguments: dict[str, Any],
     def error(text: str) -> CallToolResult:
         return types.CallToolResult(content=[types.TextContent(type="text", text=text)], is_error=True)
 
+    runtime, tool, name = row.runtime, row.tool, row.name
     problems = runtime.schemas.arguments(tool, arguments, cancelled=lambda: handle.cancelled)
     if problems:
-        return error(f"Invalid arguments for tool {tool.name}: " + "; ".join(problems))
+        return error(f"Invalid arguments for tool {name}: " + "; ".join(problems))
     result = runtime.call(tool.name, arguments, handle=handle)
     if result.is_error:
-        log.info("call %s failed (%s) in %.1f ms", tool.name, result.reason, result.duration_ms)
+        log.info("call %s failed (%s) in %.1f ms", name, result.reason, result.duration_ms)
         if result.stderr_tail:
-            log.debug("stderr of %s:\n%s", tool.name, result.stderr_tail)
+            log.debug("stderr of %s:\n%s", name, result.stderr_tail)
     else:
-        log.info("call %s ok in %.1f ms", tool.name, result.duration_ms)
+        log.info("call %s ok in %.1f ms", name, result.duration_ms)
     if tool.output_schema is not None and not result.is_error and result.structured_content is None:
-        return error(f"{tool.name} declares an output_schema but its module printed no JSON object "
+        return error(f"{name} declares an output_schema but its module printed no JSON object "
                      "(structuredContent) to check against it; the result is withheld")
     try:
         return types.CallToolResult.model_validate(result.to_mcp(), by_alias=True)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first.get("loc", ()))
-        return error(f"{tool.name} returned invalid MCP content ({where}: {first.get('msg')})")
+        return error(f"{name} returned invalid MCP content ({where}: {first.get('msg')})")
 
 
 async def serve(runtime: Runtime, *, max_concurrency: int = DEFAULT_CONCURRENCY) -> None:
     """Serve ``runtime`` over this process's stdin/stdout until the client goes away."""
+    await serve_stdio(build_server(runtime, max_concurrency=max_concurrency))
+
+
+async def serve_stdio(server: Server[Any]) -> None:
+    """Serve ``server`` (from :func:`build_server` or :func:`table_server`) over stdin/stdout."""
     from hatch_mcpkit._stdio import stdio_streams
 
-    server = build_server(runtime, max_concurrency=max_concurrency)
     async with stdio_streams() as (read_stream, write_stream):
         await server.run(read_stream, write_stream, server.create_initialization_options())
