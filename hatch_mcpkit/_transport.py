@@ -23,6 +23,8 @@ One policy, applied here and nowhere else:
   :meth:`Transport.error_body` at :data:`ERROR_BODY_CAP` (64 KiB), and blobs stream
   (:meth:`Transport.stream` receives at most :data:`AHEAD` chunks ahead on a helper thread,
   so the network, SHA-256 and the disk overlap).
+* **identity** -- every request (registry, token service, download) says who asks:
+  ``User-Agent: hatch-mcpkit/<version> (python <x.y>; <system> <machine>)`` (:func:`user_agent`).
 * **loopback scheme** -- where plain HTTP is allowed anyway, :func:`speaks_tls` picks http or
   https with a bare handshake before the first request (as Docker tries https first).
 * **retries** -- one layer, :meth:`Transport.retry`: connection errors, bodies that break
@@ -73,6 +75,7 @@ __all__ = [
     "parse_challenge",
     "speaks_tls",
     "transfer_deadline",
+    "user_agent",
 ]
 
 T = TypeVar("T")
@@ -83,7 +86,6 @@ RETRY_PAUSES: tuple[float, ...] = (0.2, 0.5)  # 3 tries
 ERROR_BODY_CAP = 64 * 1024
 CHUNK = 1024 * 1024
 MAX_REDIRECTS = 10
-USER_AGENT = "hatch-mcpkit"
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _TRANSIENT_STATUS = frozenset({500, 502, 503, 504})
 CA_VARIABLES = ("MCPKIT_CA_FILE", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE")
@@ -227,6 +229,17 @@ class Deadline:
         return self.end - time.monotonic()
 
 
+def user_agent() -> str:
+    """``hatch-mcpkit/<version> (python <x.y>; <platform>)``: sent with every request."""
+    import platform
+    import sys
+
+    from hatch_mcpkit.__about__ import __version__
+
+    system = f"{platform.system() or sys.platform} {platform.machine()}".strip().lower()
+    return f"hatch-mcpkit/{__version__} (python {sys.version_info[0]}.{sys.version_info[1]}; {system})"
+
+
 def _session() -> requests.Session:
     """oras-py's session set-up (cookies refused), with our user agent."""
     try:
@@ -240,7 +253,7 @@ def _session() -> requests.Session:
         session.cookies.set_policy(DefaultCookiePolicy(allowed_domains=[]))
     else:
         session = oras.provider.Registry(hostname=None).session
-    session.headers["User-Agent"] = USER_AGENT
+    session.headers["User-Agent"] = user_agent()
     return session
 
 

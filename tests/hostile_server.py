@@ -30,6 +30,7 @@ class Seen:
     path: str
     authorization: str | None
     body: bytes = b""  # the first 64 KiB of the request body
+    user_agent: str | None = None
 
 
 @dataclass
@@ -51,7 +52,8 @@ class Server:
                 pass
 
             def _any(self) -> None:
-                seen = Seen(self.command, self.path, self.headers.get("Authorization"))
+                seen = Seen(self.command, self.path, self.headers.get("Authorization"),
+                            user_agent=self.headers.get("User-Agent"))
                 outer.seen.append(seen)
                 length = int(self.headers.get("Content-Length") or 0)
                 while length > 0:

@@ -323,3 +323,40 @@ def test_bearer_token_with_wrong_password(token_registry: Any, repo_name: str) -
     assert info.value.status == 401
     assert "bad credentials" in str(info.value)
     assert WRONG not in str(info.value)
+
+
+# --------------------------------------------------------------------------- who is asking
+
+
+def test_every_request_carries_the_versioned_user_agent(tmp_path: Path) -> None:
+    """Registry, token service and https download: the header a real server receives names mcpkit's version."""
+    import http.server
+    import platform
+    import sys
+
+    from hatch_mcpkit.__about__ import __version__
+    from hatch_mcpkit._transport import download
+    from tests.hostile_server import Server, send
+
+    def route(h: http.server.BaseHTTPRequestHandler) -> None:
+        if h.path.startswith("/token"):
+            send(h, 200, b'{"token": "t"}', {"Content-Type": "application/json"})
+        elif h.path.startswith("/v2/") and h.headers.get("Authorization") != "Bearer t":
+            send(h, 401, headers={"Www-Authenticate": f'Bearer realm="http://{h.headers["Host"]}/token",service="s"'})
+        elif h.path.startswith("/v2/"):
+            send(h, 200, b'{"name":"org/tool","tags":["1"]}', {"Content-Type": "application/json"})
+        else:
+            send(h, 200, b"archive bytes")
+
+    server = Server(route).start()
+    try:
+        with RegistryClient(server.host) as client:
+            assert client.list_tags("org/tool") == ["1"]
+        download(f"{server.url}/bundle.tar.gz", tmp_path / "b", max_bytes=1024)
+    finally:
+        server.close()
+    paths = [s.path.split("?", 1)[0] for s in server.seen]
+    assert paths == ["/v2/org/tool/tags/list", "/token", "/v2/org/tool/tags/list", "/bundle.tar.gz"]
+    python = f"{sys.version_info.major}.{sys.version_info.minor}"
+    expected = f"hatch-mcpkit/{__version__} (python {python}; {platform.system().lower()} {platform.machine().lower()})"
+    assert {s.user_agent for s in server.seen} == {expected}
