@@ -10,16 +10,25 @@
 4. the Docker config (``$DOCKER_CONFIG/config.json`` or ``~/.docker/config.json``): ``auths``
    (base64 ``auth``, ``username``/``password``, ``identitytoken``), ``credHelpers`` for the
    registry, then ``credsStore`` (``source="docker config"``). Helpers are run as
-   ``docker-credential-<name> get`` with the server URL on stdin, as Docker does.
+   ``docker-credential-<name> get`` with the server URL on stdin, as Docker does;
+5. podman/skopeo/buildah's auth files (:func:`containers_auth_paths`: ``REGISTRY_AUTH_FILE``
+   alone when set, else ``$XDG_RUNTIME_DIR/containers/auth.json`` then
+   ``~/.config/containers/auth.json``), first file with an answer wins: ``credHelpers`` for the
+   registry, then ``auths`` keyed by ``host``, ``host/namespace`` or ``host/namespace/repo`` --
+   the most specific key matching the repository wins (``source="containers auth file"``).
+
+Docker's file and the containers files share one shape and one reader (:func:`_from_auth_file`,
+bounded, regular files only); they differ only in how keys match.
 
 Environment credentials name their registry: ``MCPKIT_REGISTRY_USERNAME``/``PASSWORD`` are
 used only for the registry ``MCPKIT_REGISTRY_HOST`` names, so a registry that merely asks
 (any ``oci://`` reference someone hands you) never gets them. When the pair is set without
 ``MCPKIT_REGISTRY_HOST`` it is sent nowhere and every lookup is an :class:`AuthError` saying
 to set it (a silent fall-through would look like "wrong password" later). Likewise
-``GITHUB_TOKEN`` is used for ``ghcr.io`` only, and Docker config entries for their own host.
+``GITHUB_TOKEN`` is used for ``ghcr.io`` only, and Docker config and auth.json entries for their
+own host.
 
-The Docker config is only ever read, never written (oras-py's ``login()`` writes it; it is
+The Docker config and the auth files are only ever read, never written (oras-py's ``login()`` writes it; it is
 not called). :class:`Credentials` never shows its secret in ``repr``/``str``, and no message
 from this module contains one.
 """
@@ -46,6 +55,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Credentials",
+    "containers_auth_paths",
     "docker_config_path",
     "resolve_credentials",
 ]
@@ -106,9 +116,7 @@ def docker_config_path(environ: Mapping[str, str] | None = None) -> Path:
     directory = env.get("DOCKER_CONFIG")
     if directory:
         return Path(directory).expanduser() / "config.json"
-    home = env.get("HOME")
-    base = Path(home) if home else Path.home()
-    return base / ".docker" / "config.json"
+    return _home(env) / ".docker" / "config.json"
 
 
 def _from_environment(registry: str, env: Mapping[str, str]) -> Credentials | None:
@@ -178,60 +186,120 @@ def _run_helper(helper: str, registry: str, config_file: Path) -> Credentials | 
     return Credentials(username if isinstance(username, str) else None, secret, source=source)
 
 
-def _from_docker_config(registry: str, config_file: Path) -> Credentials | None:
+def containers_auth_paths(environ: Mapping[str, str] | None = None) -> list[Path]:
+    """podman/skopeo/buildah's auth files, in the order they read them (containers-auth.json(5)).
+
+    ``REGISTRY_AUTH_FILE`` alone when it is set (it replaces the default locations); else
+    ``$XDG_RUNTIME_DIR/containers/auth.json`` (``/run/containers/<uid>/auth.json`` without
+    ``XDG_RUNTIME_DIR``), then ``$XDG_CONFIG_HOME/containers/auth.json`` (``~/.config``).
+    """
+    env = os.environ if environ is None else environ
+    named = env.get("REGISTRY_AUTH_FILE")
+    if named:
+        return [Path(named).expanduser()]
+    runtime = env.get("XDG_RUNTIME_DIR")
+    first = Path(runtime) / "containers" if runtime else Path("/run/containers") / str(os.getuid())
+    config_home = env.get("XDG_CONFIG_HOME") or str(_home(env) / ".config")
+    return [first / "auth.json", Path(config_home) / "containers" / "auth.json"]
+
+
+def _home(env: Mapping[str, str]) -> Path:
+    home = env.get("HOME")
+    return Path(home) if home else Path.home()
+
+
+def _read_auth_file(path: Path, kind: str) -> dict[str, Any] | None:
+    """The JSON object in ``path`` (bounded, regular files only); ``None`` when there is no such file."""
+    from hatch_mcpkit._files import read_regular
+
     try:
-        text = config_file.read_text(encoding="utf-8")
+        raw = read_regular(path, limit=_MAX_JSON, where=str(path.parent), error=AuthError)
     except FileNotFoundError:
         return None
     except OSError as exc:
-        log.warning("cannot read %s: %s", config_file, exc.strerror)
+        log.warning("cannot read %s: %s", path, exc.strerror)
         return None
     try:
-        cfg: Any = load_json(text, where=str(config_file), error=AuthError, max_bytes=_MAX_JSON)
+        cfg: Any = load_json(raw, where=str(path), error=AuthError, max_bytes=_MAX_JSON)
     except AuthError as exc:
         raise AuthError(
-            f"{config_file} is not valid JSON ({exc.message.removeprefix(f'{config_file}: ')})",
-            hint="fix or move the file; mcpkit only reads it",
+            f"{path} is not valid JSON ({exc.message.removeprefix(f'{path}: ')})",
+            hint=f"fix or move the file (the {kind}); mcpkit only reads it",
         ) from None
-    if not isinstance(cfg, dict):
+    return cfg if isinstance(cfg, dict) else None
+
+
+def _auth_key(key: str, namespaced: bool) -> str:
+    """An ``auths`` key as a lookup key: ``host`` (Docker: always; or a key written with a scheme),
+    else ``host/namespace/...`` as written (containers-auth.json keys may name a namespace)."""
+    if not namespaced or "://" in key:
+        return _canonical_host(key)
+    host, sep, path = key.strip().partition("/")
+    return _canonical_host(host) + (sep + path.strip("/") if path.strip("/") else "")
+
+
+def _lookup_keys(registry: str, repository: str | None) -> list[str]:
+    """``host/ns/repo``, ``host/ns``, ``host``: the most specific first."""
+    host = _canonical_host(registry)
+    parts = [p for p in (repository or "").split("/") if p]
+    return [f"{host}/{'/'.join(parts[:n])}" for n in range(len(parts), 0, -1)] + [host]
+
+
+def _decode_entry(entry: dict[str, Any], key: str, path: Path, source: str) -> Credentials | None:
+    identity = entry.get("identitytoken")
+    encoded = entry.get("auth")
+    username = entry.get("username")
+    password = entry.get("password")
+    if isinstance(encoded, str) and encoded:
+        try:
+            decoded = base64.b64decode(encoded, validate=False).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            raise AuthError(f"{path}: the auth entry for {key!r} is not valid base64") from None
+        username, sep, password = decoded.partition(":")
+        if not sep:
+            raise AuthError(f"{path}: the auth entry for {key!r} has no ':' between user and password")
+    if isinstance(identity, str) and identity:
+        return Credentials(username if isinstance(username, str) else None, None,
+                           identity_token=identity, source=source)
+    if isinstance(username, str) and isinstance(password, str) and (username or password):
+        return Credentials(username, password, source=source)
+    return None
+
+
+def _from_auth_file(registry: str, repository: str | None, path: Path, *, containers: bool) -> Credentials | None:
+    """Credentials for ``registry`` from one file of the shared shape (``auths``, ``credHelpers``,
+    ``credsStore``): Docker's config.json (keys are hosts) or a containers auth.json (keys are
+    ``host[/namespace...]``, the most specific match wins; no ``credsStore``)."""
+    kind = "containers auth file" if containers else "docker config"
+    cfg = _read_auth_file(path, kind)
+    if cfg is None:
         return None
     want = _canonical_host(registry)
-    source = f"docker config ({config_file})"
+    source = f"{kind} ({path})"
 
     helpers = cfg.get("credHelpers")
     if isinstance(helpers, dict):
         for key, helper in helpers.items():
             if isinstance(key, str) and isinstance(helper, str) and _canonical_host(key) == want:
-                creds = _run_helper(helper, registry, config_file)
+                creds = _run_helper(helper, registry, path)
                 if creds is not None:
                     return creds
 
     auths = cfg.get("auths")
     if isinstance(auths, dict):
+        entries: dict[str, list[tuple[str, dict[str, Any]]]] = {}
         for key, entry in auths.items():
-            if not (isinstance(key, str) and isinstance(entry, dict) and _canonical_host(key) == want):
-                continue
-            identity = entry.get("identitytoken")
-            encoded = entry.get("auth")
-            username = entry.get("username")
-            password = entry.get("password")
-            if isinstance(encoded, str) and encoded:
-                try:
-                    decoded = base64.b64decode(encoded, validate=False).decode("utf-8")
-                except (binascii.Error, UnicodeDecodeError):
-                    raise AuthError(f"{config_file}: the auth entry for {key!r} is not valid base64") from None
-                username, sep, password = decoded.partition(":")
-                if not sep:
-                    raise AuthError(f"{config_file}: the auth entry for {key!r} has no ':' between user and password")
-            if isinstance(identity, str) and identity:
-                return Credentials(username if isinstance(username, str) else None, None,
-                                   identity_token=identity, source=source)
-            if isinstance(username, str) and isinstance(password, str) and (username or password):
-                return Credentials(username, password, source=source)
+            if isinstance(key, str) and isinstance(entry, dict):
+                entries.setdefault(_auth_key(key, containers), []).append((key, entry))
+        for lookup in _lookup_keys(registry, repository if containers else None):
+            for key, entry in entries.get(lookup, ()):
+                creds = _decode_entry(entry, key, path, source)
+                if creds is not None:
+                    return creds
 
     store = cfg.get("credsStore")
-    if isinstance(store, str) and store:
-        return _run_helper(store, registry, config_file)
+    if not containers and isinstance(store, str) and store:
+        return _run_helper(store, registry, path)
     return None
 
 
@@ -245,8 +313,13 @@ def resolve_credentials(
     environ: Mapping[str, str] | None = None,
     docker_config: Path | None = None,
     use_docker_config: bool = True,
+    repository: str | None = None,
 ) -> Credentials | None:
     """The first credentials the chain finds for ``registry`` (host[:port]), or ``None``.
+
+    ``repository`` (``org/tool``) lets a containers auth.json entry for ``host/org`` or
+    ``host/org/tool`` win over the one for ``host``; ``use_docker_config=False`` skips both kinds
+    of file.
 
     ``None`` means "anonymous": the registry may still allow pulls. A half-given explicit
     pair (user without password) is an error rather than a silent fall-through.
@@ -273,7 +346,12 @@ def resolve_credentials(
     if creds is not None:
         return creds
 
-    if use_docker_config:
-        path = docker_config if docker_config is not None else docker_config_path(env)
-        return _from_docker_config(registry, path)
-    return None
+    if not use_docker_config:
+        return None
+    path = docker_config if docker_config is not None else docker_config_path(env)
+    creds = _from_auth_file(registry, None, path, containers=False)
+    for auth_file in containers_auth_paths(env) if creds is None else ():
+        creds = _from_auth_file(registry, repository, auth_file, containers=True)
+        if creds is not None:
+            break
+    return creds

@@ -190,7 +190,8 @@ def _read_password(args: argparse.Namespace) -> str | None:
     return password
 
 
-def _credentials(args: argparse.Namespace, registry: str, config: Config | None = None) -> Credentials | None:
+def _credentials(args: argparse.Namespace, registry: str, config: Config | None = None, *,
+                 repository: str | None = None) -> Credentials | None:
     from hatch_mcpkit.auth import resolve_credentials
 
     password = _read_password(args)
@@ -198,7 +199,8 @@ def _credentials(args: argparse.Namespace, registry: str, config: Config | None 
     if password is not None and not username:
         raise UsageError("--password-stdin needs --username")
     auth = config.distribution.auth if config is not None and config.distribution is not None else None
-    return resolve_credentials(registry, username=username, password=password, config_auth=auth)
+    return resolve_credentials(registry, username=username, password=password, config_auth=auth,
+                               repository=repository)
 
 
 # --------------------------------------------------------------------------- push
@@ -469,7 +471,8 @@ def _signing_client(args: argparse.Namespace) -> tuple[Reference, Any]:
     from hatch_mcpkit.registry import RegistryClient
 
     ref = parse_reference(args.reference)
-    client = RegistryClient(ref.registry, credentials=_credentials(args, ref.registry), insecure=args.insecure,
+    client = RegistryClient(ref.registry, credentials=_credentials(args, ref.registry, repository=ref.repository),
+                            insecure=args.insecure,
                             ca_file=args.ca_file, deadline=getattr(args, "transfer_deadline", None))
     return ref, client
 
@@ -570,7 +573,7 @@ def _inspect_oci(ref: Reference, args: argparse.Namespace) -> dict[str, Any]:
     from hatch_mcpkit.bundle import parse_bundle_config
     from hatch_mcpkit.registry import RegistryClient
 
-    credentials = _credentials(args, ref.registry)
+    credentials = _credentials(args, ref.registry, repository=ref.repository)
     with RegistryClient(ref.registry, credentials=credentials, insecure=args.insecure,
                         ca_file=args.ca_file, deadline=getattr(args, "transfer_deadline", None)) as client:
         manifest = client.get_manifest(ref)

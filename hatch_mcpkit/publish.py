@@ -145,6 +145,7 @@ def push_archive(
             password=password,
             config_auth=config_auth,
             environ=environ,
+            repository=repository,
         )
         if echo is not None:
             who = f" as {credentials.username} ({credentials.source})" if credentials else ""

@@ -879,7 +879,8 @@ def _make_client(ref: Reference, opts: PullOptions) -> RegistryClient:
     from hatch_mcpkit.auth import resolve_credentials
     from hatch_mcpkit.registry import RegistryClient
 
-    credentials = resolve_credentials(ref.registry, username=opts.username, password=opts.password)
+    credentials = resolve_credentials(ref.registry, username=opts.username, password=opts.password,
+                                      repository=ref.repository)
     return RegistryClient(ref.registry, credentials=credentials, insecure=opts.insecure, ca_file=opts.ca_file,
                           deadline=opts.transfer_deadline)
 

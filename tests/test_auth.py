@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from hatch_mcpkit.auth import Credentials, docker_config_path, resolve_credentials
+from hatch_mcpkit.auth import Credentials, containers_auth_paths, docker_config_path, resolve_credentials
 from hatch_mcpkit.config import Auth
 from hatch_mcpkit.errors import AuthError, ConfigError
 
@@ -192,3 +192,122 @@ def test_broken_docker_config(tmp_path: Path) -> None:
     path.write_text("{not json")
     with pytest.raises(AuthError, match="not valid JSON"):
         resolve_credentials("r.example.com", environ=env)
+
+
+# --------------------------------------------------------------------------- podman / skopeo / buildah
+
+
+def write_json(path: Path, cfg: dict[str, object]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(cfg))
+    return path
+
+
+def b64(user: str, password: str = SECRET) -> str:
+    return base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+@pytest.fixture
+def dirs(tmp_path: Path) -> dict[str, str]:
+    """HOME, XDG_RUNTIME_DIR and DOCKER_CONFIG in a temporary folder (nothing of this machine's)."""
+    return {"HOME": str(tmp_path / "home"), "XDG_RUNTIME_DIR": str(tmp_path / "run"),
+            "DOCKER_CONFIG": str(tmp_path / "docker")}
+
+
+def test_containers_auth_files_in_their_order(dirs: dict[str, str]) -> None:
+    run_file = Path(dirs["XDG_RUNTIME_DIR"]) / "containers" / "auth.json"
+    config_file = Path(dirs["HOME"]) / ".config" / "containers" / "auth.json"
+    assert containers_auth_paths(dirs) == [run_file, config_file]
+    write_json(config_file, {"auths": {"r.example.com": {"auth": b64("config-user")},
+                                       "only.example.com": {"auth": b64("config-only")}}})
+    creds = resolve_credentials("r.example.com", environ=dirs)
+    assert creds is not None and (creds.username, creds.password) == ("config-user", SECRET)
+    assert creds.source == f"containers auth file ({config_file})"
+    # $XDG_RUNTIME_DIR/containers/auth.json (podman login's default) comes first ...
+    write_json(run_file, {"auths": {"r.example.com": {"auth": b64("run-user")}}})
+    creds = resolve_credentials("r.example.com", environ=dirs)
+    assert creds is not None and creds.username == "run-user"
+    # ... but a file without an answer for this registry does not hide the next one
+    creds = resolve_credentials("only.example.com", environ=dirs)
+    assert creds is not None and creds.username == "config-only"
+    # Docker's config comes before all of them
+    write_docker_config(dirs, {"auths": {"r.example.com": {"auth": b64("docker-user")}}})
+    creds = resolve_credentials("r.example.com", environ=dirs)
+    assert creds is not None and creds.username == "docker-user" and creds.source.startswith("docker config")
+    assert resolve_credentials("r.example.com", environ=dirs, use_docker_config=False) is None
+    # without XDG_RUNTIME_DIR podman uses /run/containers/<uid>/auth.json
+    no_runtime = {k: v for k, v in dirs.items() if k != "XDG_RUNTIME_DIR"}
+    assert containers_auth_paths(no_runtime)[0] == Path(f"/run/containers/{os.getuid()}/auth.json")
+    assert containers_auth_paths({**no_runtime, "XDG_CONFIG_HOME": "/xdg"})[1] == Path("/xdg/containers/auth.json")
+
+
+def test_registry_auth_file_replaces_the_default_locations(dirs: dict[str, str], tmp_path: Path) -> None:
+    write_json(Path(dirs["XDG_RUNTIME_DIR"]) / "containers" / "auth.json",
+               {"auths": {"r.example.com": {"auth": b64("run-user")}, "x.example.com": {"auth": b64("x")}}})
+    named = write_json(tmp_path / "ci-auth.json", {"auths": {"r.example.com": {"auth": b64("named-user")}}})
+    env = {**dirs, "REGISTRY_AUTH_FILE": str(named)}
+    assert containers_auth_paths(env) == [named]
+    creds = resolve_credentials("r.example.com", environ=env)
+    assert creds is not None and creds.username == "named-user"
+    assert resolve_credentials("x.example.com", environ=env) is None, "the default files are not read"
+    assert resolve_credentials("r.example.com", environ={**dirs, "REGISTRY_AUTH_FILE": str(tmp_path / "none")}) is None
+
+
+def test_the_most_specific_auth_json_key_wins(dirs: dict[str, str], tmp_path: Path) -> None:
+    env = {**dirs, "REGISTRY_AUTH_FILE": str(tmp_path / "auth.json")}
+    write_json(tmp_path / "auth.json", {"auths": {
+        "quay.io": {"auth": b64("host-user")},
+        "quay.io/org": {"auth": b64("org-user")},
+        "quay.io/org/tool": {"auth": b64("repo-user")},
+        "https://legacy.example.com/v1/": {"auth": b64("legacy-user")},
+        "docker.io/library": {"auth": b64("hub-library")},
+    }})
+
+    def user(registry: str, repository: str | None) -> str | None:
+        creds = resolve_credentials(registry, repository=repository, environ=env)
+        return None if creds is None else creds.username
+
+    assert user("quay.io", "org/tool") == "repo-user"
+    assert user("quay.io", "org/tool/sub") == "repo-user"
+    assert user("quay.io", "org/other") == "org-user"
+    assert user("quay.io", "orgx/tool") == "host-user", "a key matches whole path components only"
+    assert user("quay.io", None) == "host-user"
+    assert user("quay.io:443", "org/tool") is None, "another port is another registry"
+    assert user("legacy.example.com", "a/b") == "legacy-user", "a key with a scheme names its host"
+    assert user("registry-1.docker.io", "library/alpine") == "hub-library"
+    assert user("evil.example.com", "quay.io/org/tool") is None
+
+
+def test_auth_json_helpers_identity_tokens_and_no_creds_store(helper_env: dict[str, str], tmp_path: Path) -> None:
+    env = {**helper_env, "REGISTRY_AUTH_FILE": str(tmp_path / "auth.json")}
+    write_json(tmp_path / "auth.json", {
+        "credHelpers": {"registry.example.com": "test"},
+        "credsStore": "test",  # a Docker setting; containers auth files have none
+        "auths": {"ident.example.com": {"identitytoken": SECRET}, "empty.example.com": {}},
+    })
+    creds = resolve_credentials("registry.example.com", environ=env)
+    assert creds is not None and (creds.username, creds.password) == ("helper-user", SECRET)
+    ident = resolve_credentials("ident.example.com", environ=env)
+    assert ident is not None and ident.identity_token == SECRET
+    assert resolve_credentials("docker.io", environ=env) is None
+    assert resolve_credentials("empty.example.com", environ=env) is None
+    assert Path(helper_env["HELPER_LOG"]).read_text().split() == ["registry.example.com"]
+
+
+@pytest.mark.parametrize("content", ["{not json", '{"auths": {"r.example.com": {"auth": "!!notbase64"}}}',
+                                     '{"auths": {"r.example.com": {"auth": "bm9jb2xvbg=="}}}'])
+def test_a_broken_auth_json_is_a_clear_error(tmp_path: Path, content: str) -> None:
+    path = tmp_path / "auth.json"
+    path.write_text(content)
+    env = {"DOCKER_CONFIG": str(tmp_path / "none"), "REGISTRY_AUTH_FILE": str(path)}
+    with pytest.raises(AuthError, match=str(path)) as info:
+        resolve_credentials("r.example.com", environ=env)
+    assert "not valid JSON" in str(info.value) or "auth entry for 'r.example.com'" in str(info.value)
+
+
+def test_an_auth_file_that_is_not_a_regular_file_is_refused_without_blocking(tmp_path: Path) -> None:
+    fifo = tmp_path / "auth.json"
+    os.mkfifo(fifo)  # nobody writes: a plain open() would hang here
+    with pytest.raises(AuthError, match="FIFO"):
+        resolve_credentials("r.example.com", environ={"DOCKER_CONFIG": str(tmp_path / "none"),
+                                                      "REGISTRY_AUTH_FILE": str(fifo)})

@@ -360,3 +360,61 @@ def test_every_request_carries_the_versioned_user_agent(tmp_path: Path) -> None:
     python = f"{sys.version_info.major}.{sys.version_info.minor}"
     expected = f"hatch-mcpkit/{__version__} (python {python}; {platform.system().lower()} {platform.machine().lower()})"
     assert {s.user_agent for s in server.seen} == {expected}
+
+
+# --------------------------------------------------------------------------- podman / skopeo / buildah logins
+
+
+def _cli(env: dict[str, str], *args: str) -> Any:
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "hatch_mcpkit", *args], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return proc
+
+
+def test_podman_logins_push_and_pull_through_the_cli(auth_registry: RunningRegistry, repo_name: str,
+                                                     tmp_path: Path) -> None:
+    """What `podman login` writes ($XDG_RUNTIME_DIR/containers/auth.json), ~/.config/containers/auth.json and
+    REGISTRY_AUTH_FILE each let `mcpkit bundle push` and `mcpkit pull` log in to a real htpasswd registry."""
+    archive = make_bundle(tmp_path / "proj")
+    host = auth_registry.host
+    home, run = tmp_path / "home", tmp_path / "run"
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("MCPKIT_REGISTRY_", "DOCKER_CONFIG", "REGISTRY_AUTH_FILE", "XDG_"))}
+    env.update(HOME=str(home), XDG_RUNTIME_DIR=str(run), MCPKIT_HOME=str(tmp_path / "mcpkit"))
+
+    def login(path: Path, entries: dict[str, tuple[str, str]]) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"auths": {key: {"auth": base64.b64encode(f"{u}:{p}".encode()).decode()}
+                                              for key, (u, p) in entries.items()}}))
+
+    target = f"oci://{host}/{repo_name}:1"
+    refused = _cli(env, "bundle", "push", str(archive), "--to", target)
+    assert refused.returncode != 0 and "requires a user name and password" in refused.stderr
+
+    login(run / "containers" / "auth.json", {host: ("testuser", "testpass")})
+    pushed = _cli(env, "bundle", "push", str(archive), "--to", target)
+    assert pushed.returncode == 0, pushed.stderr
+    pulled = _cli(env, "pull", target)
+    assert pulled.returncode == 0, pulled.stderr
+
+    # ~/.config/containers/auth.json, keyed by the repository's namespace (the most specific key wins)
+    (run / "containers" / "auth.json").unlink()
+    namespace = repo_name.split("/")[0]
+    login(home / ".config" / "containers" / "auth.json",
+          {host: ("testuser", WRONG), f"{host}/{namespace}": ("testuser", "testpass")})
+    assert _cli(env, "pull", target).returncode == 0
+    wrong = _cli(env, "pull", f"oci://{host}/elsewhere/tool:1")
+    assert wrong.returncode != 0 and "refused the credentials from containers auth file" in wrong.stderr
+    assert WRONG not in wrong.stderr + wrong.stdout
+
+    # REGISTRY_AUTH_FILE replaces the default files
+    login(tmp_path / "ci-auth.json", {host: ("testuser", WRONG)})
+    denied = _cli({**env, "REGISTRY_AUTH_FILE": str(tmp_path / "ci-auth.json")}, "pull", target)
+    assert denied.returncode != 0 and "ci-auth.json" in denied.stderr
+    login(tmp_path / "ci-auth.json", {host: ("testuser", "testpass")})
+    (home / ".config" / "containers" / "auth.json").unlink()
+    assert _cli({**env, "REGISTRY_AUTH_FILE": str(tmp_path / "ci-auth.json")}, "pull", target).returncode == 0
