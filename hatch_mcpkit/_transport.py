@@ -9,6 +9,11 @@ One policy, applied here and nowhere else:
 * **TLS** -- certificates are always checked; ``insecure`` never turns that off. The CA
   bundle is, in order: the ``ca_file`` argument (``--ca-file``), ``MCPKIT_CA_FILE``,
   ``REQUESTS_CA_BUNDLE``, ``SSL_CERT_FILE``, else the default bundle (:func:`ca_bundle`).
+  A registry's ``certs.d`` folder (:func:`certs_d_folder`: the first of
+  ``~/.config/containers/certs.d/<host[:port]>`` and :data:`CERTS_D_ROOTS`, as podman and
+  Docker read them) adds its ``*.crt`` CA roots to that bundle, and its ``*.cert``/``*.key``
+  pair as the client certificate, for requests to that registry's origin only
+  (:meth:`Transport.use_certs_d`).
 * **credentials** -- an ``Authorization`` value handed to :meth:`Transport.request` is sent
   only to the origin (scheme, host, port) it belongs to. Redirects are followed here, at
   most :data:`MAX_REDIRECTS`, and a hop to another origin goes without it (a blob store
@@ -43,6 +48,7 @@ with its session, without touching its internals.
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import time
@@ -56,19 +62,25 @@ from hatch_mcpkit.errors import BundleError, RegistryError, UsageError
 from hatch_mcpkit.reference import is_loopback
 
 if TYPE_CHECKING:
+    import ssl
+
     import requests
+    import requests.adapters
 
 __all__ = [
+    "CERTS_D_ROOTS",
     "CHUNK",
     "DEFAULT_DEADLINE",
     "DEFAULT_TIMEOUT",
     "ERROR_BODY_CAP",
     "RETRY_PAUSES",
+    "CertsD",
     "Challenge",
     "Deadline",
     "TransientError",
     "Transport",
     "ca_bundle",
+    "certs_d_folder",
     "check_url",
     "download",
     "origin",
@@ -89,6 +101,8 @@ MAX_REDIRECTS = 10
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _TRANSIENT_STATUS = frozenset({500, 502, 503, 504})
 CA_VARIABLES = ("MCPKIT_CA_FILE", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE")
+# system-wide certs.d roots, after the user's ~/.config/containers/certs.d (a tuple, so tests can swap it)
+CERTS_D_ROOTS: tuple[Path, ...] = (Path("/etc/containers/certs.d"), Path("/etc/docker/certs.d"))
 
 
 class TransientError(RegistryError):
@@ -107,6 +121,91 @@ def ca_bundle(ca_file: str | os.PathLike[str] | None = None, environ: Mapping[st
         if env.get(name):
             return env[name]
     return True
+
+
+def certs_d_folder(host: str, environ: Mapping[str, str] | None = None) -> Path | None:
+    """The ``certs.d`` folder of registry ``host`` (``host[:port]``): the first that exists of
+    ``$HOME/.config/containers/certs.d/<host>`` and each of :data:`CERTS_D_ROOTS` (as podman does)."""
+    env = os.environ if environ is None else environ
+    if not host or "/" in host or host.startswith(".") or "\\" in host:
+        return None
+    home = Path(env["HOME"]) if env.get("HOME") else Path.home()
+    for root in (home / ".config" / "containers" / "certs.d", *CERTS_D_ROOTS):
+        folder = root / host
+        if folder.is_dir():
+            return folder
+    return None
+
+
+@dataclass(frozen=True)
+class CertsD:
+    """What a ``certs.d`` folder holds: CA roots (``*.crt``) and at most one client certificate pair."""
+
+    folder: Path
+    roots: tuple[Path, ...]
+    client: tuple[Path, Path] | None
+
+    @classmethod
+    def read(cls, folder: Path) -> CertsD:
+        files = sorted(p for p in folder.iterdir() if p.is_file())
+        roots = tuple(p for p in files if p.suffix == ".crt")
+        certs = {p.stem: p for p in files if p.suffix == ".cert"}
+        keys = {p.stem: p for p in files if p.suffix == ".key"}
+        for stem in sorted(set(certs) ^ set(keys)):
+            have, missing = (certs[stem], f"{stem}.key") if stem in certs else (keys[stem], f"{stem}.cert")
+            raise RegistryError(f"{have}: client certificate without its pair ({missing} is missing in {folder})",
+                                hint="a client certificate needs both NAME.cert and NAME.key; remove the single file "
+                                     "or add its partner")
+        pairs = [(certs[stem], keys[stem]) for stem in sorted(certs)]
+        return cls(folder, roots, pairs[0] if pairs else None)
+
+    def context(self, verify: str | bool) -> ssl.SSLContext:
+        """A context that trusts ``verify`` (the bundle in use) plus these roots and presents the client certificate."""
+        import ssl
+
+        from requests.utils import DEFAULT_CA_BUNDLE_PATH
+
+        base = DEFAULT_CA_BUNDLE_PATH if verify is True else str(verify)
+        is_dir = os.path.isdir(base)
+        context = ssl.create_default_context(cafile=None if is_dir else base, capath=base if is_dir else None)
+        for path in self.roots:
+            self._load(path, "a CA certificate", functools.partial(context.load_verify_locations, cafile=str(path)))
+        if self.client is not None:
+            cert, key = self.client
+            # an encrypted key gets an empty password, never OpenSSL's prompt on the terminal
+            self._load(cert, "a client certificate with its key",
+                       lambda: context.load_cert_chain(str(cert), str(key), password=lambda: b""))
+        return context
+
+    @staticmethod
+    def _load(path: Path, what: str, load: Callable[[], None]) -> None:
+        import ssl
+
+        try:
+            load()
+        except (ssl.SSLError, OSError, ValueError) as exc:
+            reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or type(exc).__name__
+            raise RegistryError(f"{path}: cannot load it as {what} ({reason})",
+                                hint="certs.d files are PEM: NAME.crt (a CA), NAME.cert + NAME.key (a client "
+                                     "certificate, the key unencrypted)") from None
+
+
+def _tls_adapter(context: ssl.SSLContext) -> requests.adapters.HTTPAdapter:
+    """A ``requests`` adapter whose connections use ``context`` (roots and client certificate) and nothing else."""
+    from requests.adapters import HTTPAdapter
+
+    class Adapter(HTTPAdapter):
+        def init_poolmanager(self, connections: int, maxsize: int, block: bool = False, **kw: Any) -> None:
+            super().init_poolmanager(connections, maxsize, block, ssl_context=context, **kw)
+
+        def build_connection_pool_key_attributes(self, request: Any, verify: Any, cert: Any = None) -> Any:
+            return super().build_connection_pool_key_attributes(request, True, None)
+
+        def cert_verify(self, conn: Any, url: str, verify: Any, cert: Any) -> None:
+            conn.cert_reqs = "CERT_REQUIRED"  # always: the context holds the roots; never CERT_NONE
+            conn.ca_certs = conn.ca_cert_dir = None
+
+    return Adapter()
 
 
 def transfer_deadline(seconds: float | None = None, environ: Mapping[str, str] | None = None) -> float:
@@ -287,6 +386,18 @@ class Transport:
         self.retry_pauses = tuple(retry_pauses)
         self.requests = 0
         self.session = _session()
+        self.certs_d: Path | None = None
+
+    def use_certs_d(self, host: str, netloc: str | None = None) -> Path | None:
+        """Trust the ``certs.d`` folder of registry ``host`` for ``https://<netloc or host>/`` only; the folder used."""
+        folder = certs_d_folder(host)
+        if folder is None:
+            return None
+        entry = CertsD.read(folder)
+        if entry.roots or entry.client:
+            self.session.mount(f"https://{(netloc or host).lower()}/", _tls_adapter(entry.context(self.verify)))
+            self.certs_d = folder
+        return folder
 
     def close(self) -> None:
         self.session.close()
@@ -384,7 +495,8 @@ class Transport:
         except requests.exceptions.SSLError as exc:
             raise RegistryError(
                 f"TLS verification failed for {self.label} while trying to {what}",
-                hint="pass --ca-file (or set MCPKIT_CA_FILE) to trust a private certificate authority; "
+                hint="pass --ca-file (or set MCPKIT_CA_FILE) to trust a private certificate authority, or put it "
+                     "in the registry's certs.d folder (~/.config/containers/certs.d/HOST:PORT/ca.crt); "
                      "--insecure never turns certificate checks off",
             ) from exc
         except requests.exceptions.ConnectTimeout:

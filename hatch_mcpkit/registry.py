@@ -197,6 +197,7 @@ class RegistryClient:
         self.scheme = scheme
         self.transport = Transport(f"registry {host}", insecure=insecure, ca_file=ca_file, timeout=timeout,
                                    deadline=deadline, retry_pauses=tuple(retry_pauses))
+        self.transport.use_certs_d(host, self.api_host)
         self.verify = self.transport.verify
         self.timeout = timeout
         self.stats = TransferStats()

@@ -418,3 +418,153 @@ def test_podman_logins_push_and_pull_through_the_cli(auth_registry: RunningRegis
     login(tmp_path / "ci-auth.json", {host: ("testuser", "testpass")})
     (home / ".config" / "containers" / "auth.json").unlink()
     assert _cli({**env, "REGISTRY_AUTH_FILE": str(tmp_path / "ci-auth.json")}, "pull", target).returncode == 0
+
+
+# --------------------------------------------------------------------------- certs.d folders
+
+
+@pytest.fixture
+def certs_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """HOME in a temporary folder, no system certs.d roots and no CA variables: only what the test puts there."""
+    from hatch_mcpkit import _transport
+
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setattr(_transport, "CERTS_D_ROOTS", ())
+    for variable in ("MCPKIT_CA_FILE", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE", "CURL_CA_BUNDLE"):
+        monkeypatch.delenv(variable, raising=False)
+    return home
+
+
+def _refused(host: str) -> None:
+    with RegistryClient(host) as client, pytest.raises(RegistryError) as info:
+        client.list_tags("test/none-here")
+    assert "TLS verification failed" in str(info.value) and "certs.d" in str(info.value)
+
+
+def _answers(host: str) -> None:
+    with RegistryClient(host) as client, pytest.raises(RegistryError) as info:
+        client.list_tags("test/none-here")
+    assert info.value.status == 404, info.value
+
+
+def test_a_certs_d_folder_trusts_its_registry_only(tls_registry: RunningRegistry, certs_home: Path, tmp_path: Path,
+                                                    repo_name: str, bundle: BundleLayout,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A TLS registry with a private CA: refused without a certs.d entry, trusted with ~/.config/containers/certs.d/
+    HOST:PORT/ca.crt (push, then `mcpkit pull` in another process); a server on another port with the very same
+    certificate stays untrusted; the system roots (Docker's /etc/docker/certs.d/HOST:PORT/ca.crt form) work too."""
+    import http.server
+
+    from hatch_mcpkit import _transport
+    from tests.hostile_server import Server, send
+
+    assert tls_registry.ca_file is not None
+    _refused(tls_registry.host)
+    folder = certs_home / ".config" / "containers" / "certs.d" / tls_registry.host
+    folder.mkdir(parents=True)
+    (folder / "ca.crt").write_bytes(tls_registry.ca_file.read_bytes())
+    _answers(tls_registry.host)
+    with RegistryClient(tls_registry.host) as client:
+        assert client.push_layout(bundle, repo_name, ["1"]) == bundle.manifest.digest
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MCPKIT_", "DOCKER_CONFIG", "XDG_"))}
+    env.update(MCPKIT_HOME=str(tmp_path / "mcpkit"), DOCKER_CONFIG=str(tmp_path / "none"))
+    pulled = _cli(env, "pull", tls_registry.ref(repo_name, "1"))
+    assert pulled.returncode == 0, pulled.stderr
+
+    def route(h: http.server.BaseHTTPRequestHandler) -> None:
+        send(h, 404, b'{"errors":[{"code":"NAME_UNKNOWN","message":"no"}]}')
+
+    same_cert = Server(route, tls=(tls_registry.ca_file, tls_registry.ca_file.parent / "key.pem")).start()
+    try:
+        _refused(same_cert.host)  # the entry is for HOST:PORT of the registry, not for whoever holds the certificate
+    finally:
+        same_cert.close()
+
+    (folder / "ca.crt").unlink()
+    _refused(tls_registry.host)
+    folder.rmdir()  # (the first folder that exists is the one used, as podman does)
+    system = tmp_path / "etc-docker-certs.d"
+    (system / tls_registry.host).mkdir(parents=True)
+    (system / tls_registry.host / "ca.crt").write_bytes(tls_registry.ca_file.read_bytes())
+    monkeypatch.setattr(_transport, "CERTS_D_ROOTS", (tmp_path / "etc-containers-certs.d", system))
+    _answers(tls_registry.host)
+
+
+def _client_ca(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """A client CA and a client certificate + key it signed (PEM files)."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key, client_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "client CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+          .not_valid_after(now + datetime.timedelta(days=2))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True).sign(ca_key, hashes.SHA256()))
+    client = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "pusher")]))
+              .issuer_name(ca_name).public_key(client_key.public_key()).serial_number(x509.random_serial_number())
+              .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=2))
+              .sign(ca_key, hashes.SHA256()))
+    paths = tmp_path / "client-ca.pem", tmp_path / "client.cert", tmp_path / "client.key"
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(client.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(client_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                  serialization.NoEncryption()))
+    return paths
+
+
+def test_a_certs_d_client_certificate_is_presented(tls_registry: RunningRegistry, certs_home: Path,
+                                                   tmp_path: Path) -> None:
+    """A registry that demands a client certificate (mutual TLS): the NAME.cert + NAME.key pair of its certs.d
+    folder is presented; without it the handshake fails; half a pair is a clear error naming the file."""
+    import http.server
+    import ssl
+    import threading
+
+    from tests.hostile_server import send
+
+    assert tls_registry.ca_file is not None
+    client_ca, client_cert, client_key = _client_ca(tmp_path)
+    peers: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            peer = self.connection.getpeercert()  # type: ignore[attr-defined]
+            peers.append(dict(x[0] for x in peer["subject"])["commonName"])
+            send(self, 404, b'{"errors":[{"code":"NAME_UNKNOWN","message":"no"}]}')
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(str(tls_registry.ca_file), str(tls_registry.ca_file.parent / "key.pem"))
+    context.verify_mode = ssl.CERT_REQUIRED
+    context.load_verify_locations(cafile=str(client_ca))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    host = f"127.0.0.1:{server.server_address[1]}"
+    try:
+        folder = certs_home / ".config" / "containers" / "certs.d" / host
+        folder.mkdir(parents=True)
+        (folder / "ca.crt").write_bytes(tls_registry.ca_file.read_bytes())
+        with RegistryClient(host, retry_pauses=()) as client, pytest.raises(RegistryError):
+            client.list_tags("test/x")  # the server trusted, but no client certificate: no answer
+        assert peers == []
+        (folder / "client.cert").write_bytes(client_cert.read_bytes())
+        with pytest.raises(RegistryError, match=r"client\.cert: client certificate without its pair"):
+            RegistryClient(host)
+        (folder / "client.key").write_bytes(client_key.read_bytes())
+        _answers(host)
+        assert peers == ["pusher"]
+    finally:
+        server.shutdown()
+        server.server_close()
