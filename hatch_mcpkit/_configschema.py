@@ -20,11 +20,14 @@ import json
 import re
 from collections.abc import Iterator
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from hatch_mcpkit._yaml import KeyPath
+from hatch_mcpkit._yaml import KeyPath, LineMap
 
-__all__ = ["SCHEMA_RESOURCE", "config_schema", "schema_problems", "type_name"]
+if TYPE_CHECKING:
+    from hatch_mcpkit.errors import Problem
+
+__all__ = ["SCHEMA_RESOURCE", "config_schema", "document_problems", "schema_problems", "type_name"]
 
 SCHEMA_RESOURCE = "schemas/config.schema.json"
 
@@ -88,6 +91,23 @@ def schema_problems(data: Any, resource: str = SCHEMA_RESOURCE) -> list[tuple[Ke
             if item not in found:
                 found.append(item)
     return found
+
+
+def document_problems(data: Any, resource: str, file: str, lines: LineMap,
+                      prefix: tuple[str, ...] = ()) -> list[Problem]:
+    """The schema's complaints about a document other than config.yaml (a trust policy, a pyproject.toml
+    table) as :class:`Problem` s: file, key path (under ``prefix``), line of the key or its nearest parent."""
+    from hatch_mcpkit._text import clean
+    from hatch_mcpkit._yaml import format_path
+    from hatch_mcpkit.errors import Problem
+
+    if not isinstance(data, dict):
+        return [Problem(file, format_path(prefix), f"must be a mapping, not {type_name(data)}", lines.get((), 1))]
+    problems = []
+    for path, message in schema_problems(data, resource):
+        line = next((lines[path[:n]] for n in range(len(path), -1, -1) if path[:n] in lines), None)
+        problems.append(Problem(file, format_path((*prefix, *path)), clean(message, limit=300), line))
+    return problems
 
 
 def _explain(error: Any) -> Iterator[tuple[KeyPath, str]]:

@@ -798,6 +798,105 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- parser
 
 
+# --------------------------------------------------------------------------- project: lock, sync
+
+
+def _project(args: argparse.Namespace) -> tuple[Any, PullOptions, Any]:
+    """The project (``--project``, else the nearest pyproject.toml), pull options and its trust policy."""
+    from hatch_mcpkit.project import find_project
+    from hatch_mcpkit.trust import TrustPolicy
+
+    project = find_project(Path(args.project) if args.project else None)
+    return project, _pull_options(args), TrustPolicy.load(_cache(args).home, project.root)
+
+
+def _report_lock(outcome: Any) -> None:
+    for key, old, new in outcome.moved:
+        _info(f"{key}: {old} \u2192 {new}")
+    for key in outcome.added:
+        _info(f"{key}: locked {outcome.lock.entries[key].digest}")
+    for key in outcome.removed:
+        _info(f"{key}: removed from the lock")
+    state = "written" if outcome.written else "unchanged"
+    _info(f"{outcome.lock.path}: {state} ({len(outcome.lock.entries)} bundle(s))")
+
+
+def _cmd_lock(args: argparse.Namespace) -> int:
+    from hatch_mcpkit import lock
+
+    project, opts, policy = _project(args)
+    if args.check:
+        reasons = lock.stale_reasons(project, lock.load_lock(project.lock_path))
+        if reasons:
+            from hatch_mcpkit.errors import StaleLockError
+
+            raise StaleLockError(f"{project.lock_path} is stale:\n" + "\n".join(f"    {r}" for r in reasons),
+                                 hint="run `mcpkit lock` and commit mcpkit.lock")
+        _info(f"{project.lock_path}: up to date with {project.pyproject}")
+        return 0
+    _report_lock(lock.lock_project(project, opts, policy, warn=_warn, jobs=args.jobs))
+    return 0
+
+
+def _cmd_sync(args: argparse.Namespace) -> int:
+    from hatch_mcpkit import lock
+
+    project, opts, policy = _project(args)
+    store = _cache(args)
+    outcome = lock.sync(project, store, opts, policy, warn=_warn, frozen=args.frozen, prune=args.prune,
+                        jobs=args.jobs)
+    if outcome.lock is not None:
+        _report_lock(outcome.lock)
+    for key in outcome.pulled:
+        _info(f"{key}: pulled {outcome.locked.entries[key].digest}")
+    for reference in outcome.pruned:
+        _info(f"removed {reference} (not in the lock; --prune)")
+    _info(f"{len(outcome.pulled)} pulled, {len(outcome.present)} already in {store.bundles_dir}")
+    return 0
+
+
+def _jobs_arg(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= 64:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of parallel transfers from 1 to 64")
+    return value
+
+
+def _add_project_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    for name, helptext, description in (
+        ("lock", "resolve [tool.mcpkit.bundles] and write mcpkit.lock",
+         "Resolve every reference in [tool.mcpkit.bundles] of pyproject.toml to a manifest digest, check the "
+         "signatures the trust policy and each entry's key require, and write mcpkit.lock beside pyproject.toml "
+         "(only when it changes). A tag that moved is shown as `KEY: OLD -> NEW` on stderr."),
+        ("sync", "install exactly the bundles of mcpkit.lock into the cache",
+         "Pull every bundle of mcpkit.lock by digest, side by side, skipping those already installed and intact. "
+         "A missing or stale lock is locked first (only what changed); with --frozen it is an error (exit 4) "
+         "and no tag is resolved. Nothing is removed from the cache unless --prune is given."),
+    ):
+        p = sub.add_parser(name, help=helptext, description=description)
+        p.add_argument("--project", metavar="PATH", help="the project folder or its pyproject.toml "
+                       "(default: the nearest pyproject.toml at or above the working directory)")
+        p.add_argument("--jobs", "-j", type=_jobs_arg, default=None, metavar="N",
+                       help="transfers side by side (default 8)")
+        if name == "lock":
+            p.add_argument("--check", action="store_true",
+                           help="resolve nothing: exit 4 when mcpkit.lock is missing or stale, 0 when it matches")
+        else:
+            p.add_argument("--frozen", action="store_true",
+                           help="use mcpkit.lock as it is: a missing or stale lock is an error (exit 4), "
+                           "no tag is resolved")
+            p.add_argument("--prune", action="store_true",
+                           help="also remove cached versions of the project's repositories that the lock "
+                           "does not name (other bundles in the cache are never touched)")
+        _add_registry_options(p, credentials=False)
+        _add_size_limit(p)
+        _add_home(p)
+        p.set_defaults(func=_cmd_lock if name == "lock" else _cmd_sync)
+
+
 def _add_home(p: argparse.ArgumentParser) -> None:
     # SUPPRESS: `mcpkit --home DIR server ...` keeps the top-level value
     p.add_argument("--home", metavar="DIR", default=argparse.SUPPRESS,
@@ -982,6 +1081,7 @@ def build_parser() -> argparse.ArgumentParser:
     bundle.set_defaults(func=lambda _args: _usage(bundle))
     _add_bundle_commands(sub)  # top-level short forms: mcpkit pull|push|list|inspect|rm
     _add_serve_commands(sub)
+    _add_project_commands(sub)
     _add_key_commands(sub)
     parser.set_defaults(func=lambda _args: _usage(parser))
     return parser

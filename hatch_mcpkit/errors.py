@@ -26,6 +26,7 @@ __all__ = [
     "RegistryError",
     "SandboxError",
     "SignatureError",
+    "StaleLockError",
     "ToolCallError",
     "UsageError",
     "did_you_mean",
@@ -178,6 +179,12 @@ class SignatureError(McpkitError):
     def __init__(self, message: str, *, reason: str, hint: str | None = None) -> None:
         super().__init__(message, hint=hint)
         self.reason = reason
+
+
+class StaleLockError(McpkitError):
+    """``mcpkit.lock`` is missing, unreadable or no longer matches ``[tool.mcpkit.bundles]`` (``--frozen``)."""
+
+    exit_code = 4
 
 
 class SandboxError(McpkitError):

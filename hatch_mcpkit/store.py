@@ -41,7 +41,7 @@ import shutil
 import tempfile
 import time
 import urllib.parse
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -93,6 +93,7 @@ __all__ = [
     "every_home",
     "in_a_cache",
     "read_metadata",
+    "registry_client",
 ]
 
 METADATA = "metadata.json"
@@ -357,6 +358,15 @@ def _file_matches(path: Path, desc: Descriptor) -> bool:
     return True
 
 
+def _holds(target: Path, digest: str, layers: Sequence[Descriptor]) -> bool:
+    """``target`` holds manifest ``digest``'s layers and nothing else, byte for byte."""
+    if _read_metadata(target).get("digest") != digest:
+        return False
+    if _entry_files(target) - {d.title or "" for d in layers} - {METADATA}:
+        return False
+    return all(_file_matches(target / (d.title or ""), d) for d in layers)
+
+
 def _entry_files(target: Path) -> set[str]:
     """Relative paths of every file (and link) under an entry."""
     out = set()
@@ -617,7 +627,7 @@ class BundleCache:
             "tag": ref.tag,
         }
         limit = opts.size_limit
-        with _make_client(ref, opts) as client:
+        with registry_client(ref, opts) as client:
             manifest: Manifest = client.get_manifest(ref)
             if ref.digest and manifest.digest != ref.digest:
                 raise IntegrityError(
@@ -708,14 +718,15 @@ class BundleCache:
 
     def _current(self, target: Path, manifest: Manifest) -> bool:
         """The entry holds exactly this manifest's files, byte for byte (re-hashed, not taken from metadata.json)."""
-        meta = _read_metadata(target)
-        if meta.get("digest") != manifest.digest:
-            return False
-        expected = {d.title or "" for d in manifest.layers}
-        extra = _entry_files(target) - expected - {METADATA}
-        if extra:
-            return False
-        return all(_file_matches(target / (d.title or ""), d) for d in manifest.layers)
+        return _holds(target, manifest.digest, manifest.layers)
+
+    def holds(self, reference: str, digest: str, layers: Sequence[Descriptor]) -> CacheEntry | None:
+        """The entry indexed under ``reference`` if it holds exactly manifest ``digest`` with these layers
+        (files re-hashed, as a re-pull checks them); None otherwise. Never fetches anything."""
+        entry = self._load_index().by_ref.get(reference)
+        if entry is None or entry.digest != digest or not _holds(entry.path, digest, layers):
+            return None
+        return entry
 
     def _install(self, *, manifest: Manifest, blobs: _BlobSource, reference: str, rel: Path,
                  meta: dict[str, Any], limit: int, config: Config | None = None) -> PullResult:
@@ -875,7 +886,8 @@ def _metadata(reference: str, meta: dict[str, Any], manifest: Manifest, bundle_c
     }
 
 
-def _make_client(ref: Reference, opts: PullOptions) -> RegistryClient:
+def registry_client(ref: Reference, opts: PullOptions) -> RegistryClient:
+    """A client for ``ref``'s registry with the credential chain and the pull's transport options."""
     from hatch_mcpkit.auth import resolve_credentials
     from hatch_mcpkit.registry import RegistryClient
 

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hatch_mcpkit._text import clean
-from hatch_mcpkit._yaml import LineMap, format_path, load_yaml
+from hatch_mcpkit._yaml import LineMap, load_yaml
 from hatch_mcpkit.errors import ConfigError, Problem, SignatureError
 
 if TYPE_CHECKING:
@@ -107,7 +107,9 @@ class TrustPolicy:
         path = home / POLICY_FILE
         if path.is_file():
             layers.append(_load_yaml(path))
-        pyproject = _nearest_pyproject(project_dir or Path.cwd())
+        from hatch_mcpkit._pyproject import nearest
+
+        pyproject = nearest(project_dir or Path.cwd())
         if pyproject is not None:
             layer = _load_pyproject(pyproject)
             if layer is not None:
@@ -156,15 +158,9 @@ def _pattern(text: str) -> re.Pattern[str]:
 
 def _schema_problems(data: Any, file: str, lines: LineMap, prefix: tuple[str, ...] = ()) -> list[Problem]:
     """The schema's complaints in config.yaml's words (key path, line, did-you-mean)."""
-    from hatch_mcpkit._configschema import schema_problems, type_name
+    from hatch_mcpkit._configschema import document_problems
 
-    if not isinstance(data, dict):
-        return [Problem(file, format_path(prefix), f"must be a mapping, not {type_name(data)}", lines.get((), 1))]
-    problems = []
-    for path, message in schema_problems(data, _SCHEMA):
-        line = next((lines[path[:n]] for n in range(len(path), -1, -1) if path[:n] in lines), None)
-        problems.append(Problem(file, format_path((*prefix, *path)), clean(message, limit=300), line))
-    return problems
+    return document_problems(data, _SCHEMA, file, lines, prefix)
 
 
 def _layer(data: Mapping[str, Any], base: Path, file: str, lines: LineMap, prefix: str) -> _Layer:
@@ -201,55 +197,17 @@ def _load_yaml(path: Path) -> _Layer:
     return _layer(data, path.parent, file, lines, "")
 
 
-def _nearest_pyproject(start: Path) -> Path | None:
-    for folder in (start.resolve(), *start.resolve().parents):
-        candidate = folder / "pyproject.toml"
-        if candidate.is_file():
-            return candidate
-    return None
-
-
 def _load_pyproject(path: Path) -> _Layer | None:
-    import tomllib
+    from hatch_mcpkit._pyproject import read_tool_table
 
-    file = str(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError):
-        return None  # not readable: not a policy (a broken pyproject.toml is someone else's error)
-    if "mcpkit" not in text:
-        return None
-    try:
-        document = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        if "tool.mcpkit.trust" not in text:
-            return None
-        raise ConfigError([Problem(file, "tool.mcpkit.trust", f"cannot read: {exc}")]) from None
-    table = document.get("tool", {}).get("mcpkit", {}).get("trust") if isinstance(document.get("tool"), dict) \
-        else None
+    table = read_tool_table(path, "trust")
     if table is None:
         return None
-    lines = _toml_lines(text)
-    problems = _schema_problems(table, file, lines, ("tool", "mcpkit", "trust"))
+    file = str(path)
+    problems = _schema_problems(table.data, file, table.lines, table.prefix)
     if problems:
         raise ConfigError(problems, hint="see docs/signing.md (Require signatures)")
-    return _layer(table, path.parent, file, lines, "tool.mcpkit.trust.")
-
-
-def _toml_lines(text: str) -> LineMap:
-    """Lines of the trust table and of each ``[[tool.mcpkit.trust.rules]]`` (tomllib keeps none)."""
-    lines: LineMap = {}
-    rule = 0
-    for number, line in enumerate(text.splitlines(), 1):
-        stripped = line.strip().replace(" ", "")
-        if stripped == "[tool.mcpkit.trust]":
-            lines[()] = number
-        elif stripped == "[[tool.mcpkit.trust.rules]]":
-            lines[("rules", rule)] = number
-            rule += 1
-        elif stripped.startswith("default=") and () in lines and rule == 0:
-            lines[("default",)] = number
-    return lines
+    return _layer(table.data, path.parent, file, table.lines, f"{table.where}.")
 
 
 # --------------------------------------------------------------------------- checking
