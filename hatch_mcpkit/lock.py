@@ -282,7 +282,14 @@ def _resolve_all(specs: Sequence[BundleSpec], opts: PullOptions, policy: TrustPo
         return {}
     with ThreadPoolExecutor(_jobs(len(specs), jobs), thread_name_prefix="mcpkit-lock") as pool:
         futures = {spec.key: pool.submit(_resolve, spec, opts, policy, warn) for spec in specs}
-        return {key: future.result() for key, future in futures.items()}
+    failed = [exc for f in futures.values() if (exc := f.exception()) is not None]
+    problems = [p for exc in failed if isinstance(exc, ConfigError) for p in exc.problems]
+    others = [exc for exc in failed if not isinstance(exc, ConfigError)]
+    if others:
+        raise others[0]
+    if problems:  # every bundle's problems at once
+        raise ConfigError(problems, hint="see docs/project-bundles.md")
+    return {key: future.result() for key, future in futures.items()}
 
 
 def _existing(path: Path) -> Lock | None:

@@ -118,15 +118,15 @@ class Narrowing:
         """What this narrowing names that the bundle does not have (a typo, or the bundle changed)."""
         found = []
         checks = (
-            ("tools", self.tools, [t.name for t in config.tools], "tool"),
-            ("storage", self.storage, [g.guest for g in config.policy.storage], "storage grant (guest path)"),
-            ("environment", self.environment, list(config.policy.env_keys), "environment variable"),
+            ("tools", self.tools, [t.name for t in config.tools], "a tool"),
+            ("storage", self.storage, [g.guest for g in config.policy.storage], "a storage grant (guest path)"),
+            ("environment", self.environment, list(config.policy.env_keys), "an environment variable"),
         )
         for name, kept, have, what in checks:
             for n, item in enumerate(kept or ()):
                 if item not in have:
                     offer = ", ".join(have) if have else "none"
-                    found.append(self._problem((name, n), f"{item!r} is not a {what} of bundle {config.name!r} "
+                    found.append(self._problem((name, n), f"{item!r} is not {what} of bundle {config.name!r} "
                                                           f"(it has: {offer}); a policy here can only take away"))
         return found
 

@@ -14,6 +14,7 @@ request is applied to it, ``times`` times (``None``: every time):
 ``delay``       wait ``seconds`` before answering (for timeouts)
 ``throttle``    trickle the body, ``size`` bytes every ``seconds``; ``started`` is set at the first piece
 ``call``        run ``action()`` (e.g. kill the registry) and then close the connection
+``gate``        run ``action()`` (e.g. wait at a barrier for another request) and then forward as usual
 
 When the upstream cannot be reached the proxy closes the client's connection, as a dead
 registry would. Only loopback is ever contacted.
@@ -176,6 +177,9 @@ class FaultProxy:
                     return
                 if fault is not None and fault.kind == "delay":
                     time.sleep(fault.seconds)
+                if fault is not None and fault.kind == "gate":
+                    assert fault.action is not None
+                    fault.action()
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP}
                 try:
                     conn = http.client.HTTPConnection(proxy.upstream, timeout=30)

@@ -7,16 +7,21 @@ checked on a recording proxy in front of that registry (tests.faultproxy), never
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from hatch_mcpkit.errors import BundleNotFoundError
-from hatch_mcpkit.lock import load_lock, locked_bundles
+from hatch_mcpkit import _signatures, signing
+from hatch_mcpkit.config import parse_config
+from hatch_mcpkit.errors import BundleNotFoundError, ConfigError
+from hatch_mcpkit.lock import load_lock, locked_bundles, render_lock
 from hatch_mcpkit.project import find_project
+from hatch_mcpkit.reference import Reference
 from hatch_mcpkit.store import BundleCache
-from tests.builders import make_project, push_project
+from tests.builders import config_yaml, make_project, push_project, snapshot
+from tests.faultproxy import Fault, FaultProxy
 
 pytestmark = pytest.mark.registry
 
@@ -105,3 +110,252 @@ def test_an_unchanged_lock_is_not_rewritten_and_a_moved_tag_is_shown(
     assert f"weather: {weather.digest} \u2192 {moved.digest}" in err
     assert "notes:" not in err  # only what moved is reported
     assert load_lock(path).entries["weather"].digest == moved.digest
+
+
+def test_sync_frozen_refuses_a_missing_or_stale_lock_without_asking_the_registry(
+    fault_proxy: FaultProxy, registry: Any, repo_name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    folder, _, _ = _two(registry, tmp_path, repo_name, host=fault_proxy.host)
+    home = Path(str(tmp_path / "home"))
+    code, _, err = _mcpkit(capsys, "sync", "--frozen", "--project", str(folder))
+    assert code == 4, err
+    assert "no mcpkit.lock" in err and "run `mcpkit lock`" in err
+    assert fault_proxy.count() == 0 and not home.exists()
+
+    assert _mcpkit(capsys, "lock", "--project", str(folder))[0] == 0
+    assert _mcpkit(capsys, "lock", "--check", "--project", str(folder))[0] == 0
+    pyproject = folder / "pyproject.toml"
+    original = pyproject.read_text()
+    for change, reason in (
+        (original.replace("notes:2", "notes:3"), "notes: pyproject.toml names"),
+        (original.replace("timeout_ms = 2000", "timeout_ms = 1000"), "notes: its key or policy"),
+        (original + '\n[tool.mcpkit.bundles.extra]\nref = "oci://127.0.0.1:1/x/y:1"\n', "extra: in pyproject.toml, not in the lock"),
+        (original.replace('weather = "oci', '# weather = "oci'), "weather: in the lock, no longer in pyproject"),
+    ):
+        pyproject.write_text(change)
+        fault_proxy.clear()
+        code, _, err = _mcpkit(capsys, "sync", "--frozen", "--project", str(folder))
+        assert code == 4 and reason in err, (change, err)
+        assert fault_proxy.count() == 0  # --frozen never resolves a tag
+        code, _, err = _mcpkit(capsys, "lock", "--check", "--project", str(folder))
+        assert code == 4 and reason in err, err
+    assert not home.exists()
+
+    # without --frozen, sync locks what changed (only that) and installs
+    pyproject.write_text(original.replace("timeout_ms = 2000", "timeout_ms = 1000"))
+    before = load_lock(folder / "mcpkit.lock")
+    code, _, err = _mcpkit(capsys, "sync", "--project", str(folder))
+    assert code == 0, err
+    after = load_lock(folder / "mcpkit.lock")
+    assert after.entries["weather"] == before.entries["weather"]
+    assert after.entries["notes"].spec != before.entries["notes"].spec
+    assert "2 pulled" in err
+
+
+def test_sync_pulls_side_by_side_and_a_second_sync_downloads_nothing(
+    fault_proxy: FaultProxy, registry: Any, repo_name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    folder, weather, notes = _two(registry, tmp_path, repo_name, host=fault_proxy.host)
+    assert _mcpkit(capsys, "lock", "--project", str(folder))[0] == 0
+    # each module download waits until the other one has started: one after the other, this would fail
+    both = threading.Barrier(2, timeout=30)
+    for manifest in (weather, notes):
+        fault_proxy.add(Fault("gate", method="GET", path=f"/blobs/{manifest.module_layer.digest}",
+                              action=both.wait))
+    fault_proxy.clear()
+    code, _, err = _mcpkit(capsys, "sync", "--frozen", "--project", str(folder))
+    assert code == 0, err
+    assert not both.broken
+    assert fault_proxy.count("GET", "/manifests/sha256:") == 2  # by digest, never by tag
+    assert fault_proxy.count("GET", "/manifests/[12]$") == 0
+    home = tmp_path / "home"
+    cached = snapshot(home / "bundles")
+
+    fault_proxy.clear()
+    code, _, err = _mcpkit(capsys, "sync", "--frozen", "--project", str(folder))
+    assert code == 0, err
+    assert "0 pulled, 2 already" in err
+    assert fault_proxy.count() == 0
+    assert snapshot(home / "bundles") == cached
+
+    # a changed file in the cache is noticed and repaired by the next sync
+    module = next(p for p in (home / "bundles").rglob("module.wasm") if "weather" in str(p))
+    module.write_bytes(b"\0asm tampered")
+    with pytest.raises(BundleNotFoundError, match="no longer intact"):
+        locked_bundles(find_project(folder), BundleCache())
+    code, _, err = _mcpkit(capsys, "sync", "--frozen", "--project", str(folder))
+    assert code == 0 and "1 pulled, 1 already" in err, err
+    assert len(locked_bundles(find_project(folder), BundleCache())) == 2
+
+
+def test_prune_removes_only_other_versions_of_the_projects_repositories(
+    registry: Any, repo_name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    folder, _, _ = _two(registry, tmp_path, repo_name)
+    other = _push(registry, tmp_path, f"{repo_name}/other", "1", name="other")
+    old = _push(registry, tmp_path, f"{repo_name}/weather", "0", name="weather", version="0.9.0")
+    for ref in (registry.ref(f"{repo_name}/other", "1"), registry.ref(f"{repo_name}/weather", "0")):
+        assert _mcpkit(capsys, "pull", ref)[0] == 0
+    assert _mcpkit(capsys, "sync", "--project", str(folder))[0] == 0
+    digests = {e.digest for e in BundleCache().entries()}
+    assert {old.digest, other.digest} <= digests  # sync removes nothing by itself
+    code, _, err = _mcpkit(capsys, "sync", "--prune", "--project", str(folder))
+    assert code == 0, err
+    assert f"removed {registry.ref(f'{repo_name}/weather', '0')}" in err
+    digests = {e.digest for e in BundleCache().entries()}
+    assert old.digest not in digests and other.digest in digests
+    assert len(locked_bundles(find_project(folder), BundleCache())) == 2
+
+
+# --- signatures ----------------------------------------------------------------------------------------
+
+
+def _keypair(tmp_path: Path, who: str) -> Path:
+    prefix = tmp_path / "keys" / who
+    prefix.parent.mkdir(exist_ok=True)
+    signing.generate_key(prefix, environ={})
+    return prefix
+
+
+def _sign(registry: Any, repository: str, digest: str, prefix: Path) -> None:
+    with registry.client() as client:
+        _signatures.attach(client, Reference(registry.host, repository, None, digest), digest,
+                           signing.load_private_key(prefix.with_suffix(".key"), environ={}))
+
+
+def test_a_required_key_refuses_an_unsigned_bundle_and_leaves_the_cache_alone(
+    registry: Any, repo_name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    folder, weather, notes = _two(registry, tmp_path, repo_name)
+    assert _mcpkit(capsys, "sync", "--project", str(folder))[0] == 0
+    home = tmp_path / "home"
+    key = _keypair(tmp_path, "publisher")
+    pyproject = folder / "pyproject.toml"
+    pyproject.write_text(pyproject.read_text().replace(
+        'weather = "oci', f'weather = {{ key = "{key.with_suffix(".pub")}", ref = "oci').replace(
+        'weather:1"', 'weather:1" }'))
+    signed_lock = folder / "mcpkit.lock"
+    lock_before, cache_before = signed_lock.read_bytes(), snapshot(home)
+    code, _, err = _mcpkit(capsys, "lock", "--project", str(folder))
+    assert code == 1 and "is not signed" in err and "tool.mcpkit.bundles.weather" in err, err
+    code, _, err = _mcpkit(capsys, "sync", "--project", str(folder))
+    assert code == 1, err
+    assert signed_lock.read_bytes() == lock_before and snapshot(home) == cache_before
+
+    # a lock written by hand to look current cannot drop the requirement: sync verifies again
+    project = find_project(folder)
+    forged = load_lock(signed_lock)
+    entries = dict(forged.entries)
+    entries["weather"] = entries["weather"].__class__(
+        "weather", project.bundles["weather"].reference, weather.digest, entries["weather"].layers,
+        project.bundles["weather"].fingerprint())
+    signed_lock.write_bytes(render_lock(entries.values()))
+    for name in list(home.joinpath("bundles").iterdir()):
+        if name.is_dir():
+            import shutil
+
+            shutil.rmtree(name)
+    (home / "bundles" / "registry.json").unlink()
+    code, _, err = _mcpkit(capsys, "sync", "--frozen", "--project", str(folder))
+    assert code == 1 and "is not signed" in err, err
+    assert not any(p.name == "module.wasm" and "weather" in str(p) for p in (home / "bundles").rglob("*"))
+
+    # signed: lock records the signer, sync installs and records it, serve's list accepts it
+    _sign(registry, f"{repo_name}/weather", weather.digest, key)
+    code, _, err = _mcpkit(capsys, "lock", "--project", str(folder))
+    assert code == 0, err
+    key_id = signing.key_id(signing.load_public_key(key.with_suffix(".pub")))
+    assert load_lock(signed_lock).entries["weather"].signers == (key_id,)
+    assert f'signed-by = [\n    "{key_id}",\n]' in signed_lock.read_text()
+    code, _, err = _mcpkit(capsys, "sync", "--frozen", "--project", str(folder))
+    assert code == 0, err
+    served = {b.key: b for b in locked_bundles(project, BundleCache())}
+    assert served["weather"].signers == (key_id,) and served["notes"].digest == notes.digest
+
+
+# --- the table ------------------------------------------------------------------------------------------
+
+
+def test_bad_tables_are_reported_all_at_once_with_key_paths_and_lines(tmp_path: Path) -> None:
+    (tmp_path / "k.pub").write_text("not used")
+    folder = _project(tmp_path, '''[tool.mcpkit.bundles]
+weather = "oci://ghcr.io/org/weather:1"
+"we.ather" = "oci://ghcr.io/org/w:1"
+local = "./vendor/tool.mcpkit.tar"
+home = "file:///home/someone/.ssh/module.wasm"
+web = "https://example.com/b.tar.gz"
+cached = "weather-tool"
+number = 5
+
+[tool.mcpkit.bundles.notes]
+ref = "oci://ghcr.io/org/notes:1"
+key = ["../k.pub", "missing.pub"]
+polcy = {}
+policy = { storage = ["notes"], limits = { timeout_ms = 0 }, network = true }
+
+[tool.mcpkit.bundles.empty]
+key = "../k.pub"
+''')
+    with pytest.raises(ConfigError) as info:
+        find_project(folder)
+    text = str(info.value)
+    file = str(folder / "pyproject.toml")
+    for line, problem in (
+        (7, "tool.mcpkit.bundles.we.ather: 'we.ather' is not a usable bundle key"),
+        (8, "tool.mcpkit.bundles.local: './vendor/tool.mcpkit.tar' is not a registry reference"),
+        (9, "tool.mcpkit.bundles.home: 'file:///home/someone/.ssh/module.wasm' is not a registry reference"),
+        (10, "tool.mcpkit.bundles.web: 'https://example.com/b.tar.gz' is not a registry reference"),
+        (11, "tool.mcpkit.bundles.cached: 'weather-tool' is not a registry reference"),
+        (12, "tool.mcpkit.bundles.number: must be a string"),
+        (16, f"tool.mcpkit.bundles.notes.key[1]: no public key file at {folder / 'missing.pub'}"),
+        (17, "tool.mcpkit.bundles.notes.polcy: unknown key (did you mean 'policy'?)"),
+        (18, "tool.mcpkit.bundles.notes.policy.network: unknown key"),
+        (18, "tool.mcpkit.bundles.notes.policy.limits.timeout_ms: 0 is less than the minimum of 1"),
+        (18, "tool.mcpkit.bundles.notes.policy.storage[0]: 'notes' is not a valid guest path"),
+        (20, "tool.mcpkit.bundles.empty: missing required key 'ref'"),
+    ):
+        assert f"{file}:{line}: {problem}" in text, (problem, text)
+    assert text.startswith("12 problems in configuration:")
+
+
+def test_a_tool_name_too_long_for_llm_apis_and_a_narrowing_that_names_nothing_fail_the_lock(
+    registry: Any, repo_name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    _push(registry, tmp_path, f"{repo_name}/weather", "1", name="weather")
+    key = "k" * 60
+    folder = _project(tmp_path, f'''[tool.mcpkit.bundles]
+{key} = "oci://{registry.host}/{repo_name}/weather:1"
+
+[tool.mcpkit.bundles.w]
+ref = "oci://{registry.host}/{repo_name}/weather:1"
+policy.tools = ["echo", "nope"]
+policy.environment = ["HOME"]
+''')
+    code, _, err = _mcpkit(capsys, "lock", "--project", str(folder))
+    assert code == 2, err
+    assert f"tool.mcpkit.bundles.{key}: tool 'echo' would be served as '{key}__echo', 66 characters" in err
+    assert ":10: tool.mcpkit.bundles.w.policy.tools[1]: 'nope' is not a tool of bundle 'weather'" in err
+    assert ":11: tool.mcpkit.bundles.w.policy.environment[0]: 'HOME' is not an environment variable" in err
+    assert not (folder / "mcpkit.lock").exists()
+
+
+def test_narrowing_only_takes_away(tmp_path: Path) -> None:
+    folder = _project(tmp_path, '''[tool.mcpkit.bundles.notes]
+ref = "oci://ghcr.io/org/notes:1"
+policy = { storage = ["/notes"], read_only = true, environment = ["A"], tools = ["add"], limits = { timeout_ms = 500, memory_mb = 512, fuel = 1000 } }
+''')
+    text = config_yaml("notes", tools=("echo", "add"),
+                       storage=['{uri: "fs:///tmp", guest: /notes, access: [read, write]}',
+                                '{uri: "bundle:data", guest: /data}'])
+    text = text.replace("mcp:", "mcp:").replace("policy:\n", "policy:\n  environment: {allow: [{key: A}, {key: B}]}\n"
+                                                "  limits: {timeout_ms: 2000, memory_mb: 64}\n")
+    text = text.replace("{name: add, input_schema: {type: object}}",
+                        "{name: add, input_schema: {type: object}, limits: {timeout_ms: 9000}}")
+    config = parse_config(text.encode(), "config.yaml")
+    narrowed = find_project(folder).bundles["notes"].narrowing.apply(config)
+    assert [t.name for t in narrowed.tools] == ["add"]
+    assert [(g.guest, g.access) for g in narrowed.policy.storage] == [("/notes", ("read",))]
+    assert narrowed.policy.env_keys == ("A",)
+    assert narrowed.limits_for(narrowed.tools[0]).timeout_ms == 500  # the tool's own 9000 is capped too
+    assert narrowed.policy.limits.memory_mb == 64  # a ceiling above the bundle's own changes nothing
+    assert narrowed.policy.limits.fuel == 1000  # unlimited -> the ceiling

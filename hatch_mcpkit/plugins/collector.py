@@ -2,7 +2,8 @@
 
 Enable it in a project with ``[tool.hatch.env.collectors.mcpkit]``. It adds an
 environment named ``mcpkit`` whose scripts ``pull``, ``run``, ``list``,
-``push`` and ``inspect`` call ``mcpkit <cmd> {args}``. The scripts run the
+``push``, ``inspect``, ``rm``, ``server`` and, for a project's bundles, ``lock``, ``sync`` and
+``serve`` call ``mcpkit <cmd> {args}``. The scripts run the
 mcpkit installed beside hatch (where this plugin lives), so the environment
 needs nothing installed (its virtualenv stays empty); a user's own scripts of the same name win.
 """
@@ -19,7 +20,7 @@ from hatch.env.collectors.plugin.interface import EnvironmentCollectorInterface
 from hatch_mcpkit.errors import McpkitError
 from hatch_mcpkit.plugins._options import COLLECTOR_OPTIONS, PluginOptions, Source, fail
 
-COMMANDS = ("pull", "run", "list", "push", "inspect", "rm", "server")
+COMMANDS = ("pull", "run", "list", "push", "inspect", "rm", "server", "lock", "sync", "serve")
 TABLE = "env.collectors.mcpkit"  # under tool.hatch in pyproject.toml, or in hatch.toml
 
 
