@@ -773,26 +773,72 @@ def _announce(runtime: Runtime, label: str, quiet: bool) -> None:
         print(f"{PROG}: policy: {clean(line)}", file=sys.stderr)
 
 
-def _cmd_serve(args: argparse.Namespace) -> int:
-    import functools
+class _CleanLog(logging.Filter):
+    """Log lines quote what clients send (an ``Origin`` header, a tool's stderr): control characters escaped."""
 
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = clean_block(record.getMessage(), limit=None), None
+        return True
+
+
+def _serve_logging(args: argparse.Namespace) -> None:
     level = logging.WARNING if args.verbose == 0 else logging.INFO if args.verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, stream=sys.stderr, format="mcpkit: %(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_CleanLog())
     if args.verbose < 2:
-        for noisy in ("mcp", "httpx", "anyio"):
+        for noisy in ("mcp", "httpx", "anyio", "uvicorn"):
             logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+
+
+def _http_plan(args: argparse.Namespace) -> Any:
+    """``--http``: bound and with its token taken out of the environment before any bundle loads."""
+    if not getattr(args, "http", None):
+        for flag, given in (("--no-auth", getattr(args, "no_auth", False)),
+                            ("--allow-host", getattr(args, "allow_host", None)),
+                            ("--allow-origin", getattr(args, "allow_origin", None))):
+            if given:
+                raise UsageError(f"{flag} is an option of the HTTP transport", hint="add --http HOST:PORT")
+        return None
+    from hatch_mcpkit._http import prepare
+
+    return prepare(args.http, no_auth=args.no_auth, allow_hosts=args.allow_host, allow_origins=args.allow_origin)
+
+
+def _run_server(server: Any, plan: Any) -> int:
+    """Serve over stdio (``plan`` None) or HTTP until the client goes away or a signal stops it."""
+    if plan is None:
+        import anyio
+
+        from hatch_mcpkit.server import serve_stdio
+
+        try:
+            anyio.run(serve_stdio, server)
+        finally:
+            sys.stderr.flush()
+        return 0
+    from hatch_mcpkit._http import SIGNAL_EXIT, TOKEN_ENV, serve_http
+
+    _info(f"listening on {plan.url} (streamable HTTP, stateless)")
+    if plan.generated:
+        _info(f"bearer token for this run (set {TOKEN_ENV} to choose it): {plan.options.token}")
+    elif plan.options.token is None:
+        _warn("--no-auth: any program on this machine can call these tools")
+    stopped = serve_http(server, plan.options, plan.sock)
+    if stopped is not None:
+        _info("stopped")
+    return SIGNAL_EXIT.get(stopped, 0) if stopped is not None else 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    _serve_logging(args)
+    plan = _http_plan(args)
     label = getattr(args, "reference", None) or args.from_bundle or args.config or args.path or ""
     with open_runtime(args) as runtime:
         _announce(runtime, label, args.quiet)
-        import anyio
+        from hatch_mcpkit.server import build_server
 
-        from hatch_mcpkit.server import serve
-
-        try:
-            anyio.run(functools.partial(serve, runtime, max_concurrency=args.max_concurrency))
-        finally:
-            sys.stderr.flush()
-    return 0
+        return _run_server(build_server(runtime, max_concurrency=args.max_concurrency), plan)
 
 
 # --------------------------------------------------------------------------- parser
@@ -944,6 +990,18 @@ def _add_serve_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="do not print the policy at start")
 
 
+def _add_http_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--http", metavar="HOST:PORT",
+                   help="serve streamable HTTP at http://HOST:PORT/mcp instead of stdio (stateless; a bearer token "
+                   "from $MCPKIT_SERVER_TOKEN, else one generated and printed once; port 0 picks a free port)")
+    p.add_argument("--no-auth", action="store_true",
+                   help="serve HTTP without the bearer token (refused unless HOST is a loopback address)")
+    p.add_argument("--allow-host", action="append", default=[], metavar="HOST[:PORT]",
+                   help="also accept this Host header (the name clients or a balancer use; HOST:* for any port)")
+    p.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
+                   help="also accept browser requests from this Origin (e.g. https://app.example.com)")
+
+
 def _add_serve_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     server = sub.add_parser("server", help="serve a cached bundle, a config.yaml or a bundle path over MCP stdio",
                             description="Serve a bundle as an MCP server over stdio: a cached bundle by name "
@@ -956,6 +1014,7 @@ def _add_serve_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     what.add_argument("path", nargs="?", metavar="PATH",
                       help="a bundle directory, config.yaml, module.wasm or .mcpkit.tar")
     _add_serve_options(server)
+    _add_http_options(server)
     server.set_defaults(func=_cmd_serve)
 
     run = sub.add_parser("run", help="pull NAME|URI|PATH into the cache if needed and serve it over MCP stdio",

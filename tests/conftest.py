@@ -15,6 +15,7 @@ pytest_plugins = [
     "tests.plugins.registry",
     "tests.plugins.runtime",
     "tests.plugins.hatch",
+    "tests.plugins.clients",
     "tests.faultproxy",  # the fault_proxy fixture
 ]
 

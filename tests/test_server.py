@@ -322,24 +322,6 @@ def test_output_schema_results_are_never_rejected_by_the_client(hostile_wasm: Pa
     run(go)
 
 
-@pytest.fixture(scope="session")
-def ts_client(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The official TypeScript SDK client (tests/fixtures/ts-client), installed with ``npm ci``."""
-    import shutil
-
-    from tests._support import need
-
-    need(shutil.which("node") and shutil.which("npm"), "node and npm (Debian: nodejs npm)")
-    src = Path(__file__).parent / "fixtures" / "ts-client"
-    dest = tmp_path_factory.mktemp("ts-client")
-    for name in ("package.json", "package-lock.json", "client.mjs"):
-        shutil.copyfile(src / name, dest / name)
-    proc = subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=dest, capture_output=True, timeout=300,
-                          check=False)
-    assert proc.returncode == 0, proc.stderr.decode(errors="replace")[-2000:]
-    return dest / "client.mjs"
-
-
 def test_typescript_sdk_client_accepts_every_result(ts_client: Path, hostile_wasm: Path, tmp_path: Path) -> None:
     """The TS SDK rejects a result without structuredContent for a tool with outputSchema, and a
     tools/list with boolean property schemas; none of our answers may be rejected."""

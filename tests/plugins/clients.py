@@ -1,0 +1,134 @@
+"""Real MCP clients and real ``mcpkit`` HTTP servers, for the server, gateway and HTTP suites.
+
+* ``ts_client`` (session): the official TypeScript SDK client (tests/fixtures/ts-client, ``npm ci``
+  from its lockfile); ``node client.mjs CALLS -- command...`` (stdio) or ``... --http URL``
+  (bearer token from ``$MCP_TOKEN``).
+* ``mcpkit_http(*args, env=, cwd=)``: starts ``mcpkit <args> --http 127.0.0.1:0`` as a process and
+  yields a :class:`Served` (its URL, token, process, stderr so far) once it listens; SIGTERM after.
+* ``http_session(url, token)``: the official Python SDK client over streamable HTTP, initialized.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+MCPKIT = [sys.executable, "-m", "hatch_mcpkit"]
+_URL = re.compile(r"listening on (http://\S+)")
+_TOKEN = re.compile(r"bearer token for this run \([^)]*\): (\S+)")
+
+
+@pytest.fixture(scope="session")
+def ts_client(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The official TypeScript SDK client (tests/fixtures/ts-client), installed with ``npm ci``."""
+    from tests._support import need
+
+    need(shutil.which("node") and shutil.which("npm"), "node and npm (Debian: nodejs npm)")
+    src = REPO / "tests" / "fixtures" / "ts-client"
+    dest = tmp_path_factory.mktemp("ts-client")
+    for name in ("package.json", "package-lock.json", "client.mjs"):
+        shutil.copyfile(src / name, dest / name)
+    proc = subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=dest, capture_output=True, timeout=300,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr.decode(errors="replace")[-2000:]
+    return dest / "client.mjs"
+
+
+@dataclass
+class Served:
+    """A running ``mcpkit ... --http`` process."""
+
+    url: str
+    token: str | None
+    proc: subprocess.Popen[bytes]
+    errlog: Path
+
+    @property
+    def stderr(self) -> str:
+        return self.errlog.read_text(errors="replace")
+
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1].split("/", 1)[0])
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.proc.wait(timeout=timeout)
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """This environment with this tree importable, without a server token unless given."""
+    env = {k: v for k, v in os.environ.items() if k != "MCPKIT_SERVER_TOKEN"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    env.update(extra)
+    return env
+
+
+def start_http(args: Sequence[str], *, env: dict[str, str] | None = None, cwd: Path | None = None,
+               address: str = "127.0.0.1:0", errlog: Path | None = None, timeout: float = 60) -> Served:
+    """Start ``mcpkit ARGS --http ADDRESS`` and wait until it says where it listens."""
+    if errlog is None:
+        errlog = Path(tempfile.mkstemp(prefix="mcpkit-http-", suffix=".log")[1])
+    with errlog.open("wb") as err:
+        proc = subprocess.Popen([*MCPKIT, *args, "--http", address], stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=err, env=env or child_env(), cwd=cwd)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = errlog.read_text(errors="replace")
+        url = _URL.search(text)
+        token = _TOKEN.search(text)
+        if url and (token or "--no-auth" in args or "MCPKIT_SERVER_TOKEN" in (env or {})):
+            given = (env or {}).get("MCPKIT_SERVER_TOKEN")
+            return Served(url.group(1), token.group(1) if token else given, proc, errlog)
+        if proc.poll() is not None:
+            raise AssertionError(f"mcpkit exited with {proc.returncode}:\n{text[-3000:]}")
+        time.sleep(0.05)
+    proc.kill()
+    raise AssertionError(f"mcpkit did not start listening in {timeout} s:\n{errlog.read_text()[-3000:]}")
+
+
+@contextlib.contextmanager
+def mcpkit_http(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
+                address: str = "127.0.0.1:0") -> Iterator[Served]:
+    served = start_http(args, env=env, cwd=cwd, address=address)
+    try:
+        yield served
+    finally:
+        if served.proc.poll() is None:
+            served.proc.send_signal(signal.SIGTERM)
+            try:
+                served.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                served.proc.kill()
+                served.proc.wait()
+
+
+@contextlib.asynccontextmanager
+async def http_session(url: str, token: str | None, headers: dict[str, str] | None = None) -> AsyncIterator[Any]:
+    """The official Python client over streamable HTTP, initialized."""
+    from mcp import ClientSession
+    from mcp.client.streamable_http import streamable_http_client
+    from mcp.shared._httpx_utils import create_mcp_http_client
+
+    sent = dict(headers or {})
+    if token is not None:
+        sent["Authorization"] = f"Bearer {token}"
+    async with create_mcp_http_client(headers=sent) as client, \
+            streamable_http_client(url, http_client=client) as (read, write), ClientSession(read, write) as s:
+        await s.initialize()
+        yield s
