@@ -24,6 +24,7 @@ BENCHMARKS = [
     ("push/pull throughput and peak memory", "bench_transfer.py", ["--size-mib", "8", "--repeat", "1"]),
     ("cold start and warm tool calls", "bench_runtime.py", ["--calls", "200", "--cold", "2"]),
     ("signature verification", "bench_signing.py", ["--rounds", "3"]),
+    ("project sync: 20 bundles against the largest pull", "bench_sync.py", ["--repeat", "3"]),
 ]
 
 
