@@ -65,8 +65,8 @@ _LIMITS = ("timeout_ms", "memory_mb", "fuel", "max_output_kb")
 
 
 def exposed_name(key: str, tool: str) -> str:
-    """The name a project's tool is served under: ``<key>__<tool>``, a ``.`` in the tool name made ``_``."""
-    return f"{key}{SEPARATOR}{tool.replace('.', '_')}"
+    """The name a project's tool is served under: ``<key>__<tool>``, a ``.`` in the tool name made ``-``."""
+    return f"{key}{SEPARATOR}{tool.replace('.', '-')}"
 
 
 def exposed_name_problem(key: str, tool: str) -> str | None:
