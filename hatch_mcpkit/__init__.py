@@ -5,6 +5,7 @@ from __future__ import annotations
 from hatch_mcpkit.__about__ import __version__
 from hatch_mcpkit.config import Config, load_config
 from hatch_mcpkit.errors import (
+    AmbiguousNameError,
     AuthError,
     BuildError,
     BundleError,
@@ -17,12 +18,14 @@ from hatch_mcpkit.errors import (
     ModuleError,
     Problem,
     RegistryError,
+    RegistryNotFoundError,
     SandboxError,
     ToolCallError,
     UsageError,
 )
 
 __all__ = [
+    "AmbiguousNameError",
     "AuthError",
     "BuildError",
     "BundleError",
@@ -36,6 +39,7 @@ __all__ = [
     "ModuleError",
     "Problem",
     "RegistryError",
+    "RegistryNotFoundError",
     "SandboxError",
     "ToolCallError",
     "UsageError",

@@ -24,7 +24,7 @@ import os
 import re
 import stat
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import IO, BinaryIO
 
@@ -148,16 +148,24 @@ class DigestCheck:
             )
 
 
-def write_verified(chunks: Iterable[bytes], dest: Path, *, digest: str, size: int, where: str) -> None:
-    """Stream ``chunks`` into ``dest`` (by way of a temporary file beside it), checking size and digest."""
+def write_verified(chunks: Iterable[bytes], dest: Path, *, digest: str, size: int, where: str,
+                   progress: Callable[[int], None] | None = None) -> None:
+    """Stream ``chunks`` into ``dest`` (by way of a temporary file beside it), checking size and digest.
+
+    ``progress`` is told the bytes written so far after each chunk (from 0 again on every call).
+    """
     dest = Path(dest)
     check = DigestCheck(digest, size, where=where)
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    written = 0
     try:
         with os.fdopen(fd, "wb") as out:
             for chunk in chunks:
                 check.update(chunk)
                 out.write(chunk)
+                if progress is not None:
+                    written += len(chunk)
+                    progress(written)
         check.finish()
         os.replace(tmp, dest)
     except BaseException:

@@ -101,7 +101,59 @@ def _size_limit(args: argparse.Namespace) -> int | None:
     return max_bundle_size(limit) if limit is not None else None
 
 
-def _pull_options(args: argparse.Namespace) -> PullOptions:
+class _ProgressLine:
+    """A pull's progress on one terminal line of stderr: bytes done / total, percent, rate.
+
+    Redrawn at most every :attr:`INTERVAL` seconds and once at the end; the line is ended when the
+    last byte arrives or when the pull stops early (:meth:`close`), so an error starts on a line of its own.
+    """
+
+    INTERVAL = 0.1
+
+    def __init__(self, label: str) -> None:
+        import time
+
+        self._clock = time.monotonic
+        self.label = clean(label, limit=80)
+        self.started = self._clock()
+        self.drawn = 0.0
+        self.open = False
+
+    def __call__(self, done: int, total: int) -> None:
+        now = self._clock()
+        if done < total and now - self.drawn < self.INTERVAL:
+            return
+        self.drawn = now
+        rate = done / max(now - self.started, 1e-3)
+        percent = f"{100 * done // total:3d}%" if total else ""
+        sys.stderr.write(f"\r{PROG}: pulling {self.label}  {_human_size(done)} / {_human_size(total)}  {percent}  "
+                         f"{_human_size(int(rate))}/s\x1b[K")
+        self.open = done < total
+        if not self.open:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.open:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+            self.open = False
+
+
+@contextlib.contextmanager
+def _pull_progress(args: argparse.Namespace) -> Iterator[Callable[[int, int], None] | None]:
+    """Progress for a pull: on a terminal only, and not with ``-q``."""
+    if getattr(args, "quiet", False) or not sys.stderr.isatty():
+        yield None
+        return
+    line = _ProgressLine(args.reference)
+    try:
+        yield line
+    finally:
+        line.close()
+
+
+def _pull_options(args: argparse.Namespace, progress: Callable[[int, int], None] | None = None) -> PullOptions:
     from hatch_mcpkit.store import PullOptions
 
     password = _read_password(args)
@@ -111,7 +163,8 @@ def _pull_options(args: argparse.Namespace) -> PullOptions:
     return PullOptions(offline=getattr(args, "offline", False), insecure=getattr(args, "insecure", False),
                        ca_file=getattr(args, "ca_file", None), username=username, password=password,
                        max_bundle_size=_size_limit(args),
-                       transfer_deadline=getattr(args, "transfer_deadline", None), verify=_verifier(args))
+                       transfer_deadline=getattr(args, "transfer_deadline", None), verify=_verifier(args),
+                       progress=progress)
 
 
 def _trust(args: argparse.Namespace) -> Callable[[Reference], Any]:
@@ -291,7 +344,8 @@ def _cmd_pull(args: argparse.Namespace) -> int:
     cache = _cache(args)
     if args.key and isinstance(classify(args.reference, insecure=args.insecure), (FileRef, HttpsRef)):
         raise UsageError(f"--key verifies bundles from a registry; {args.reference!r} is not an oci:// reference")
-    result = cache.pull(args.reference, _pull_options(args))
+    with _pull_progress(args) as progress:
+        result = cache.pull(args.reference, _pull_options(args, progress))
     if args.offline or args.key:  # (a bare name of a local entry is not verified by the pull itself)
         _check_cached(args, result.path, args.reference)
     for warning in result.warnings:
@@ -685,8 +739,9 @@ def _bundle_to_serve(args: argparse.Namespace, store: BundleCache) -> Iterator[B
     from hatch_mcpkit.resolve import open_bundle, open_local
 
     if args.command == "run":
-        with open_bundle(args.reference, store, _pull_options(args), announce=_info,
-                         on_pull=lambda result: _precompile(store, result)) as found:
+        with _pull_progress(args) as progress, open_bundle(
+                args.reference, store, _pull_options(args, progress), announce=_info,
+                on_pull=lambda result: _precompile(store, result)) as found:
             yield found
         return
     if args.config:
@@ -987,7 +1042,8 @@ def _add_serve_options(p: argparse.ArgumentParser) -> None:
                        help=f"host ceiling in {unit}: a bundle gets the smaller of its own limit and this one "
                             f"(default $MCPKIT_MAX_{var}, else {getattr(HostLimits(), field)})")
     p.add_argument("-v", "--verbose", action="count", default=0, help="log to stderr (-vv for debug)")
-    p.add_argument("-q", "--quiet", action="store_true", help="do not print the policy at start")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="do not print the policy at start, nor download progress")
 
 
 def _add_http_options(p: argparse.ArgumentParser) -> None:
@@ -1086,6 +1142,8 @@ def _add_bundle_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
                        "https://host/bundle.tar.gz[#sha256=HEX], or the name of a cached bundle (pulls it again).")
     p.add_argument("reference", metavar="URI", help="what to pull")
     p.add_argument("--offline", action="store_true", help="use the cache only; fail if the bundle is not there")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="show no download progress (shown only when standard error is a terminal)")
     _add_key_option(p)
     _add_registry_options(p)
     _add_size_limit(p)

@@ -4,6 +4,12 @@ Every error says what went wrong, where (file, key path, line, reference or
 digest) and, where there is one, what to do about it (``hint``). The command
 line prints ``str(error)`` and exits with ``error.exit_code``; nothing else
 is shown, so a message must stand on its own and must never contain a secret.
+
+Exit codes (the table in docs/troubleshooting.md): ``1`` a failure, ``2`` a bad
+configuration, reference or command line (:data:`EXIT_USAGE`), ``3`` the bundle
+named does not exist, in the cache or in the registry (:data:`EXIT_NOT_FOUND`);
+the command line adds ``130`` (interrupted), ``141`` (standard output closed)
+and ``70`` (an internal error: a bug).
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 __all__ = [
+    "AmbiguousNameError",
     "AuthError",
     "BuildError",
     "BundleError",
@@ -24,19 +31,25 @@ __all__ = [
     "ModuleError",
     "Problem",
     "RegistryError",
+    "RegistryNotFoundError",
     "SandboxError",
     "SignatureError",
     "StaleLockError",
     "ToolCallError",
     "UsageError",
+    "closest",
     "did_you_mean",
 ]
+
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_NOT_FOUND = 3
 
 
 class McpkitError(Exception):
     """Base class of every error mcpkit raises on purpose."""
 
-    exit_code: int = 1
+    exit_code: int = EXIT_FAILURE
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
         super().__init__(message)
@@ -69,20 +82,26 @@ class Problem:
         return f"{where}:{key} {self.message}"
 
 
-def did_you_mean(key: str, allowed: Sequence[str]) -> str:
-    """The tail of an "unknown key" message: `` (did you mean 'x'?)`` or `` (expected one of: ...)``."""
+def closest(key: str, allowed: Iterable[str]) -> str | None:
+    """The one of ``allowed`` that ``key`` is most likely a misspelling of, if any is close enough."""
     import difflib
 
-    close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.7)
-    if close:
-        return f" (did you mean {close[0]!r}?)"
+    close = difflib.get_close_matches(key, list(allowed), n=1, cutoff=0.7)
+    return close[0] if close else None
+
+
+def did_you_mean(key: str, allowed: Sequence[str]) -> str:
+    """The tail of an "unknown key" message: `` (did you mean 'x'?)`` or `` (expected one of: ...)``."""
+    close = closest(key, allowed)
+    if close is not None:
+        return f" (did you mean {close!r}?)"
     return f" (expected one of: {', '.join(allowed)})"
 
 
 class ConfigError(McpkitError):
     """config.yaml (or a tool.hatch... table) is invalid; carries every problem found."""
 
-    exit_code = 2
+    exit_code = EXIT_USAGE
 
     def __init__(self, problems: Sequence[Problem] | Iterable[Problem], *, hint: str | None = None) -> None:
         self.problems: list[Problem] = sorted(
@@ -101,13 +120,13 @@ class ConfigError(McpkitError):
 class InvalidReferenceError(McpkitError):
     """A bundle reference (oci://, file://, https://, bare name) cannot be understood."""
 
-    exit_code = 2
+    exit_code = EXIT_USAGE
 
 
 class UsageError(McpkitError):
     """A command line that asks for something impossible (nothing to serve, conflicting options)."""
 
-    exit_code = 2
+    exit_code = EXIT_USAGE
 
 
 class BuildError(McpkitError):
@@ -151,6 +170,12 @@ class RegistryError(McpkitError):
         self.registry_message = registry_message
 
 
+class RegistryNotFoundError(RegistryError):
+    """The registry has no such repository, tag or digest (HTTP 404 for a manifest or a tag listing)."""
+
+    exit_code = EXIT_NOT_FOUND
+
+
 class AuthError(RegistryError):
     """The registry refused the credentials (or none were found)."""
 
@@ -159,10 +184,16 @@ class CacheError(McpkitError):
     """The local bundle cache (MCPKIT_HOME) cannot be read or written."""
 
 
+class AmbiguousNameError(CacheError):
+    """A short name matches several different cached bundles; the message lists how to name each alone."""
+
+    exit_code = EXIT_USAGE
+
+
 class BundleNotFoundError(CacheError):
     """No cached bundle matches a name or reference."""
 
-    exit_code = 3
+    exit_code = EXIT_NOT_FOUND
 
 
 class SignatureError(McpkitError):

@@ -73,7 +73,13 @@ from hatch_mcpkit.bundle import (
     Descriptor,
     Manifest,
 )
-from hatch_mcpkit.errors import AuthError, IntegrityError, InvalidReferenceError, RegistryError
+from hatch_mcpkit.errors import (
+    AuthError,
+    IntegrityError,
+    InvalidReferenceError,
+    RegistryError,
+    RegistryNotFoundError,
+)
 from hatch_mcpkit.reference import (
     DOCKER_HUB_ALIASES,
     DOCKER_HUB_API,
@@ -494,10 +500,11 @@ class RegistryClient:
             )
         return self.transport.stream(resp, what=what, deadline=clock)
 
-    def fetch_blob(self, repository: str, descriptor: Descriptor, dest: Path) -> None:
+    def fetch_blob(self, repository: str, descriptor: Descriptor, dest: Path, *,
+                   progress: Callable[[int], None] | None = None) -> None:
         """Download a blob to ``dest``: streamed into a temporary file beside it, size and
         SHA-256 checked, then renamed into place. On any failure ``dest`` is untouched and
-        the temporary file is gone."""
+        the temporary file is gone. ``progress`` is told the bytes received so far (from 0 on a retry)."""
         from hatch_mcpkit._files import write_verified
 
         dest = Path(dest)
@@ -505,7 +512,7 @@ class RegistryClient:
 
         def once() -> None:
             write_verified(self._blob_chunks(repository, descriptor), dest, digest=descriptor.digest,
-                           size=descriptor.size, where=f"registry {self._where(repository)}")
+                           size=descriptor.size, where=f"registry {self._where(repository)}", progress=progress)
 
         self.transport.retry(once)
         self.stats.blobs_downloaded += 1
@@ -545,7 +552,7 @@ class RegistryClient:
             deadline=clock, retry=False,
         )
         if resp.status_code == 404:
-            raise RegistryError(f"{ref} not found in registry {self.host}", status=404,
+            raise RegistryNotFoundError(f"{ref} not found in registry {self.host}", status=404,
                                 registry_message=self._message(resp), hint="check the repository name and tag")
         if resp.status_code != 200:
             raise self._fail(resp, what)
@@ -582,7 +589,7 @@ class RegistryClient:
         )
         resp.close()
         if resp.status_code == 404:
-            raise RegistryError(f"{ref} not found in registry {self.host}", status=404)
+            raise RegistryNotFoundError(f"{ref} not found in registry {self.host}", status=404)
         header = resp.headers.get("Docker-Content-Digest", "")
         if resp.status_code == 200 and header.startswith("sha256:") and len(header) == 71:
             return header
@@ -786,7 +793,7 @@ class RegistryClient:
                                         _scope(repository, False), what, is_tag))
         except RegistryError as exc:
             if exc.status == 404:
-                raise RegistryError(f"repository {self._where(repository)} not found", status=404,
+                raise RegistryNotFoundError(f"repository {self._where(repository)} not found", status=404,
                                     registry_message=exc.registry_message) from None
             raise
 

@@ -60,6 +60,7 @@ from hatch_mcpkit.bundle import (
     parse_bundle_config,
 )
 from hatch_mcpkit.errors import (
+    AmbiguousNameError,
     BundleError,
     BundleNotFoundError,
     CacheError,
@@ -265,6 +266,9 @@ class PullOptions:
     # ``signature`` record for metadata.json (see hatch_mcpkit.trust.verifier)
     verify: Callable[[RegistryClient, Reference, str], dict[str, Any] | None] | None = field(
         default=None, compare=False)
+    # told (bytes received, bytes in all) as a registry pull downloads its layers; never called when the
+    # cache already holds the manifest's files
+    progress: Callable[[int, int], None] | None = field(default=None, compare=False)
 
     @property
     def size_limit(self) -> int:
@@ -316,10 +320,14 @@ class _LayoutBlobs:
 
 
 class _RegistryBlobs:
-    def __init__(self, client: RegistryClient, repository: str) -> None:
+    def __init__(self, client: RegistryClient, repository: str, *,
+                 progress: Callable[[int, int], None] | None = None, total: int = 0) -> None:
         self.client = client
         self.repository = repository
         self._early: dict[str, bytes] = {}
+        self._progress = progress
+        self._total = total
+        self._done = 0  # bytes of the layers fetched whole
 
     def prefetch(self, desc: Descriptor) -> None:
         """Read a small blob now (while a signature is checked); a failure is left for read_blob to raise."""
@@ -333,7 +341,12 @@ class _RegistryBlobs:
         return early if early is not None else self.client.read_blob(self.repository, desc)
 
     def fetch_blob(self, desc: Descriptor, dest: Path) -> None:
-        self.client.fetch_blob(self.repository, desc, dest)
+        report = None
+        if self._progress is not None:
+            progress, done, total = self._progress, self._done, max(self._total, self._done + desc.size)
+            report = lambda received: progress(min(done + received, total), total)  # noqa: E731
+        self.client.fetch_blob(self.repository, desc, dest, progress=report)
+        self._done += desc.size
 
 
 def check_bundle_config_yaml(raw: bytes, label: str) -> Config:
@@ -535,19 +548,17 @@ class BundleCache:
         return self.find_entry(name_or_ref).path
 
     def find_entry(self, name_or_ref: str) -> CacheEntry:
+        """The one cached bundle a name, ``name:tag``, ``name@digest`` or reference means.
+
+        Entries that hold the same content (one digest under several references) are one bundle:
+        the most recently pulled is given. Different content under one name is an ambiguity error
+        listing the candidates; an unknown name is suggested the closest cached name.
+        """
         matches = self._matches(name_or_ref)
         if not matches:
-            what = name_or_ref if "/" in name_or_ref else "oci://REGISTRY/REPOSITORY:TAG"
-            raise BundleNotFoundError(
-                f"no cached bundle matches {name_or_ref!r} (cache: {self.bundles_dir})",
-                hint=f"pull it first: mcpkit bundle pull {what}; `mcpkit bundle list` shows the cache",
-            )
+            raise self._not_found(name_or_ref)
         if len({e.digest for e in matches}) > 1:
-            listing = "\n".join(f"    {e.reference}  ({e.digest[:19]})" for e in matches)
-            raise CacheError(
-                f"{name_or_ref!r} matches {len(matches)} cached bundles with different content:\n{listing}",
-                hint="name one by its full reference or as name:tag",
-            )
+            raise self._ambiguous(name_or_ref, matches)
         entry = max(matches, key=lambda e: e.pulled_at)
         if not (entry.path / METADATA).is_file():
             raise BundleNotFoundError(
@@ -555,6 +566,41 @@ class BundleCache:
                 hint=f"pull it again: mcpkit bundle pull {entry.reference}",
             )
         return entry
+
+    def _ambiguous(self, name_or_ref: str, matches: list[CacheEntry]) -> AmbiguousNameError:
+        """Different bundles under one name: each with the ways that name it alone."""
+        lines = []
+        for e in sorted(matches, key=lambda e: (e.reference, e.digest)):
+            ways = [e.reference, f"{e.name}@{e.digest}"]
+            if e.tag is not None and len({m.digest for m in self._matches(f"{e.name}:{e.tag}")}) == 1:
+                ways.insert(1, f"{e.name}:{e.tag}")
+            lines.append(f"    {'  or  '.join(ways)}")
+        return AmbiguousNameError(
+            f"{name_or_ref!r} is ambiguous: it matches {len(matches)} cached bundles with different content:\n"
+            + "\n".join(lines),
+            hint="name the one you mean as shown (its full reference, name:tag or name@digest)",
+        )
+
+    def _not_found(self, name_or_ref: str) -> BundleNotFoundError:
+        """Nothing matches: say what is close (a misspelt name, the tags a known name has)."""
+        from hatch_mcpkit.errors import closest
+
+        message = f"no cached bundle matches {name_or_ref!r} (cache: {self.bundles_dir})"
+        short = parse_cache_name(name_or_ref)
+        by_name = self._load_index().by_name
+        if short is not None and short.name in by_name:  # the name is cached, the tag or digest is not
+            shown = sorted({f"{e.name}:{e.tag}" if e.tag else e.reference for e in by_name[short.name]})
+            more = f" and {len(shown) - 5} more" if len(shown) > 5 else ""
+            return BundleNotFoundError(f"{message}; cached as {', '.join(shown[:5])}{more}",
+                                       hint="pull that tag first, or use one of those; `mcpkit bundle list` shows the cache")
+        near = closest(short.name, by_name) if short is not None else None
+        if short is not None and near is not None:
+            suggestion = near + name_or_ref.strip()[len(short.name):]
+            return BundleNotFoundError(f"{message}; did you mean {suggestion!r}?",
+                                       hint="`mcpkit bundle list` shows the cache")
+        what = name_or_ref if "/" in name_or_ref else "oci://REGISTRY/REPOSITORY:TAG"
+        return BundleNotFoundError(
+            message, hint=f"pull it first: mcpkit bundle pull {what}; `mcpkit bundle list` shows the cache")
 
     def remove(self, name_or_ref: str) -> list[CacheEntry]:
         """Remove a bundle (all its index rows); the directory goes once nothing else points at it."""
@@ -635,7 +681,8 @@ class BundleCache:
                     digest=ref.digest,
                 )
             check_declared_sizes(manifest, limit, source.key)  # before anything else is fetched
-            blobs = _RegistryBlobs(client, ref.repository)
+            blobs = _RegistryBlobs(client, ref.repository, progress=opts.progress,
+                                   total=sum(d.size for d in manifest.layers))
             if opts.verify is not None:  # by the digest installed below: the tag is not resolved again
                 check = opts.verify
                 # side by side with the small config blob (read into memory, used only once this passes)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
+import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -208,14 +210,14 @@ def test_server_and_run_are_delegated(env: dict[str, str]) -> None:
     assert proc.returncode == 3 and "no cached bundle" in proc.stderr
 
 
-def test_ctrl_c_exits_130_and_leaves_nothing(env: dict[str, str], slow_web: str) -> None:
+def interrupt_pull(env: dict[str, str], url: str) -> tuple[int, str]:
+    """Start ``mcpkit pull URL`` (a trickling download), press Ctrl-C once bytes arrive: exit code and stderr."""
     exe = shutil.which("mcpkit")
     need(exe, "the mcpkit console script on PATH")
     assert exe is not None
-    home = Path(env["MCPKIT_HOME"])
-    proc = subprocess.Popen([exe, "pull", slow_web], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    downloads = Path(env["MCPKIT_HOME"]) / "cache" / "downloads"
+    proc = subprocess.Popen([exe, "pull", url], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
-    downloads = home / "cache" / "downloads"
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:  # wait until the download is under way
         if any(p.is_file() and p.stat().st_size > 100_000 for p in downloads.rglob("*")):
@@ -226,7 +228,228 @@ def test_ctrl_c_exits_130_and_leaves_nothing(env: dict[str, str], slow_web: str)
         pytest.fail("the download never started")
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=30)
-    assert proc.returncode == 130, err
+    return proc.returncode, err
+
+
+def test_ctrl_c_exits_130_and_leaves_nothing(env: dict[str, str], slow_web: str) -> None:
+    home = Path(env["MCPKIT_HOME"])
+    code, err = interrupt_pull(env, slow_web)
+    assert code == 130, err
     assert "interrupted" in err and "Traceback" not in err
-    assert listing(downloads) == []
+    assert listing(home / "cache" / "downloads") == []
     assert not (home / "bundles" / "registry.json").exists()
+
+
+# --------------------------------------------------------------------------- names in the cache
+
+
+def _pull_into_cache(env: dict[str, str], registry, tmp_path: Path, repository: str, tag: str,  # type: ignore[no-untyped-def]
+                     version: str = "1.0.0") -> str:
+    """Push the demo project (``version`` changes its digest) to ``repository:tag`` and pull it; its digest."""
+    from tests.builders import push_project
+
+    project = make_demo_project(tmp_path / f"proj-{version}", version=version)
+    manifest = push_project(registry, project, tmp_path / f"out-{repository.replace('/', '-')}-{tag}",
+                            repository, tag)
+    mcpkit(env, "pull", "-q", f"oci://{registry.host}/{repository}:{tag}")
+    return str(manifest.digest)
+
+
+@pytest.mark.registry
+def test_one_bundle_under_two_references_is_picked(env: dict[str, str], tmp_path: Path, registry,  # type: ignore[no-untyped-def]
+                                                   repo_name: str) -> None:
+    """The same content pulled from two places is one bundle: its name finds it, with no ambiguity."""
+    first = _pull_into_cache(env, registry, tmp_path, f"{repo_name}-a", "v1")
+    second = _pull_into_cache(env, registry, tmp_path, f"{repo_name}-b", "v1")
+    assert first == second
+    assert len(json.loads(mcpkit(env, "list", "--json").stdout)) == 2
+    view = json.loads(mcpkit(env, "inspect", "demo-tool", "--json").stdout)
+    assert view["digest"] == first and view["reference"].endswith(f"{repo_name}-b:v1")  # the latest pull
+    assert json.loads(mcpkit(env, "inspect", "demo-tool:v1", "--json").stdout)["digest"] == first
+
+
+@pytest.mark.registry
+def test_different_bundles_under_one_name_are_an_error_listing_each_way_to_choose(
+        env: dict[str, str], tmp_path: Path, registry, repo_name: str) -> None:  # type: ignore[no-untyped-def]
+    one = _pull_into_cache(env, registry, tmp_path, f"{repo_name}-a", "v1")
+    two = _pull_into_cache(env, registry, tmp_path, f"{repo_name}-b", "v2", version="2.0.0")
+    three = _pull_into_cache(env, registry, tmp_path, f"{repo_name}-c", "v2", version="3.0.0")
+    assert len({one, two, three}) == 3
+    proc = mcpkit(env, "inspect", "demo-tool", ok=False)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("mcpkit: error: 'demo-tool' is ambiguous: it matches 3 cached bundles with different content")
+    ref = {d: f"oci://{registry.host}/{repo_name}-{x}:v{'1' if x == 'a' else '2'}"
+           for d, x in ((one, "a"), (two, "b"), (three, "c"))}
+    ways = {d: [f"demo-tool@{d}", ref[d]] for d in (one, two, three)}
+    ways[one].append("demo-tool:v1")  # a tag only one of them has; v2 names two bundles, so it is not offered
+    for digest, names in ways.items():
+        for name in names:
+            assert name in proc.stderr, (name, proc.stderr)
+            assert json.loads(mcpkit(env, "inspect", name, "--json", "--offline").stdout)["digest"] == digest
+    assert "demo-tool:v2" not in proc.stderr
+    assert mcpkit(env, "inspect", "demo-tool:v2", ok=False).returncode == 2
+    assert "hint: name the one you mean" in proc.stderr
+
+
+@pytest.mark.registry
+def test_an_unknown_name_is_told_the_closest_cached_name(env: dict[str, str], tmp_path: Path, registry,  # type: ignore[no-untyped-def]
+                                                         repo_name: str) -> None:
+    _pull_into_cache(env, registry, tmp_path, repo_name, "v1")
+    typo = mcpkit(env, "inspect", "demo-tol", ok=False)
+    assert typo.returncode == 3
+    assert "no cached bundle matches 'demo-tol'" in typo.stderr and "did you mean 'demo-tool'?" in typo.stderr
+    tagged = mcpkit(env, "server", "--from-bundle", "demo-tol:v1", ok=False)
+    assert tagged.returncode == 3 and "did you mean 'demo-tool:v1'?" in tagged.stderr
+    other_tag = mcpkit(env, "rm", "demo-tool:v9", ok=False)
+    assert other_tag.returncode == 3 and "cached as demo-tool:v1" in other_tag.stderr
+    far = mcpkit(env, "inspect", "zzz", ok=False)
+    assert far.returncode == 3 and "did you mean" not in far.stderr and "mcpkit bundle pull" in far.stderr
+
+
+# --------------------------------------------------------------------------- pull progress
+
+
+def _pull_on_a_terminal(env: dict[str, str], *args: str) -> tuple[int, str]:
+    """``mcpkit pull ARGS`` with stderr on a pseudo-terminal (stdout piped): exit code and what the terminal got."""
+    import pty
+
+    exe = shutil.which("mcpkit")
+    need(exe, "the mcpkit console script on PATH")
+    assert exe is not None
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([exe, "pull", *args], env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=slave)
+    os.close(slave)
+    seen = bytearray()
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:  # EIO: the process closed its end
+            break
+        if not data:
+            break
+        seen += data
+    os.close(master)
+    proc.communicate(timeout=60)
+    return proc.returncode, seen.decode("utf-8", "replace")
+
+
+@pytest.mark.registry
+@pytest.mark.slow
+def test_pull_progress_on_a_terminal_only(env: dict[str, str], tmp_path: Path, fault_proxy,  # type: ignore[no-untyped-def]
+                                          registry, repo_name: str) -> None:
+    from tests.builders import make_project, push_project
+    from tests.faultproxy import Fault
+
+    project = make_project(tmp_path / "big", size=2 * 1024 * 1024)  # a 2 MiB module, trickled below
+    manifest = push_project(registry, project, tmp_path / "out", repo_name, "v1")
+    module = manifest.module_layer
+
+    def trickle() -> None:  # 128 KiB every 50 ms: a pull of about a second, a long one at this scale
+        fault_proxy.add(Fault("throttle", method="GET", path=f"/blobs/{module.digest}", size=128 * 1024,
+                              seconds=0.05))
+
+    ref = fault_proxy.ref(repo_name, "v1")
+    trickle()
+    code, screen = _pull_on_a_terminal(env, ref)
+    assert code == 0, screen
+    updates = [u for u in re.split(r"[\r\n]", screen) if u.startswith("mcpkit: pulling ")]
+    assert len(updates) >= 4, screen  # several redraws while the bytes arrive
+    total = "2.0 MiB"
+    assert all(f" / {total} " in u and u.endswith("/s\x1b[K") for u in updates), updates
+    assert re.search(rf"pulling {re.escape(ref)}  {total} / {total}  100%  [0-9.]+ (KiB|MiB)/s\x1b\[K\r?\n", screen), screen
+    assert len({u.split("  ")[1] for u in updates}) >= 3, updates  # the bytes done grow
+
+    # a second pull has nothing to download: no progress at all
+    _, again = _pull_on_a_terminal(env, ref)
+    assert "mcpkit: pulling" not in again
+    # -q silences it; so does a stderr that is not a terminal
+    mcpkit(env, "rm", ref)
+    trickle()
+    code, quiet = _pull_on_a_terminal(env, "-q", ref)
+    assert code == 0 and "mcpkit: pulling" not in quiet and "\r" not in quiet
+    mcpkit(env, "rm", ref)
+    trickle()
+    piped = mcpkit(env, "pull", ref)
+    assert "pulled" in piped.stdout
+    assert piped.stderr == "", piped.stderr
+
+
+# --------------------------------------------------------------------------- exit codes
+
+
+class Run:
+    """What an exit-code case may use: the environment, a folder, the session's registry, a trickling server."""
+
+    def __init__(self, env: dict[str, str], tmp_path: Path, registry, repo_name: str, slow_web: str) -> None:  # type: ignore[no-untyped-def]
+        self.env, self.tmp_path, self.registry, self.repo_name, self.slow_web = env, tmp_path, registry, repo_name, slow_web
+
+    def __call__(self, *args: str) -> tuple[int, str]:
+        proc = mcpkit(self.env, *args, ok=False)
+        return proc.returncode, proc.stderr
+
+    def pushed(self) -> str:
+        """oci://REGISTRY/REPO, holding the demo bundle under the tag v1."""
+        from tests.builders import push_project
+
+        push_project(self.registry, make_demo_project(self.tmp_path / "proj"), self.tmp_path / "out",
+                     self.repo_name, "v1")
+        return f"oci://{self.registry.host}/{self.repo_name}"
+
+
+def _stdout_closed(run: Run) -> tuple[int, str]:
+    exe = shutil.which("mcpkit")
+    assert exe is not None
+    read_end, write_end = os.pipe()
+    proc = subprocess.Popen([exe, "list"], env=run.env, stdout=write_end, stderr=subprocess.PIPE, text=True)
+    os.close(write_end)
+    os.close(read_end)  # nobody reads what it prints (as `mcpkit list | head -0`)
+    _, err = proc.communicate(timeout=60)
+    return proc.returncode, err
+
+
+def _a_bug(run: Run) -> tuple[int, str]:
+    # the one fault injected by hand: an internal error needs a bug, and there is no known one to trigger
+    code = "import sys; from hatch_mcpkit import cli; cli._run = lambda argv: {}['bug']; sys.exit(cli.main(['list']))"
+    proc = subprocess.run([sys.executable, "-c", code], env=run.env, capture_output=True, text=True, timeout=60)
+    return proc.returncode, proc.stderr
+
+
+EXIT_CASES: dict[str, tuple[int, Callable[[Run], tuple[int, str]], str]] = {
+    # id: (exit code, how to get it, what stderr says)
+    "success": (0, lambda run: run("list"), ""),
+    "registry-down": (1, lambda run: run("pull", "oci://127.0.0.1:9/demo/tool:1"), "cannot reach registry"),
+    "usage": (2, lambda run: run("pull"), "the following arguments are required: URI"),
+    "bad-reference": (2, lambda run: run("pull", "oci://127.0.0.1:5000/Bad_Repo:1"), "invalid repository path"),
+    "bad-config": (2, lambda run: run("push", "--config", str(run.tmp_path / "nope.yaml")), "nope.yaml"),
+    "missing-tag": (3, lambda run: run("pull", f"{run.pushed()}:nope"), ":nope not found in registry"),
+    "missing-tag-inspect": (3, lambda run: run("inspect", f"{run.pushed()}:nope"), ":nope not found in registry"),
+    "missing-tag-run": (3, lambda run: run("run", f"{run.pushed()}:nope"), ":nope not found in registry"),
+    "missing-repository": (3, lambda run: run("pull", f"oci://{run.registry.host}/{run.repo_name}/none:v1"),
+                           "not found in registry"),
+    "not-cached": (3, lambda run: run("server", "--from-bundle", "no-such-tool"), "no cached bundle matches"),
+    "internal-error": (70, _a_bug, "internal error: KeyError"),
+    "interrupted": (130, lambda run: interrupt_pull(run.env, run.slow_web), "interrupted"),
+    "stdout-closed": (141, _stdout_closed, ""),
+}
+
+
+def documented_exit_codes() -> set[int]:
+    table = (Path(__file__).resolve().parents[1] / "docs" / "troubleshooting.md").read_text()
+    return {int(code) for code in re.findall(r"^\| `(\d+)` \|", table, flags=re.M)}
+
+
+def test_the_documented_exit_codes_are_the_ones_tested() -> None:
+    assert documented_exit_codes() == {code for code, _, _ in EXIT_CASES.values()}
+
+
+@pytest.mark.registry
+@pytest.mark.parametrize("case", list(EXIT_CASES))
+def test_documented_exit_code(case: str, env: dict[str, str], tmp_path: Path, registry, repo_name: str,  # type: ignore[no-untyped-def]
+                              slow_web: str) -> None:
+    expected, trigger, says = EXIT_CASES[case]
+    code, err = trigger(Run(env, tmp_path, registry, repo_name, slow_web))
+    assert code == expected, err
+    assert says in err and "Traceback" not in err
+    if expected in (1, 3):
+        assert err.count("mcpkit: error: ") == 1, err  # one message (a `run` says first that it pulls)
