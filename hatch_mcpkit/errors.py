@@ -7,7 +7,8 @@ is shown, so a message must stand on its own and must never contain a secret.
 
 Exit codes (the table in docs/troubleshooting.md): ``1`` a failure, ``2`` a bad
 configuration, reference or command line (:data:`EXIT_USAGE`), ``3`` the bundle
-named does not exist, in the cache or in the registry (:data:`EXIT_NOT_FOUND`);
+named does not exist, in the cache or in the registry (:data:`EXIT_NOT_FOUND`),
+``4`` a project's mcpkit.lock is missing or stale (:data:`EXIT_STALE_LOCK`);
 the command line adds ``130`` (interrupted), ``141`` (standard output closed)
 and ``70`` (an internal error: a bug).
 """
@@ -44,6 +45,7 @@ __all__ = [
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_NOT_FOUND = 3
+EXIT_STALE_LOCK = 4
 
 
 class McpkitError(Exception):
@@ -215,7 +217,7 @@ class SignatureError(McpkitError):
 class StaleLockError(McpkitError):
     """``mcpkit.lock`` is missing, unreadable or no longer matches ``[tool.mcpkit.bundles]`` (``--frozen``)."""
 
-    exit_code = 4
+    exit_code = EXIT_STALE_LOCK
 
 
 class SandboxError(McpkitError):

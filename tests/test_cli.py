@@ -415,6 +415,14 @@ def _a_bug(run: Run) -> tuple[int, str]:
     return proc.returncode, proc.stderr
 
 
+def _project_without_lock(run: Run) -> Path:
+    folder = run.tmp_path / "project"
+    folder.mkdir()
+    (folder / "pyproject.toml").write_text('[project]\nname = "demo"\nversion = "0"\n\n[tool.mcpkit.bundles]\n'
+                                           f'demo = "{run.pushed()}:v1"\n')
+    return folder
+
+
 EXIT_CASES: dict[str, tuple[int, Callable[[Run], tuple[int, str]], str]] = {
     # id: (exit code, how to get it, what stderr says)
     "success": (0, lambda run: run("list"), ""),
@@ -428,6 +436,7 @@ EXIT_CASES: dict[str, tuple[int, Callable[[Run], tuple[int, str]], str]] = {
     "missing-repository": (3, lambda run: run("pull", f"oci://{run.registry.host}/{run.repo_name}/none:v1"),
                            "not found in registry"),
     "not-cached": (3, lambda run: run("server", "--from-bundle", "no-such-tool"), "no cached bundle matches"),
+    "stale-lock": (4, lambda run: run("sync", "--frozen", "--project", str(_project_without_lock(run))), "mcpkit.lock"),
     "internal-error": (70, _a_bug, "internal error: KeyError"),
     "interrupted": (130, lambda run: interrupt_pull(run.env, run.slow_web), "interrupted"),
     "stdout-closed": (141, _stdout_closed, ""),
