@@ -158,14 +158,13 @@ def test_sync_pulls_side_by_side_and_a_second_sync_downloads_nothing(
     folder, weather, notes = _two(registry, tmp_path, repo_name, host=fault_proxy.host)
     assert _mcpkit(capsys, "lock", "--project", str(folder))[0] == 0
     # each module download waits until the other one has started: one after the other, this would fail
-    both = threading.Barrier(2, timeout=30)
-    for manifest in (weather, notes):
-        fault_proxy.add(Fault("gate", method="GET", path=f"/blobs/{manifest.module_layer.digest}",
-                              action=both.wait))
     fault_proxy.clear()
+    both = threading.Barrier(2, timeout=30)
+    gates = [fault_proxy.add(Fault("gate", method="GET", path=f"/blobs/{manifest.module_layer.digest}",
+                                   action=both.wait)) for manifest in (weather, notes)]
     code, _, err = _mcpkit(capsys, "sync", "--frozen", "--project", str(folder))
     assert code == 0, err
-    assert not both.broken
+    assert [gate.hits for gate in gates] == [1, 1] and not both.broken
     assert fault_proxy.count("GET", "/manifests/sha256:") == 2  # by digest, never by tag
     assert fault_proxy.count("GET", "/manifests/[12]$") == 0
     home = tmp_path / "home"
@@ -359,3 +358,4 @@ policy = { storage = ["/notes"], read_only = true, environment = ["A"], tools = 
     assert narrowed.limits_for(narrowed.tools[0]).timeout_ms == 500  # the tool's own 9000 is capped too
     assert narrowed.policy.limits.memory_mb == 64  # a ceiling above the bundle's own changes nothing
     assert narrowed.policy.limits.fuel == 1000  # unlimited -> the ceiling
+
