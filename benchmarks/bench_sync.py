@@ -4,13 +4,17 @@ Runs a local distribution registry (Debian's ``docker-registry`` binary), pushes
 (modules of 64 KiB to 1.25 MiB, each with config.yaml and a README), writes a project naming all
 of them and locks it. Then, each time into a clean MCPKIT_HOME, in this process:
 
-* ``sync 20``        lock.sync(--frozen): 20 pulls by digest side by side (default --jobs, and --jobs 20)
 * ``largest pull``   BundleCache.pull of the largest bundle by digest alone (the baseline)
+* ``sync 20``        lock.sync(--frozen): 20 pulls by digest side by side (default --jobs 8, and --jobs 20)
 * ``second sync``    lock.sync again into the filled cache (nothing is fetched; files re-hashed)
+
+Twice: straight to the registry on loopback (no latency to hide: the registry and the client
+share the machine's cores), and through a proxy that adds 20 ms to every request (a registry
+across a network, where pulls side by side overlap their round trips).
 
 The target (docs/performance.md): ``sync 20`` <= 1.5x ``largest pull`` (the ``vs base`` column).
 
-Usage: ``python benchmarks/bench_sync.py [--bundles 20] [--repeat 5]``
+Usage: ``python benchmarks/bench_sync.py [--bundles 20] [--repeat 5] [--rtt-ms 20]``
 """
 
 from __future__ import annotations
@@ -22,12 +26,13 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
-def _timed(repeat: int, setup: Callable[[int], object], run: Callable[[object], object]) -> list[float]:
+def _timed(repeat: int, setup: Callable[[int], Any], run: Callable[[Any], object]) -> list[float]:
     times = []
     for n in range(repeat):
         state = setup(n)
@@ -37,72 +42,80 @@ def _timed(repeat: int, setup: Callable[[int], object], run: Callable[[object], 
     return times
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--bundles", type=int, default=20)
-    parser.add_argument("--repeat", type=int, default=5)
-    args = parser.parse_args()
-
+def _measure(work: Path, host: str, names: dict[str, Any], repeat: int) -> list[tuple[str, int, int, list[float]]]:
     from hatch_mcpkit import lock
     from hatch_mcpkit.project import find_project
     from hatch_mcpkit.reference import OciRef, Reference
     from hatch_mcpkit.store import BundleCache, PullOptions
     from hatch_mcpkit.trust import TrustPolicy
+
+    folder = work / "project"
+    folder.mkdir(parents=True)
+    lines = ["[project]", 'name = "bench"', 'version = "0"', "", "[tool.mcpkit.bundles]"]
+    lines += [f'{key} = "oci://{host}/bench/{key}:1"' for key in names]
+    (folder / "pyproject.toml").write_text("\n".join(lines) + "\n")
+    project = find_project(folder)
+    opts, policy = PullOptions(), TrustPolicy()
+    lock.lock_project(project, opts, policy, warn=lambda _m: None)
+    key, (largest, largest_size) = max(names.items(), key=lambda kv: kv[1][1])
+    pinned = OciRef(Reference(host, f"bench/{key}", None, largest.digest))
+    total = sum(size for _, size in names.values())
+    count = len(names)
+
+    def home(label: str) -> Callable[[int], Any]:
+        return lambda n: BundleCache(work / f"home-{label}-{n}")
+
+    def sync(jobs: int | None) -> Callable[[Any], object]:
+        return lambda store: lock.sync(project, store, opts, policy, warn=lambda _m: None, frozen=True, jobs=jobs)
+
+    rows = [("largest pull", 1, largest_size, _timed(repeat, home("one"), lambda store: store.pull(pinned, opts)))]
+    rows.append((f"sync {count} (--jobs 8)", count, total, _timed(repeat, home("s8"), sync(None))))
+    rows.append((f"sync {count} (--jobs {count})", count, total, _timed(repeat, home("sN"), sync(count))))
+    filled = BundleCache(work / "home-s8-0")
+    rows.append(("second sync (cached)", count, 0, _timed(repeat, lambda n: filled, sync(None))))
+    return rows
+
+
+def _print(title: str, rows: list[tuple[str, int, int, list[float]]]) -> None:
+    base = statistics.median(rows[0][3])
+    print(f"\n{title}\n")
+    print("| operation | bundles | bytes | median | vs base |")
+    print("|---|---|---|---|---|")
+    for label, count, size, times in rows:
+        m = statistics.median(times)
+        print(f"| {label} | {count} | {size / 1024:.0f} KiB | {m * 1000:.1f} ms | {m / base:.2f}x |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bundles", type=int, default=20)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--rtt-ms", type=float, default=20.0)
+    args = parser.parse_args()
+
     from tests.builders import make_project, push_project
+    from tests.faultproxy import Fault, FaultProxy
     from tests.plugins.registry import start_binary_registry
 
     with tempfile.TemporaryDirectory(prefix="mcpkit-bench-sync-") as tmp:
         work = Path(tmp)
         reg = start_binary_registry("plain", work / "reg")
         try:
-            lines = ["[project]", 'name = "bench"', 'version = "0"', "", "[tool.mcpkit.bundles]"]
-            sizes = {}
+            names = {}
             for i in range(args.bundles):
-                size = 64 * 1024 * (i + 1)
-                root = make_project(work / f"src-{i}", name=f"tool{i}", size=size, seed=str(i).encode())
+                root = make_project(work / f"src-{i}", name=f"tool{i}", size=64 * 1024 * (i + 1), seed=str(i).encode())
                 manifest = push_project(reg, root, work / f"out-{i}", f"bench/tool{i}", "1")
-                sizes[f"tool{i}"] = (manifest, sum(d.size for d in manifest.layers))
-                lines.append(f'tool{i} = "oci://{reg.host}/bench/tool{i}:1"')
-            project_dir = work / "project"
-            project_dir.mkdir()
-            (project_dir / "pyproject.toml").write_text("\n".join(lines) + "\n")
-            project = find_project(project_dir)
-            opts = PullOptions()
-            policy = TrustPolicy()
-            lock.lock_project(project, opts, policy, warn=lambda _m: None)
-            key, (largest, largest_size) = max(sizes.items(), key=lambda kv: kv[1][1])
-            pinned = OciRef(Reference(reg.host, f"bench/{key}", None, largest.digest))
-            total = sum(size for _, size in sizes.values())
-
-            def home(label: str) -> Callable[[int], object]:
-                return lambda n: BundleCache(work / f"home-{label}-{n}")
-
-            def sync(jobs: int | None) -> Callable[[object], object]:
-                return lambda store: lock.sync(project, store, opts, policy,  # type: ignore[arg-type]
-                                               warn=lambda _m: None, frozen=True, jobs=jobs)
-
-            rows = []
-            base = _timed(args.repeat, home("one"),
-                          lambda store: store.pull(pinned, opts))  # type: ignore[attr-defined]
-            rows.append(("largest pull", 1, largest_size, base))
-            rows.append((f"sync {args.bundles} (--jobs 8)", args.bundles, total,
-                         _timed(args.repeat, home("s8"), sync(None))))
-            rows.append((f"sync {args.bundles} (--jobs {args.bundles})", args.bundles, total,
-                         _timed(args.repeat, home("sN"), sync(args.bundles))))
-            filled = BundleCache(work / "home-s8-0")
-            rows.append(("second sync (cached)", args.bundles, 0,
-                         _timed(args.repeat, lambda n: filled, sync(None))))
+                names[f"tool{i}"] = (manifest, sum(d.size for d in manifest.layers))
+            direct = _measure(work / "direct", reg.host, names, args.repeat)
+            with FaultProxy(reg.host) as proxy:
+                proxy.add(Fault("delay", seconds=args.rtt_ms / 1000, times=None))
+                delayed = _measure(work / "delayed", proxy.host, names, args.repeat)
         finally:
             reg.stop()
-
-    median = statistics.median(base)
-    print(f"{args.bundles} bundles, {total / 1024 / 1024:.1f} MiB in all; the largest {largest_size / 1024:.0f} KiB; "
-          f"median of {args.repeat}\n")
-    print("| operation | bundles | bytes | median | vs base |")
-    print("|---|---|---|---|---|")
-    for label, count, size, times in rows:
-        m = statistics.median(times)
-        print(f"| {label} | {count} | {size / 1024:.0f} KiB | {m * 1000:.1f} ms | {m / median:.2f}x |")
+    total = sum(size for _, size in names.values())
+    print(f"{args.bundles} bundles, {total / 1024 / 1024:.1f} MiB in all; median of {args.repeat}")
+    _print("registry on loopback (no latency to hide)", direct)
+    _print(f"through a proxy adding {args.rtt_ms:.0f} ms to every request", delayed)
     print("\ntarget: sync of all the bundles <= 1.5x the largest pull alone (vs base)")
 
 
