@@ -30,6 +30,7 @@ from typing import IO, TYPE_CHECKING, Any
 from hatch_mcpkit import _json
 from hatch_mcpkit._archive import RESERVED_NAMES, extract, reserved_part
 from hatch_mcpkit._files import DigestCheck, file_chunks, open_regular, read_regular, read_verified
+from hatch_mcpkit._text import clean
 from hatch_mcpkit.errors import BundleError, InvalidReferenceError
 
 if TYPE_CHECKING:
@@ -40,10 +41,15 @@ __all__ = [
     "BUNDLE_CONFIG_MEDIA_TYPE",
     "CONFIG_YAML_MEDIA_TYPE",
     "DEFAULT_MAX_BUNDLE_SIZE",
+    "EMPTY_CONFIG_MEDIA_TYPE",
     "INDEX_MEDIA_TYPE",
     "MANIFEST_MEDIA_TYPE",
+    "ORAS_HINT",
+    "ORAS_PUSH",
     "RESERVED_NAMES",
     "TITLE_ANNOTATION",
+    "UNKNOWN_ARTIFACT_TYPE",
+    "UNKNOWN_CONFIG_MEDIA_TYPE",
     "WASM_MEDIA_TYPE",
     "BuiltBundle",
     "BundleLayout",
@@ -53,8 +59,10 @@ __all__ = [
     "archive_name",
     "build_bundle",
     "check_bundle_folder",
+    "derive_bundle_config",
     "file_digest",
     "is_layout_folder",
+    "known_bundle_config",
     "local_bundle",
     "max_bundle_size",
     "parse_bundle_config",
@@ -90,6 +98,38 @@ _TOOL_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}\Z")
 _MAX_TEXT = 4096
 
 _DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}\Z")
+
+# What other tools write. `oras push` (1.1+) gives an empty config and, without --artifact-type,
+# the artifactType application/vnd.unknown.artifact.v1; `oras push --image-spec v1.0` and oras
+# before 1.0 give the config type application/vnd.unknown.config.v1+json and no artifactType.
+EMPTY_CONFIG_MEDIA_TYPE = "application/vnd.oci.empty.v1+json"
+UNKNOWN_CONFIG_MEDIA_TYPE = "application/vnd.unknown.config.v1+json"
+UNKNOWN_ARTIFACT_TYPE = "application/vnd.unknown.artifact.v1"
+ORAS_UNPACK_ANNOTATION = "io.deis.oras.content.unpack"
+ORAS_PUSH = (f"oras push HOST/REPO:TAG --artifact-type {ARTIFACT_TYPE} module.wasm:{WASM_MEDIA_TYPE} "
+             f"config.yaml:{CONFIG_YAML_MEDIA_TYPE}")
+ORAS_HINT = (f"a bundle is module.wasm + config.yaml (+ files); push one with `mcpkit bundle push`, or with oras: "
+             f"{ORAS_PUSH} [more files]")
+_ACCEPTED_ARTIFACT_TYPES = frozenset({ARTIFACT_TYPE, UNKNOWN_ARTIFACT_TYPE})
+_ACCEPTED_CONFIG_TYPES = frozenset({BUNDLE_CONFIG_MEDIA_TYPE, EMPTY_CONFIG_MEDIA_TYPE, UNKNOWN_CONFIG_MEDIA_TYPE})
+_KNOWN_KINDS = {
+    INDEX_MEDIA_TYPE: "an image index (several manifests, e.g. a multi-platform image)",
+    "application/vnd.docker.distribution.manifest.list.v2+json": "a Docker manifest list (a multi-platform image)",
+    "application/vnd.docker.distribution.manifest.v2+json": "a Docker container image",
+    "application/vnd.docker.distribution.manifest.v1+json": "a Docker container image (schema 1)",
+    "application/vnd.oci.image.config.v1+json": "a container image",
+    "application/vnd.docker.container.image.v1+json": "a Docker container image",
+    "application/vnd.cncf.helm.config.v1+json": "a Helm chart",
+    "application/vnd.dev.sigstore.bundle.v0.3+json": "a signature (a Sigstore bundle)",
+    "application/vnd.dev.cosign.artifact.sig.v1+json": "a signature (cosign)",
+    "application/vnd.cncf.notary.signature": "a signature (Notary)",
+    "application/vnd.in-toto+json": "an attestation (in-toto)",
+    "application/spdx+json": "an SBOM (SPDX)",
+    "application/vnd.cyclonedx+json": "an SBOM (CycloneDX)",
+    "application/vnd.wasm.config.v0+json": "a Wasm OCI artifact of another tool (wasm-to-oci / runwasi)",
+}
+_SIGNATURE_LAYERS = frozenset({"application/vnd.dev.cosign.simplesigning.v1+json",
+                               "application/vnd.dev.sigstore.bundle.v0.3+json"})
 _EXTRA_MEDIA_TYPES = {
     ".json": "application/json",
     ".md": "text/markdown",
@@ -252,11 +292,22 @@ def check_title(title: str | None, where: str) -> str:
 
 @dataclass(frozen=True)
 class Manifest:
+    """A bundle manifest: ours, or any other tool's whose layers carry our media types or titles.
+
+    The module and config.yaml layers are found by role (``application/wasm`` or title module.wasm,
+    ``application/vnd.mcpkit.config+yaml`` or title config.yaml), wherever they sit; every other
+    layer is a shipped file named by its title. ``derived`` is true when the config blob is not
+    mcpkit's (oras' empty ``{}``): what it would say then comes from config.yaml.
+    """
+
     raw: bytes = field(repr=False)
     digest: str
     config: Descriptor
     layers: tuple[Descriptor, ...]
     annotations: Mapping[str, str] = field(default_factory=dict)
+    module_index: int = 0
+    config_index: int = 1
+    artifact_type: str | None = None
 
     @property
     def blobs(self) -> tuple[Descriptor, ...]:
@@ -264,75 +315,131 @@ class Manifest:
 
     @property
     def module_layer(self) -> Descriptor:
-        return self.layers[0]
+        return self.layers[self.module_index]
 
     @property
     def config_layer(self) -> Descriptor:
-        return self.layers[1]
+        return self.layers[self.config_index]
 
     @property
-    def total_size(self) -> int:
-        return sum(d.size for d in self.blobs) + len(self.raw)
+    def derived(self) -> bool:
+        """The config blob is not mcpkit's: name, version and tools come from config.yaml."""
+        return self.config.media_type != BUNDLE_CONFIG_MEDIA_TYPE
+
+    @property
+    def files(self) -> tuple[tuple[str, Descriptor], ...]:
+        """``(file name in the bundle folder, layer)`` in manifest order: module.wasm, config.yaml and
+        the shipped files under their titles."""
+        roles = {self.module_index: MODULE_TITLE, self.config_index: CONFIG_TITLE}
+        return tuple((roles.get(i) or layer.title or "", layer) for i, layer in enumerate(self.layers))
+
+    @property
+    def size(self) -> int:
+        """The size of the bundle, as `list` and `inspect` print it: the sum of its layers (the files
+        it installs). The config blob and the manifest are left out, so a bundle has one size whichever
+        tool pushed it."""
+        return sum(d.size for d in self.layers)
 
     @classmethod
     def parse(cls, raw: bytes, where: str) -> Manifest:
-        """Validate an mcpkit bundle manifest; ``where`` names it in errors."""
+        """Validate a bundle manifest; ``where`` names it in errors."""
         if len(raw) > MAX_MANIFEST_BYTES:
             raise BundleError(f"{where}: manifest is larger than {MAX_MANIFEST_BYTES // 1024 // 1024} MiB")
         obj = _json.load(raw, where=f"{where}: manifest", error=BundleError, max_bytes=MAX_MANIFEST_BYTES)
         if not isinstance(obj, dict):
             raise BundleError(f"{where}: manifest must be a JSON object")
         if obj.get("schemaVersion") != 2:
-            raise BundleError(f"{where}: unsupported manifest schemaVersion {obj.get('schemaVersion')!r}")
-        media_type = obj.get("mediaType", MANIFEST_MEDIA_TYPE)
-        if media_type != MANIFEST_MEDIA_TYPE:
-            raise BundleError(
-                f"{where}: manifest mediaType is {media_type!r}, expected {MANIFEST_MEDIA_TYPE}"
-            )
+            raise BundleError(f"{where}: unsupported manifest schemaVersion {obj.get('schemaVersion')!r}",
+                              hint=ORAS_HINT)
+        _check_media_type(obj, where)
         config = Descriptor.from_json(obj.get("config"), f"{where}: config")
-        artifact_type = obj.get("artifactType")
-        if artifact_type != ARTIFACT_TYPE and config.media_type != BUNDLE_CONFIG_MEDIA_TYPE:
-            raise BundleError(
-                f"{where}: not an mcpkit bundle (artifactType {artifact_type!r}, expected {ARTIFACT_TYPE})",
-                hint="is this a container image or another kind of artifact?",
-            )
-        if config.media_type != BUNDLE_CONFIG_MEDIA_TYPE:
-            raise BundleError(
-                f"{where}: config mediaType is {config.media_type!r}, expected {BUNDLE_CONFIG_MEDIA_TYPE}"
-            )
         raw_layers = obj.get("layers")
-        if not isinstance(raw_layers, list) or len(raw_layers) < 2:
-            raise BundleError(f"{where}: a bundle has at least two layers (module.wasm, config.yaml)")
+        if not isinstance(raw_layers, list):
+            raw_layers = []
         if len(raw_layers) > MAX_LAYERS:
             raise BundleError(f"{where}: too many layers ({len(raw_layers)} > {MAX_LAYERS})")
         layers = tuple(
             Descriptor.from_json(layer, f"{where}: layers[{i}]") for i, layer in enumerate(raw_layers)
         )
-        expected = ((WASM_MEDIA_TYPE, MODULE_TITLE), (CONFIG_YAML_MEDIA_TYPE, CONFIG_TITLE))
-        for i, (mt, title) in enumerate(expected):
-            if layers[i].media_type != mt:
-                raise BundleError(
-                    f"{where}: layers[{i}] mediaType is {layers[i].media_type!r}, expected {mt}"
-                )
-            if layers[i].title != title:
-                raise BundleError(f"{where}: layers[{i}] title is {layers[i].title!r}, expected {title!r}")
-        seen = {MODULE_TITLE, CONFIG_TITLE}
-        for i, layer in enumerate(layers[2:], start=2):
-            title = check_title(layer.title, f"{where}: layers[{i}]")
-            reserved = reserved_part(title)
-            if reserved is not None:
-                raise BundleError(
-                    f"{where}: layers[{i}] title {title!r} uses {reserved!r}, a name reserved for the mcpkit cache",
-                    hint="a bundle may not ship module.cwasm, metadata.json or .mcpkit/",
-                )
-            folded = title.casefold()
-            if folded in seen or any(s.startswith(folded + "/") or folded.startswith(s + "/") for s in seen):
-                raise BundleError(f"{where}: layers[{i}] title {title!r} collides with another layer")
-            seen.add(folded)
+        _check_kind(obj, config, layers, where)
+        module_index, config_index = _layer_roles(layers, where)
         annotations = obj.get("annotations") or {}
         if not isinstance(annotations, dict):
             raise BundleError(f"{where}: manifest annotations must be an object")
-        return cls(raw, bytes_digest(raw), config, layers, {str(k): str(v) for k, v in annotations.items()})
+        artifact_type = obj.get("artifactType")
+        return cls(raw, bytes_digest(raw), config, layers, {str(k): str(v) for k, v in annotations.items()},
+                   module_index, config_index, artifact_type if isinstance(artifact_type, str) else None)
+
+
+def _not_a_bundle(where: str, what: str) -> BundleError:
+    return BundleError(f"{where}: not an mcpkit bundle: {what}", hint=ORAS_HINT)
+
+
+def _check_media_type(obj: dict[str, Any], where: str) -> None:
+    media_type = obj.get("mediaType", MANIFEST_MEDIA_TYPE)
+    if media_type != MANIFEST_MEDIA_TYPE:
+        kind = _KNOWN_KINDS.get(str(media_type), "a manifest of another kind")
+        raise _not_a_bundle(where, f"it is {kind} (manifest mediaType {clean(str(media_type), limit=200)!r}, "
+                            f"expected {MANIFEST_MEDIA_TYPE})")
+
+
+def _check_kind(obj: dict[str, Any], config: Descriptor, layers: tuple[Descriptor, ...], where: str) -> None:
+    """Refuse what is plainly something else: a container image, a Helm chart, a signature."""
+    artifact_type = obj.get("artifactType")
+    if artifact_type is not None and artifact_type not in _ACCEPTED_ARTIFACT_TYPES:
+        kind = _KNOWN_KINDS.get(str(artifact_type), "another kind of artifact")
+        raise _not_a_bundle(where, f"it is {kind} (artifactType {clean(str(artifact_type), limit=200)!r}, "
+                            f"expected {ARTIFACT_TYPE} or none)")
+    if config.media_type not in _ACCEPTED_CONFIG_TYPES:
+        kind = _KNOWN_KINDS.get(config.media_type, "another kind of artifact")
+        if any(layer.media_type in _SIGNATURE_LAYERS for layer in layers):
+            kind = "a signature"
+        raise _not_a_bundle(where, f"it is {kind} (config mediaType {clean(config.media_type, limit=200)!r}; "
+                            f"a bundle has {BUNDLE_CONFIG_MEDIA_TYPE} or oras' {EMPTY_CONFIG_MEDIA_TYPE})")
+    if config.size > MAX_CONFIG_BLOB_BYTES:
+        raise BundleError(f"{where}: the config blob declares {config.size} bytes, more than the "
+                          f"{MAX_CONFIG_BLOB_BYTES} a bundle's config blob may have")
+    if len(layers) < 2:
+        raise _not_a_bundle(where, f"a bundle has at least two layers (module.wasm, config.yaml); this has {len(layers)}")
+
+
+def _layer_roles(layers: tuple[Descriptor, ...], where: str) -> tuple[int, int]:
+    """The indexes of the module and config.yaml layers; every title checked (safe, unreserved, unique)."""
+    modules = [i for i, d in enumerate(layers) if d.media_type == WASM_MEDIA_TYPE or d.title == MODULE_TITLE]
+    configs = [i for i, d in enumerate(layers) if d.media_type == CONFIG_YAML_MEDIA_TYPE or d.title == CONFIG_TITLE]
+    for found, what in ((modules, f"module.wasm ({WASM_MEDIA_TYPE})"), (configs, f"config.yaml ({CONFIG_YAML_MEDIA_TYPE})")):
+        if len(found) != 1:
+            listed = ", ".join(f"layers[{i}]" for i in found)
+            raise _not_a_bundle(where, f"a bundle has exactly one {what} layer; this has {len(found)}"
+                                + (f" ({listed})" if listed else ""))
+    module, config = modules[0], configs[0]
+    if module == config:
+        raise _not_a_bundle(where, f"layers[{module}] cannot be both module.wasm and config.yaml "
+                            f"(mediaType {clean(layers[module].media_type, limit=200)!r}, title {clean(str(layers[module].title))!r})")
+    seen = {MODULE_TITLE, CONFIG_TITLE}
+    for i, layer in enumerate(layers):
+        if i in (module, config) and layer.title in (None, MODULE_TITLE if i == module else CONFIG_TITLE):
+            continue
+        try:
+            title = check_title(layer.title, f"{where}: layers[{i}]")
+        except BundleError as exc:
+            raise BundleError(exc.message, hint=ORAS_HINT + "; every file is named by its path relative to "
+                              "config.yaml (no leading '/', no '..')") from None
+        reserved = reserved_part(title)
+        if reserved is not None:
+            raise BundleError(
+                f"{where}: layers[{i}] title {title!r} uses {reserved!r}, a name reserved for the mcpkit cache",
+                hint="a bundle may not ship module.cwasm, metadata.json or .mcpkit/; " + ORAS_HINT,
+            )
+        if layer.annotations.get(ORAS_UNPACK_ANNOTATION, "").lower() == "true":
+            raise BundleError(f"{where}: layers[{i}] ({title!r}) is a packed folder (oras pushes a folder as one "
+                              "tar layer); a bundle ships files", hint=ORAS_HINT + "; list every file of the folder")
+        folded = title.casefold()
+        if folded in seen or any(s.startswith(folded + "/") or folded.startswith(s + "/") for s in seen):
+            raise BundleError(f"{where}: layers[{i}] title {title!r} collides with another layer",
+                              hint="every file of a bundle has its own title; " + ORAS_HINT)
+        seen.add(folded)
+    return module, config
 
 
 def parse_bundle_config(raw: bytes, where: str, manifest: Manifest | None = None) -> dict[str, Any]:
@@ -343,9 +450,40 @@ def parse_bundle_config(raw: bytes, where: str, manifest: Manifest | None = None
     problems = _bundle_config_problems(obj)
     if problems:
         raise BundleError(f"{where}: invalid bundle config blob: " + "; ".join(problems))
-    if manifest is not None and obj.get("layerDigests") != [d.digest for d in manifest.layers]:
-        raise BundleError(f"{where}: bundle config layerDigests do not match the manifest's layers")
+    digests = obj.get("layerDigests")
+    if manifest is not None and (not isinstance(digests, list) or not all(isinstance(d, str) for d in digests)
+                                 or sorted(digests) != sorted(d.digest for d in manifest.layers)):
+        raise BundleError(f"{where}: bundle config layerDigests do not match the manifest's layers",
+                          hint="the config blob lists other layers than the manifest (their order does not matter)")
     return obj
+
+
+def derive_bundle_config(manifest: Manifest, config: Config) -> dict[str, Any]:
+    """What mcpkit's config blob would say for a bundle pushed without one (oras' empty config),
+    from its config.yaml -- downloaded, verified and checked as data first."""
+    return {
+        "name": config.name,
+        "version": config.bundle_version,
+        "description": config.description,
+        "architecture": "wasm",
+        "os": "wasip1",
+        "tools": [t.name for t in config.tools],
+        "layerDigests": [d.digest for d in manifest.layers],
+    }
+
+
+def known_bundle_config(manifest: Manifest) -> dict[str, Any]:
+    """What can be said of a bundle without mcpkit's config blob before its layers are downloaded: the
+    manifest's annotations (name, version, description when they are valid), tools unknown (``None``)."""
+    ann = manifest.annotations
+    known: dict[str, Any] = {"name": None, "version": None, "description": None, "tools": None,
+                             "layerDigests": [d.digest for d in manifest.layers]}
+    for key, annotation in (("name", "org.opencontainers.image.title"), ("version", "org.opencontainers.image.version"),
+                            ("description", "org.opencontainers.image.description")):
+        value = ann.get(annotation)
+        if value is not None and not _bundle_config_problems({"name": "x", key: value}):
+            known[key] = value
+    return known
 
 
 def _bundle_config_problems(obj: dict[str, Any]) -> list[str]:
@@ -613,9 +751,8 @@ class BundleLayout:
     def extract_files(self, dest: Path) -> list[Path]:
         """Write module.wasm, config.yaml and the extra files under ``dest`` (titles were checked by parse)."""
         written = []
-        for layer in self.manifest.layers:
-            title = check_title(layer.title, str(self.source))
-            target = dest / title
+        for name, layer in self.manifest.files:
+            target = dest / check_title(name, str(self.source))
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(self.blob_path(layer.digest), target)
             written.append(target)
@@ -663,14 +800,14 @@ class BundleLayout:
         manifests = index.get("manifests") if isinstance(index, dict) else None
         if not isinstance(manifests, list) or not manifests:
             raise BundleError(f"{source}: index.json lists no manifest")
-        bundles = [
-            m
-            for m in manifests
-            if isinstance(m, dict) and m.get("artifactType", ARTIFACT_TYPE) == ARTIFACT_TYPE
-        ]
+        bundles = [m for m in manifests if isinstance(m, dict) and m.get("mediaType") == MANIFEST_MEDIA_TYPE
+                   and m.get("artifactType", ARTIFACT_TYPE) in _ACCEPTED_ARTIFACT_TYPES]
+        bundles = list({str(m.get("digest")): m for m in reversed(bundles)}.values())  # one manifest, several tags
         if len(bundles) != 1:
             raise BundleError(
-                f"{source}: expected exactly one bundle manifest in index.json, found {len(bundles)}"
+                f"{source}: expected exactly one bundle manifest in index.json, found {len(bundles)}",
+                hint="an OCI layout given as a bundle holds one image manifest (signatures and other "
+                "artifacts beside it are left alone)",
             )
         entry = Descriptor.from_json(bundles[0], f"{source}: index.json manifests[0]")
         ref_name = entry.annotations.get(REF_NAME_ANNOTATION)
@@ -678,9 +815,16 @@ class BundleLayout:
         manifest = Manifest.parse(raw, str(source))
         for desc in manifest.blobs:
             _verify_file(_blob_path(root, desc.digest, source), desc, source)
-        config_raw = _read_verified(_blob_path(root, manifest.config.digest, source), manifest.config, source,
-                                    MAX_CONFIG_BLOB_BYTES)
-        bundle_config = parse_bundle_config(config_raw, str(source), manifest)
+        if manifest.derived:  # oras' empty config: what it would say comes from config.yaml
+            from hatch_mcpkit.config import MAX_CONFIG_BYTES, parse_config
+
+            yaml_raw = _read_verified(_blob_path(root, manifest.config_layer.digest, source), manifest.config_layer,
+                                      source, MAX_CONFIG_BYTES)
+            bundle_config = derive_bundle_config(manifest, parse_config(yaml_raw, f"{source}!{CONFIG_TITLE}"))
+        else:
+            config_raw = _read_verified(_blob_path(root, manifest.config.digest, source), manifest.config, source,
+                                        MAX_CONFIG_BLOB_BYTES)
+            bundle_config = parse_bundle_config(config_raw, str(source), manifest)
         return cls(root, manifest, bundle_config, ref_name, source, tempdir)
 
 

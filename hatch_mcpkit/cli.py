@@ -46,6 +46,7 @@ __all__ = ["build_parser", "main", "open_runtime"]
 
 PROG = "mcpkit"
 DEFAULT_CONCURRENCY = 4
+UNKNOWN_TOOLS = "unknown until pulled (no mcpkit config blob; config.yaml lists them)"
 MAX_CHECKED_TAGS = 1000  # tags of one repository whose manifests `list --registry` reads
 
 
@@ -260,9 +261,10 @@ def _credentials(args: argparse.Namespace, registry: str, config: Config | None 
 
 
 def _cmd_push(args: argparse.Namespace) -> int:
-    from hatch_mcpkit.bundle import ARCHIVE_SUFFIX, build_bundle, is_layout_folder
+    from hatch_mcpkit.bundle import build_bundle, is_layout_folder
     from hatch_mcpkit.config import load_config
     from hatch_mcpkit.publish import push_archive
+    from hatch_mcpkit.reference import looks_local
 
     archive: Path | None = None
     module: Path | None = Path(args.module) if args.module else None
@@ -271,19 +273,21 @@ def _cmd_push(args: argparse.Namespace) -> int:
     # The positional forms: ARCHIVE [TARGET] | MODULE CONFIG [TARGET] | CONFIG [TARGET] | TARGET
     for item in args.items:
         lower = item.lower()
-        if lower.endswith(ARCHIVE_SUFFIX) or is_layout_folder(Path(item)):
-            archive = Path(item)
-        elif lower.endswith(".wasm"):
+        if lower.endswith(".wasm"):
             module = Path(item)
         elif lower.endswith((".yaml", ".yml")):
             config_path = Path(item)
+        elif is_layout_folder(Path(item)) or (looks_local(item) and not Path(item).is_dir()):
+            archive = Path(item)  # an OCI layout: a folder, or a tar of any name (x.mcpkit.tar, ./x.oci)
+        elif looks_local(item):
+            config_path = Path(item, "config.yaml")  # a bundle folder: module.wasm + config.yaml
         elif target is None:
             target = item
         else:
             raise UsageError(f"unexpected argument {item!r}",
                              hint="mcpkit bundle push [--config config.yaml | ARCHIVE | MODULE CONFIG] [oci://...]")
     if archive is not None and (module is not None or config_path is not None):
-        raise UsageError("give either a .mcpkit.tar archive or a module and config.yaml, not both")
+        raise UsageError("give either a bundle archive (or OCI layout folder) or a module and config.yaml, not both")
     tags = list(args.tag or [])
     if target and tags:  # oci://repo:v1 --tag latest pushes both tags
         from hatch_mcpkit.reference import written_tag
@@ -600,38 +604,39 @@ def _add_key_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 
 def _manifest_view(manifest: Manifest, bundle_config: dict[str, Any], reference: str) -> dict[str, Any]:
-    from hatch_mcpkit.bundle import ARTIFACT_TYPE
-
     return {
         "reference": reference,
         "digest": manifest.digest,
-        "artifactType": ARTIFACT_TYPE,
+        "artifactType": manifest.artifact_type,
         "name": bundle_config.get("name"),
         "version": bundle_config.get("version"),
         "description": bundle_config.get("description"),
         "architecture": bundle_config.get("architecture"),
         "os": bundle_config.get("os"),
-        "tools": bundle_config.get("tools", []),
+        "tools": bundle_config.get("tools", []),  # None: not known before config.yaml is downloaded
         "config": {"mediaType": manifest.config.media_type, "digest": manifest.config.digest,
                    "size": manifest.config.size},
         "layers": [
-            {"title": d.title, "mediaType": d.media_type, "digest": d.digest, "size": d.size}
-            for d in manifest.layers
+            {"title": name, "mediaType": d.media_type, "digest": d.digest, "size": d.size}
+            for name, d in manifest.files
         ],
-        "size": manifest.total_size,
+        "size": manifest.size,
         "annotations": dict(manifest.annotations),
     }
 
 
 def _inspect_oci(ref: Reference, args: argparse.Namespace) -> dict[str, Any]:
-    from hatch_mcpkit.bundle import parse_bundle_config
+    from hatch_mcpkit.bundle import known_bundle_config, parse_bundle_config
     from hatch_mcpkit.registry import RegistryClient
 
     credentials = _credentials(args, ref.registry, repository=ref.repository)
     with RegistryClient(ref.registry, credentials=credentials, insecure=args.insecure,
                         ca_file=args.ca_file, deadline=getattr(args, "transfer_deadline", None)) as client:
         manifest = client.get_manifest(ref)
-        config = parse_bundle_config(client.read_blob(ref.repository, manifest.config), str(ref), manifest)
+        if manifest.derived:  # pushed without mcpkit's config blob: only the manifest speaks for it
+            config = known_bundle_config(manifest)
+        else:
+            config = parse_bundle_config(client.read_blob(ref.repository, manifest.config), str(ref), manifest)
     return _manifest_view(manifest, config, ref.uri if not ref.digest else f"oci://{ref.repo}@{ref.digest}")
 
 
@@ -675,6 +680,10 @@ def _inspect_view(args: argparse.Namespace) -> dict[str, Any]:
             return _manifest_view(layout.manifest, layout.bundle_config, str(source.path))
     if isinstance(source, OciRef) and not args.offline:
         return _inspect_oci(source.reference, args)
+    if isinstance(source, NameRef):
+        from hatch_mcpkit.resolve import find_cached
+
+        return _inspect_cached(find_cached(cache, source.name))
     return _inspect_cached(cache.find_entry(args.reference))
 
 
@@ -685,10 +694,11 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         return 0
     _out(f"Reference:   {clean(view['reference'])}")
     _out(f"Digest:      {clean(view['digest'])}")
-    _out(f"Name:        {clean(view.get('name'))} {clean(view.get('version') or '')}".rstrip())
+    _out(f"Name:        {clean(view.get('name') or '-')} {clean(view.get('version') or '')}".rstrip())
     if view.get("description"):
         _out(f"Description: {clean(view['description'])}")
-    _out(f"Tools:       {clean(', '.join(str(t) for t in view.get('tools') or []) or '-')}")
+    tools = view.get("tools", [])
+    _out(f"Tools:       {clean(', '.join(str(t) for t in tools) or '-') if tools is not None else UNKNOWN_TOOLS}")
     _out(f"Size:        {_human_size(view.get('size'))}")
     if view.get("path"):
         _out(f"Cached at:   {clean(view['path'])}")
@@ -1062,13 +1072,14 @@ def _add_serve_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     server = sub.add_parser("server", help="serve a cached bundle, a config.yaml or a bundle path over MCP stdio",
                             description="Serve a bundle as an MCP server over stdio: a cached bundle by name "
                             "(--from-bundle), a config.yaml with module.wasm beside it (--config), or a local "
-                            "PATH (./folder, x.mcpkit.tar, x/config.yaml). A bare name always means the cache.")
+                            "PATH (./folder, an OCI layout folder or .tar of any name such as x.mcpkit.tar or ./x.oci, x/config.yaml). "
+                            "A bare name always means the cache.")
     what = server.add_mutually_exclusive_group()
     what.add_argument("--from-bundle", metavar="NAME",
                       help="a bundle in the local cache (name, name:tag or reference)")
     what.add_argument("--config", metavar="PATH", help="a config.yaml with module.wasm beside it")
     what.add_argument("path", nargs="?", metavar="PATH",
-                      help="a bundle directory, config.yaml, module.wasm or .mcpkit.tar")
+                      help="a bundle directory, config.yaml, module.wasm, or an OCI layout (folder or .tar)")
     _add_serve_options(server)
     _add_http_options(server)
     server.set_defaults(func=_cmd_serve)
@@ -1076,7 +1087,7 @@ def _add_serve_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     run = sub.add_parser("run", help="pull NAME|URI|PATH into the cache if needed and serve it over MCP stdio",
                          description="Serve a bundle over MCP stdio, pulling it into the cache first when it is a "
                          "registry reference or https:// archive that is not cached yet. A bare name always means "
-                         "the cache; a local path must look like one (./x, /abs, x.mcpkit.tar, x/config.yaml).")
+                         "the cache; a local path must look like one (./x, /abs, x.tar, x/config.yaml).")
     run.add_argument("reference", metavar="NAME|URI|PATH")
     _add_key_option(run)
     _add_registry_options(run)
@@ -1119,11 +1130,12 @@ def _add_bundle_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
         "push", help="push a bundle to an OCI registry",
         description="Push a bundle to an OCI registry. Forms: `push [--config config.yaml]` builds the bundle "
         "from config.yaml and the module.wasm beside it and pushes it to distribution.registry with its tags; "
-        "`push dist/NAME-VERSION.mcpkit.tar [oci://REPO[:TAG]]` pushes a built archive; "
+        "`push dist/NAME-VERSION.mcpkit.tar [oci://REPO[:TAG]]` pushes a built archive (any OCI layout: a .tar of "
+        "any name, ./x.oci, or a layout folder); "
         "`push module.wasm config.yaml oci://REPO:TAG` pushes the pair to the given place.",
     )
     p.add_argument("items", nargs="*", metavar="ARG",
-                   help="a .mcpkit.tar archive, or module.wasm and config.yaml, then optionally oci://REPOSITORY[:TAG]")
+                   help="an OCI layout (.tar or folder), or module.wasm and config.yaml, then optionally oci://REPOSITORY[:TAG]")
     p.add_argument("--config", "-c", metavar="PATH", help="config.yaml to build the bundle from (default ./config.yaml)")
     p.add_argument("--module", "-m", metavar="PATH", help="the compiled module (default: module.wasm beside config.yaml)")
     p.add_argument("--to", dest="target", metavar="REF", help="where to push (default: distribution.registry)")
@@ -1163,8 +1175,8 @@ def _add_bundle_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
 
     p = sub.add_parser("inspect", help="show a bundle's manifest, tools, layers and annotations",
                        description="Show a bundle without downloading its layers: from a registry (manifest and "
-                       "config blob only), a local .mcpkit.tar or layout, or the cache (by name or reference).")
-    p.add_argument("reference", metavar="REF", help="oci:// reference, .mcpkit.tar, cached name or reference")
+                       "config blob only), a local OCI layout (.tar of any name, or folder), or the cache (by name or reference).")
+    p.add_argument("reference", metavar="REF", help="oci:// reference, OCI layout (.tar or folder), cached name or reference")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--offline", action="store_true", help="look the reference up in the cache instead of the registry")
     _add_registry_options(p)

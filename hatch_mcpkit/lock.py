@@ -272,7 +272,7 @@ def _resolve(spec: BundleSpec, opts: PullOptions, policy: TrustPolicy, warn: Cal
     if problems:
         raise ConfigError(problems, hint="see docs/project-bundles.md")
     signers = tuple(sorted({str(s["key_id"]) for s in (signature or {}).get("signers", [])}))
-    layers = tuple(LockedLayer(d.title or "", d.digest, d.size) for d in manifest.layers)
+    layers = tuple(LockedLayer(name, d.digest, d.size) for name, d in manifest.files)  # names as installed
     return LockEntry(spec.key, spec.reference, manifest.digest, layers, spec.fingerprint(), signers)
 
 

@@ -69,7 +69,7 @@ def bundle_config_of(layout: BundleLayout) -> Config:
     """The archive's config.yaml, checked as data: no ``${VAR}`` is taken from this environment."""
     raw = layout.read_blob(layout.manifest.config_layer.digest)
     config = parse_config(raw, f"{layout.source}!config.yaml")
-    check_bundle_grants(config, (layer.title for layer in layout.manifest.layers if layer.title))
+    check_bundle_grants(config, (name for name, _ in layout.manifest.files))
     return config
 
 

@@ -6,9 +6,10 @@ Used by ``mcpkit run``, ``mcpkit server`` (``--from-bundle``, ``--config``, a pa
 
 * a bare name (``weather-tool``, ``weather-tool:1``, ``weather-tool@sha256:…``) means the cache,
   always -- a folder of that name in the working directory is never looked at;
-* a local path looks like one (``./x``, ``/abs``, ``~/x``, ``x.mcpkit.tar``, ``x/config.yaml``,
+* a local path looks like one (``./x``, ``/abs``, ``~/x``, ``x.tar``, ``x/config.yaml``,
   ``x.wasm``, ``file://``): a bundle folder, a config.yaml or module.wasm (the folder around it),
-  an OCI layout folder or a ``.mcpkit.tar`` (unpacked to a temporary folder with caps);
+  an OCI layout folder, or an OCI layout archive -- a tar of any name (``x.mcpkit.tar``,
+  ``./x.oci``), unpacked to a temporary folder with caps;
 * ``oci://`` / registry references and ``https://`` archives are served from the cache, pulled
   into it first when missing.
 
@@ -27,9 +28,9 @@ from pathlib import Path
 from hatch_mcpkit.bundle import CONFIG_TITLE, MODULE_TITLE, BundleLayout, local_bundle
 from hatch_mcpkit.errors import BundleNotFoundError
 from hatch_mcpkit.reference import FileRef, NameRef, classify, parse_cache_name
-from hatch_mcpkit.store import BundleCache, PullOptions, PullResult
+from hatch_mcpkit.store import BundleCache, CacheEntry, PullOptions, PullResult
 
-__all__ = ["BundleDir", "open_bundle", "open_local"]
+__all__ = ["BundleDir", "find_cached", "open_bundle", "open_local"]
 
 
 @dataclass(frozen=True)
@@ -74,15 +75,7 @@ def open_bundle(
             yield local
         return
     if isinstance(ref, NameRef):
-        try:
-            entry = store.find_entry(ref.name)
-        except BundleNotFoundError as exc:
-            if Path(ref.name).exists():  # say why the folder here was not used
-                raise BundleNotFoundError(
-                    exc.message, hint=f"a bare name always means the cache; to use the folder here write ./{ref.name}"
-                ) from None
-            raise
-        yield BundleDir(entry.path, text, cached=True)
+        yield BundleDir(find_cached(store, ref.name).path, text, cached=True)
         return
     try:
         path = store.find(ref.key)
@@ -98,9 +91,23 @@ def open_bundle(
     yield BundleDir(path, text, cached=True)
 
 
+def find_cached(store: BundleCache, name: str) -> CacheEntry:
+    """The cached bundle a bare name means; when there is none but a file or folder of that name is here,
+    the error says why it was not used (a bare name always means the cache)."""
+    try:
+        return store.find_entry(name)
+    except BundleNotFoundError as exc:
+        if Path(name).exists():
+            what = "folder" if Path(name).is_dir() else "file"
+            raise BundleNotFoundError(
+                exc.message, hint=f"a bare name always means the cache; to use the {what} here write ./{name}"
+            ) from None
+        raise
+
+
 @contextlib.contextmanager
 def open_local(ref: FileRef, *, max_bytes: int | None = None) -> Iterator[BundleDir]:
-    """A local bundle: a folder, its config.yaml or module.wasm, an OCI layout folder or a ``.mcpkit.tar``."""
+    """A local bundle: a folder, its config.yaml or module.wasm, an OCI layout folder or a tar of one (any name)."""
     label = str(ref.path)
     found = local_bundle(ref.resolved().path, label)
     if found.layout is None:

@@ -55,6 +55,7 @@ from hatch_mcpkit.bundle import (
     BundleLayout,
     Descriptor,
     Manifest,
+    derive_bundle_config,
     local_bundle,
     max_bundle_size,
     parse_bundle_config,
@@ -288,9 +289,8 @@ def _safe_parts(parts: list[str]) -> list[str]:
 def check_declared_sizes(manifest: Manifest, limit: int, where: str) -> None:
     """Refuse a manifest whose blobs (each, or all together) declare more than ``limit`` bytes."""
     hint = "raise the limit with --max-bundle-size or MCPKIT_MAX_BUNDLE_SIZE if you trust this bundle"
-    for desc in manifest.blobs:
+    for what, desc in [("config blob", manifest.config), *((f"layer {n!r}", d) for n, d in manifest.files)]:
         if desc.size > limit:
-            what = f"layer {desc.title!r}" if desc.title else "config blob"
             raise BundleError(f"{where}: {what} ({desc.digest}) declares {desc.size} bytes, more than the "
                               f"maximum bundle size of {limit} bytes; nothing was downloaded", hint=hint)
     total = sum(d.size for d in manifest.blobs)
@@ -371,13 +371,14 @@ def _file_matches(path: Path, desc: Descriptor) -> bool:
     return True
 
 
-def _holds(target: Path, digest: str, layers: Sequence[Descriptor]) -> bool:
-    """``target`` holds manifest ``digest``'s layers and nothing else, byte for byte."""
+def _holds(target: Path, digest: str, files: Iterable[tuple[str, Descriptor]]) -> bool:
+    """``target`` holds manifest ``digest``'s files (name, layer) and nothing else, byte for byte."""
+    files = list(files)
     if _read_metadata(target).get("digest") != digest:
         return False
-    if _entry_files(target) - {d.title or "" for d in layers} - {METADATA}:
+    if _entry_files(target) - {name for name, _ in files} - {METADATA}:
         return False
-    return all(_file_matches(target / (d.title or ""), d) for d in layers)
+    return all(_file_matches(target / name, d) for name, d in files)
 
 
 def _entry_files(target: Path) -> set[str]:
@@ -687,7 +688,7 @@ class BundleCache:
                 check = opts.verify
                 # side by side with the small config blob (read into memory, used only once this passes)
                 signature, _ = client.both(lambda: check(client, ref, manifest.digest),
-                                           lambda: blobs.prefetch(manifest.config))
+                                           lambda: None if manifest.derived else blobs.prefetch(manifest.config))
                 if signature is not None:
                     meta["signature"] = signature
             return self._install(
@@ -765,13 +766,13 @@ class BundleCache:
 
     def _current(self, target: Path, manifest: Manifest) -> bool:
         """The entry holds exactly this manifest's files, byte for byte (re-hashed, not taken from metadata.json)."""
-        return _holds(target, manifest.digest, manifest.layers)
+        return _holds(target, manifest.digest, manifest.files)
 
     def holds(self, reference: str, digest: str, layers: Sequence[Descriptor]) -> CacheEntry | None:
         """The entry indexed under ``reference`` if it holds exactly manifest ``digest`` with these layers
         (files re-hashed, as a re-pull checks them); None otherwise. Never fetches anything."""
         entry = self._load_index().by_ref.get(reference)
-        if entry is None or entry.digest != digest or not _holds(entry.path, digest, layers):
+        if entry is None or entry.digest != digest or not _holds(entry.path, digest, [(d.title or "", d) for d in layers]):
             return None
         return entry
 
@@ -804,14 +805,17 @@ class BundleCache:
         parsed by the caller (a local folder), used when its bytes are the staged file's: parsed once per pull."""
         staged = work / "entry"
         staged.mkdir()
-        bundle_config = parse_bundle_config(blobs.read_blob(manifest.config), reference, manifest)
-        for layer in manifest.layers:  # titles were checked (safe, not reserved) by Manifest.parse
-            dest = staged / (layer.title or "")
+        bundle_config = None if manifest.derived else parse_bundle_config(blobs.read_blob(manifest.config),
+                                                                             reference, manifest)
+        for file_name, layer in manifest.files:  # titles were checked (safe, not reserved) by Manifest.parse
+            dest = staged / file_name
             dest.parent.mkdir(parents=True, exist_ok=True)
             blobs.fetch_blob(layer, dest)
         config_raw = (staged / CONFIG_TITLE).read_bytes()
         if config is None or config.raw != config_raw:
             config = check_bundle_config_yaml(config_raw, f"{reference} {CONFIG_TITLE}")
+        if bundle_config is None:  # no mcpkit config blob (oras' empty one): config.yaml, verified, says it
+            bundle_config = derive_bundle_config(manifest, config)
         name = str(bundle_config["name"])
         if config.name != name:
             raise BundleError(
@@ -924,10 +928,10 @@ def _metadata(reference: str, meta: dict[str, Any], manifest: Manifest, bundle_c
         "config_digest": manifest.config.digest,
         "module_digest": manifest.module_layer.digest,
         "layers": [
-            {"title": d.title, "digest": d.digest, "size": d.size, "mediaType": d.media_type}
-            for d in manifest.layers
+            {"title": name, "digest": d.digest, "size": d.size, "mediaType": d.media_type}
+            for name, d in manifest.files
         ],
-        "size": sum(d.size for d in manifest.layers),
+        "size": manifest.size,
         "annotations": dict(manifest.annotations),
         "pulled_at": _now(),
     }

@@ -403,13 +403,14 @@ def test_concurrent_pulls_of_the_same_reference(home: Path, project: Path, tmp_p
 @pytest.mark.registry
 def test_layer_digests_must_match_the_bundle_config(home: Path, project: Path, tmp_path: Path, registry,
                                                     repo_name: str) -> None:  # type: ignore[no-untyped-def]
-    """A manifest whose config blob lists other layers is refused before anything is installed."""
+    """A manifest whose config blob lists other layers is refused before anything is installed (the order
+    of the list does not matter: test_foreign_bundles.py pulls one whose config blob orders them otherwise)."""
     from hatch_mcpkit.bundle import BUNDLE_CONFIG_MEDIA_TYPE, MANIFEST_MEDIA_TYPE, Descriptor
 
     with build_layout(project, tmp_path / "dist", demo_environ()) as layout, registry.client() as client:
         push(registry, layout, repo_name, "v1")
         config = dict(layout.bundle_config)
-        config["layerDigests"] = list(reversed(config["layerDigests"]))
+        config["layerDigests"] = [*reversed(config["layerDigests"][1:]), "sha256:" + hashlib.sha256(b"x").hexdigest()]
         blob = json.dumps(config).encode()
         path = tmp_path / "config.json"
         path.write_bytes(blob)
