@@ -164,8 +164,28 @@ def table_server(rows: Sequence[ServedTool], *, name: str, version: str,
 
     from hatch_mcpkit.runtime import CallHandle
 
-    return Server(name, version=version, description=description, on_list_tools=list_tools,
-                  on_call_tool=call_tool)
+    server: Server[Any] = Server(name, version=version, description=description, on_list_tools=list_tools,
+                                 on_call_tool=call_tool)
+    server.middleware.append(_initialize_once)
+    return server
+
+
+async def _initialize_once(ctx: Any, call_next: Any) -> Any:
+    """Refuse an ``initialize`` on a session that already has one.
+
+    The version agreed at initialization holds for the whole session (MCP 2025-11-25,
+    lifecycle: both parties MUST respect the negotiated protocol version); a second
+    handshake would otherwise silently switch it, and with it the fields we send.
+    """
+    if ctx.method == "initialize" and ctx.session.client_params is not None:
+        import mcp_types as types
+        from mcp.shared.exceptions import MCPError
+
+        raise MCPError(code=types.INVALID_REQUEST,
+                       message=f"Invalid Request: the session is already initialized (protocol version "
+                               f"{ctx.session.protocol_version}); initialize is sent once per connection -- "
+                               "start a new connection to negotiate again")
+    return await call_next(ctx)
 
 
 def _call(row: ServedTool, arguments: dict[str, Any], handle: CallHandle) -> CallToolResult:

@@ -375,3 +375,29 @@ def test_older_protocol_versions_get_only_their_fields(example_bundle_dir: Path,
     assert ("outputSchema" in tools["get_weather"]) is new
     assert ("structuredContent" in result) is new
     assert result["isError"] is False and "overcast" in result["content"][0]["text"]
+
+
+def test_a_second_initialize_does_not_change_the_protocol_version(example_bundle_dir: Path) -> None:
+    """The version agreed at initialize holds for the session: a second initialize is refused (-32600)
+    and what is sent afterwards still follows the first version."""
+    from tests.test_hostile_input import RawServer
+
+    server = RawServer(example_bundle_dir)
+    try:
+        hello = {"capabilities": {}, "clientInfo": {"name": "raw", "version": "0"}}
+        server.request(1, "initialize", {"protocolVersion": "2024-11-05", **hello})
+        assert server.read_until(1)[-1]["result"]["protocolVersion"] == "2024-11-05"
+        server.send(b'{"jsonrpc":"2.0","method":"notifications/initialized"}')
+        server.request(2, "initialize", {"protocolVersion": "2025-11-25", **hello})
+        again = server.read_until(2)[-1]
+        assert "result" not in again and again["error"]["code"] == -32600, again
+        assert "already initialized" in again["error"]["message"] and "2024-11-05" in again["error"]["message"]
+        server.request(3, "tools/list")
+        tools = {t["name"]: t for t in server.read_until(3)[-1]["result"]["tools"]}
+        assert "outputSchema" not in tools["get_weather"]  # still the 2024-11-05 shape
+        server.request(4, "tools/call", {"name": "get_weather", "arguments": {"location": "Berlin"}})
+        result = server.read_until(4)[-1]["result"]
+        assert "structuredContent" not in result and result["isError"] is False
+    finally:
+        stderr = server.close()
+    assert b"Traceback" not in stderr
