@@ -22,12 +22,12 @@ import hmac
 import ipaddress
 import os
 import secrets
-import signal
 import socket
 from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from hatch_mcpkit._signals import SIGNAL_EXIT
 from hatch_mcpkit.errors import UsageError
 
 if TYPE_CHECKING:
@@ -209,7 +209,6 @@ def serve_http(server: Server[Any], options: HttpOptions, sock: socket.socket) -
     return runner.stopped_by
 
 
-SIGNAL_EXIT: dict[int, int] = {int(signal.SIGTERM): 0, int(signal.SIGINT): 130}  # exit codes after a graceful stop
 
 
 @dataclass(frozen=True)

@@ -3,9 +3,12 @@
 The SDK's ``stdio_server`` moves every line through a worker thread (one hand-off to
 read a request, two to write its answer); on a small machine those hand-offs cost
 more than running a tool. When stdin and stdout are pipes or sockets (how every MCP
-client starts a server) this transport waits for them with the event loop's selector
-instead, and answers lines that are not JSON-RPC itself (``-32700`` / ``-32600``).
-Anything else (a terminal, a regular file) gets the SDK's transport.
+client starts a server) or a terminal (someone trying it by hand) this transport waits
+for them with the event loop's selector instead, and answers lines that are not
+JSON-RPC itself (``-32700`` / ``-32600``). Waiting on the loop also keeps the server
+stoppable: a thread blocked reading a terminal cannot be cancelled, so Ctrl-C would
+have to wait for the next Enter. Anything else (a regular file, ``/dev/null``) gets the
+SDK's transport.
 
 Like the SDK, it claims the descriptors while serving: fd 0 reads the null device and
 fd 1 writes to stderr, so nothing else in the process (a library's stray ``print``)
@@ -32,11 +35,12 @@ _PIPE_BUF = 4096  # a write this size to a writable pipe never blocks (POSIX ato
 
 
 def _is_stream(fd: int) -> bool:
+    """A pipe, a socket or a terminal: something the event loop can wait on."""
     try:
         mode = os.fstat(fd).st_mode
     except OSError:
         return False
-    return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
+    return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or os.isatty(fd)
 
 
 @contextlib.contextmanager

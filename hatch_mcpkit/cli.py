@@ -878,10 +878,12 @@ def _run_server(server: Any, plan: Any) -> int:
         from hatch_mcpkit.server import serve_stdio
 
         try:
-            anyio.run(serve_stdio, server)
+            stop = anyio.run(serve_stdio, server)
         finally:
             sys.stderr.flush()
-        return 0
+        if stop.signum:  # Ctrl-C or SIGTERM: calls in flight were cancelled
+            _info(f"stopped ({stop.name})")
+        return stop.exit_code
     from hatch_mcpkit._http import SIGNAL_EXIT, TOKEN_ENV, serve_http
 
     _info(f"listening on {plan.url} (streamable HTTP, stateless)")

@@ -26,6 +26,7 @@ stdout carries only protocol messages; everything else goes to stderr.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
     from mcp.server.lowlevel import Server
     from mcp_types import CallToolResult
 
+    from hatch_mcpkit._signals import Stop
     from hatch_mcpkit.config import Tool
     from hatch_mcpkit.runtime import CallHandle, Runtime
 
@@ -44,6 +46,7 @@ __all__ = ["DEFAULT_CONCURRENCY", "ServedTool", "build_server", "serve", "serve_
 log = logging.getLogger("hatch_mcpkit.server")
 
 DEFAULT_CONCURRENCY = 4
+CANCEL_WAIT_S = 5.0  # how long a cancelled call is waited for (it stops at its next 10 ms epoch tick)
 
 
 # --------------------------------------------------------------------------- the tool table
@@ -127,7 +130,6 @@ def table_server(rows: Sequence[ServedTool], *, name: str, version: str,
     tools/list is the rows in the order given; a name appears once (a duplicate is a
     bug in the caller, refused here).
     """
-    import anyio
     import mcp_types as types
     from mcp.server.lowlevel import Server
     from mcp.shared.exceptions import MCPError
@@ -152,12 +154,7 @@ def table_server(rows: Sequence[ServedTool], *, name: str, version: str,
             )
         handle = CallHandle()
         work = partial(_call, row, dict(params.arguments or {}), handle)
-        try:
-            outcome = await anyio.to_thread.run_sync(work, limiter=row.limiter, abandon_on_cancel=True)
-        except anyio.get_cancelled_exc_class():
-            handle.cancel()  # validation stops at its next keyword, the instance at its next epoch tick
-            log.info("call %s cancelled", row.name)
-            raise
+        outcome = await _in_worker(work, handle, row.limiter, row.name)
         if outcome.structured_content is not None and _era(ctx):  # structuredContent came with 2025-06-18
             outcome = outcome.model_copy(update={"structured_content": None})
         return outcome
@@ -188,6 +185,36 @@ async def _initialize_once(ctx: Any, call_next: Any) -> Any:
     return await call_next(ctx)
 
 
+async def _in_worker(work: Callable[[], CallToolResult], handle: CallHandle, limiter: Any,
+                     name: str) -> CallToolResult:
+    """Run one call in a worker thread, holding a slot of ``limiter`` while it runs.
+
+    When the call is cancelled (the client's ``notifications/cancelled``, or the server
+    stopping on a signal) the module is told to stop and the slot is freed at once; the
+    cancelled task still waits, shielded and bounded, for the thread to end, so a server
+    that stops never leaves a module running behind it.
+    """
+    import anyio
+
+    finished = threading.Event()
+
+    def run() -> CallToolResult:
+        try:
+            return work()
+        finally:
+            finished.set()
+
+    try:
+        return await anyio.to_thread.run_sync(run, limiter=limiter, abandon_on_cancel=True)
+    except anyio.get_cancelled_exc_class():
+        handle.cancel()  # validation stops at its next keyword, the instance at its next epoch tick
+        log.info("call %s cancelled", name)
+        with anyio.CancelScope(shield=True):
+            if not await anyio.to_thread.run_sync(finished.wait, CANCEL_WAIT_S):
+                log.warning("call %s still running %.0f s after it was cancelled", name, CANCEL_WAIT_S)
+        raise
+
+
 def _call(row: ServedTool, arguments: dict[str, Any], handle: CallHandle) -> CallToolResult:
     """One tools/call, in a worker thread: the argument check, the run, the MCP result.
 
@@ -205,6 +232,7 @@ def _call(row: ServedTool, arguments: dict[str, Any], handle: CallHandle) -> Cal
     problems = runtime.schemas.arguments(tool, arguments, cancelled=lambda: handle.cancelled)
     if problems:
         return error(f"Invalid arguments for tool {name}: " + "; ".join(problems))
+    log.debug("call %s started", name)
     result = runtime.call(tool.name, arguments, handle=handle)
     if result.is_error:
         log.info("call %s failed (%s) in %.1f ms", name, result.reason, result.duration_ms)
@@ -223,14 +251,23 @@ def _call(row: ServedTool, arguments: dict[str, Any], handle: CallHandle) -> Cal
         return error(f"{name} returned invalid MCP content ({where}: {first.get('msg')})")
 
 
-async def serve(runtime: Runtime, *, max_concurrency: int = DEFAULT_CONCURRENCY) -> None:
-    """Serve ``runtime`` over this process's stdin/stdout until the client goes away."""
-    await serve_stdio(build_server(runtime, max_concurrency=max_concurrency))
+async def serve(runtime: Runtime, *, max_concurrency: int = DEFAULT_CONCURRENCY) -> Stop:
+    """Serve ``runtime`` over this process's stdin/stdout until the client goes away or a signal."""
+    return await serve_stdio(build_server(runtime, max_concurrency=max_concurrency))
 
 
-async def serve_stdio(server: Server[Any]) -> None:
-    """Serve ``server`` (from :func:`build_server` or :func:`table_server`) over stdin/stdout."""
+async def serve_stdio(server: Server[Any]) -> Stop:
+    """Serve ``server`` (from :func:`build_server` or :func:`table_server`) over stdin/stdout.
+
+    SIGINT (Ctrl-C) and SIGTERM cancel the calls in flight and end the server; the
+    returned :class:`~hatch_mcpkit._signals.Stop` says which signal it was (none when
+    the client closed stdin) and the exit code that goes with it.
+    """
+    from hatch_mcpkit._signals import stopped_by_signals
     from hatch_mcpkit._stdio import stdio_streams
 
-    async with stdio_streams() as (read_stream, write_stream):
+    async with stopped_by_signals() as stop, stdio_streams() as (read_stream, write_stream):
         await server.run(read_stream, write_stream, server.create_initialization_options())
+    if stop.signum:
+        log.info("stopped by %s", stop.name)
+    return stop
