@@ -317,7 +317,8 @@ def _cmd_push(args: argparse.Namespace) -> int:
         result = push_archive(archive, target=target, tags=list(dict.fromkeys(tags)), username=args.username,
                               password=password, insecure=args.insecure, ca_file=args.ca_file,
                               deadline=getattr(args, "transfer_deadline", None),
-                              publisher_config=own_config, sign_key=sign_key)
+                              publisher_config=own_config, sign_key=sign_key,
+                              home=Path(args.home) if args.home else None)
     _out(f"digest: {result.digest}")
     for reference in result.references:
         _out(f"pushed oci://{clean(reference)}")

@@ -101,6 +101,7 @@ def push_archive(
     publisher_config: Config | None = None,
     deadline: float | None = None,
     sign_key: ec.EllipticCurvePrivateKey | None = None,
+    home: Path | None = None,
 ) -> PushResult:
     """Push one ``.mcpkit.tar`` (or layout directory) and apply every tag; idempotent.
 
@@ -108,10 +109,16 @@ def push_archive(
     tags, ``auth`` expanded from ``environ``) is used when no ``target`` is given. With
     ``sign_key``, the pushed manifest digest (what every tag names) is signed and the signature
     pushed as its referrer, through the same client.
+
+    Blobs the registry holds in another repository this machine pushed to or pulled from
+    (``home``: the MCPKIT_HOME whose record is used, default ``$MCPKIT_HOME``) are mounted from
+    there rather than uploaded again (:mod:`hatch_mcpkit._mounts`).
     """
+    from hatch_mcpkit import _mounts
     from hatch_mcpkit.auth import resolve_credentials
     from hatch_mcpkit.reference import parse_repository
     from hatch_mcpkit.registry import RegistryClient
+    from hatch_mcpkit.store import BundleCache
 
     with BundleLayout.open(archive) as layout:
         bundled = bundle_config_of(layout)
@@ -150,9 +157,12 @@ def push_archive(
         if echo is not None:
             who = f" as {credentials.username} ({credentials.source})" if credentials else ""
             echo(f"pushing {archive.name} to {repo_host}/{repository}{who}")
+        cache = BundleCache(home)
+        mount_from = _mounts.sources(cache, repo_host, repository, layout.manifest)
         with RegistryClient(repo_host, credentials=credentials, insecure=insecure, ca_file=ca_file,
                             deadline=deadline) as client:
-            digest = client.push_layout(layout, repository, push_tags)
+            digest = client.push_layout(layout, repository, push_tags, mount_from=mount_from)
+            _mounts.remember(cache, repo_host, repository, [d.digest for d in layout.manifest.blobs])
             if digest != layout.manifest.digest:  # pragma: no cover - push_layout pushes the layout's bytes
                 raise BundleError(f"registry stored {digest}, expected {layout.manifest.digest}")
             signature = None

@@ -20,7 +20,11 @@ because oras-py 0.2.x gets these things wrong for mcpkit's purposes:
   4 MiB, token answers and listings up to a few MiB, all JSON through
   :func:`hatch_mcpkit._json.load` (depth-bounded).
 * **existing blobs** -- each blob is checked with HEAD first and skipped when present, so a
-  second push of the same bundle uploads nothing.
+  second push of the same bundle uploads nothing. A blob missing here but known to be in
+  another repository of the same registry (``mount_from``) is mounted from there
+  (``POST .../blobs/uploads/?mount=<digest>&from=<repo>``, with a token that may pull ``repo``):
+  201 is done, 202 continues as an ordinary upload on the session the registry opened, and a
+  refusal to let us read ``repo`` falls back to an ordinary upload.
 * **token scope** -- oras keeps one bearer token and reuses a pull-only token for a push.
   Here tokens are cached per scope and each request asks for the scope it needs.
 * **credentials** -- oras' ``login()`` writes ``~/.docker/config.json``; credentials here come
@@ -48,7 +52,7 @@ import hashlib
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -131,6 +135,7 @@ class TransferStats:
 
     blobs_uploaded: int = 0
     blobs_skipped: int = 0
+    blobs_mounted: int = 0
     bytes_uploaded: int = 0
     blobs_downloaded: int = 0
     bytes_downloaded: int = 0
@@ -148,6 +153,11 @@ class RawManifest:
 
 def _scope(repository: str, push: bool) -> str:
     return f"repository:{repository}:{'pull,push' if push else 'pull'}"
+
+
+def _mount_scope(repository: str, source: str) -> str:
+    """Push to ``repository`` and pull from ``source`` (one token for a cross-repository mount)."""
+    return f"{_scope(repository, True)} {_scope(source, False)}"
 
 
 def _covers(have: str, want: str) -> bool:
@@ -281,9 +291,9 @@ class RegistryClient:
         response.close()
         if not challenge.realm:
             raise AuthError(f"registry {self.host} sent a bearer challenge without a realm", status=401)
-        scopes = [scope]
+        scopes = scope.split(" ")  # a mount asks for two: push here, pull there
         if challenge.scope:  # what the registry says it needs, unless ours already covers it
-            scopes.extend(s for s in challenge.scope.split(" ") if s and not _covers(scope, s))
+            scopes.extend(s for s in challenge.scope.split(" ") if s and not any(_covers(h, s) for h in scopes))
         self._tokens[scope] = self._fetch_token(challenge.realm, challenge.service, scopes)
 
     def _fetch_token(self, realm: str, service: str | None, scopes: list[str]) -> str:
@@ -449,20 +459,44 @@ class RegistryClient:
             return False
         raise self._fail(resp, what)
 
-    def upload_blob(self, repository: str, descriptor: Descriptor, path: Path | bytes) -> None:
+    def upload_blob(self, repository: str, descriptor: Descriptor, path: Path | bytes, *,
+                    mount_from: str | None = None) -> None:
         """Upload one blob from a file, streaming, or from bytes (POST an upload session, then one PUT);
-        retried as a unit."""
-        self.transport.retry(lambda: self._upload_once(repository, descriptor, path))
+        retried as a unit. With ``mount_from`` (another repository of this registry that holds the blob)
+        the registry is asked to mount it from there first."""
+        self.transport.retry(lambda: self._upload_once(repository, descriptor, path, mount_from))
 
-    def _upload_once(self, repository: str, descriptor: Descriptor, path: Path | bytes) -> None:
+    def _start_upload(self, repository: str, descriptor: Descriptor, mount_from: str | None,
+                      what: str) -> requests.Response:
+        """POST an upload session: with ``mount=&from=`` when there is a source, else plain; 201 or 202."""
+        path = f"/v2/{repository}/blobs/uploads/"
+        if mount_from is not None and mount_from != repository and is_repository_path(mount_from):
+            try:
+                resp = self._request("POST", path, scope=_mount_scope(repository, mount_from), what=what,
+                                     headers={"Content-Length": "0"},
+                                     params={"mount": descriptor.digest, "from": mount_from}, retry=False)
+            except AuthError:  # may not read the source: an ordinary upload
+                log.debug("no mount of %s from %s: not allowed", descriptor.digest, mount_from)
+            else:
+                if resp.status_code in (201, 202):
+                    return resp
+                resp.close()  # a registry that does not mount (400, 404, 405 ...): an ordinary upload
+                log.debug("no mount of %s from %s: HTTP %s", descriptor.digest, mount_from, resp.status_code)
+        resp = self._request("POST", path, scope=_scope(repository, True), what=what,
+                             headers={"Content-Length": "0"}, retry=False)
+        if resp.status_code not in (201, 202):
+            raise self._fail(resp, what)
+        return resp
+
+    def _upload_once(self, repository: str, descriptor: Descriptor, path: Path | bytes,
+                     mount_from: str | None = None) -> None:
         what = f"upload blob {descriptor.digest} to {repository}"
         scope = _scope(repository, True)
-        start = self._request("POST", f"/v2/{repository}/blobs/uploads/", scope=scope, what=what,
-                              headers={"Content-Length": "0"}, retry=False)
-        if start.status_code not in (201, 202):
-            raise self._fail(start, what)
+        start = self._start_upload(repository, descriptor, mount_from, what)
         start.close()
-        if start.status_code == 201:  # the registry mounted/has it already
+        if start.status_code == 201:  # the registry mounted it (or has it already)
+            with self._lock:
+                self.stats.blobs_mounted += 1
             return
         location = start.headers.get("Location")
         if not location:
@@ -620,10 +654,13 @@ class RegistryClient:
             )
         return digest, resp.headers
 
-    def push_layout(self, layout: BundleLayout, repository: str, tags: Sequence[str]) -> str:
+    def push_layout(self, layout: BundleLayout, repository: str, tags: Sequence[str], *,
+                    mount_from: Mapping[str, str] | None = None) -> str:
         """Push exactly the layout's blobs and manifest bytes; apply every tag; return the digest.
 
-        Blobs the registry already has are skipped, so pushing twice uploads nothing.
+        Blobs the registry already has are skipped, so pushing twice uploads nothing. ``mount_from``
+        maps a digest to another repository of this registry believed to hold it (a hint: a wrong one
+        costs an upload, never a wrong blob -- the registry mounts by digest).
         """
         reference = parse_reference(f"{self.host}/{repository}")  # validates the repository
         repository = reference.repository
@@ -646,7 +683,8 @@ class RegistryClient:
                     self.stats.blobs_skipped += 1
                 log.debug("blob %s already in %s", desc.digest, repository)
                 return
-            self.upload_blob(repository, desc, layout.blob_path(desc.digest))
+            self.upload_blob(repository, desc, layout.blob_path(desc.digest),
+                             mount_from=(mount_from or {}).get(desc.digest))
 
         self._each(ensure, blobs)
         targets = list(dict.fromkeys(tags)) or [manifest.digest]

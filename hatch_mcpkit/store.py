@@ -11,6 +11,8 @@ Layout::
     compiled/<engine fingerprint>/<wasm sha256>.cwasm      native code, written and read only by CodeCache
     cache/downloads/         work directories of pulls in progress (<kind>-<pid>-*); moved into place when verified
     cache/locks/             one lock file per entry, one for the index
+    cache/pushed.json        registry -> blob digest -> repositories this machine pushed it to (a bounded
+                             hint for cross-repository mounts, read and written by _mounts.py only)
 
 Every blob is checked (size and SHA-256, streamed) before an entry is moved into place with a
 rename; the previous good copy survives any failure up to that rename. Two processes pulling the
@@ -427,6 +429,7 @@ class BundleCache:
         self.downloads_dir = self.home / "cache" / "downloads"
         self.locks_dir = self.home / "cache" / "locks"
         self.index_path = self.bundles_dir / INDEX
+        self.pushed_path = self.home / "cache" / "pushed.json"
         self.code_cache = CodeCache(self.home)
 
     # ----------------------------------------------------------------- index

@@ -3,25 +3,37 @@
 from __future__ import annotations
 
 import base64
+import json
 import os
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+from hatch_mcpkit.bundle import BundleLayout
 from hatch_mcpkit.config import load_config
 from hatch_mcpkit.errors import BundleError, ConfigError
 from hatch_mcpkit.publish import find_archives, push_archive
+from hatch_mcpkit.reference import parse_reference
+from hatch_mcpkit.registry import RegistryClient
 
 from .builders import build_archive, config_yaml, make_project, tiny_module
+from .faultproxy import FaultProxy, Record
 from .hostile_server import Server, needs_basic, servers_fixture
 from .plugins.registry import RunningRegistry
 
 servers = servers_fixture
 
 pytestmark = pytest.mark.registry
+
+
+@pytest.fixture(autouse=True)
+def _own_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pushes record where blobs went (MCPKIT_HOME/cache/pushed.json): never in the real home."""
+    monkeypatch.setenv("MCPKIT_HOME", str(tmp_path / "mcpkit-home"))
 
 def make_archive(tmp_path: Path, registry: str) -> Path:
     config = config_yaml("notes-tool", "0.3.0", description=None, tools=("note",),
@@ -128,3 +140,76 @@ def test_pushing_a_foreign_archive_never_sends_our_secret_to_its_registry(
     assert pushed.returncode == 0, pushed.stderr
     with registry.client() as client:
         assert client.list_tags(repo_name) == ["mine"]
+
+
+# --------------------------------------------------------------------------- cross-repository mounts
+
+
+def _uploads(proxy: FaultProxy) -> list[str]:
+    """Blob uploads that carried bytes (a PUT or PATCH on an upload session)."""
+    return [f"{r.method} {r.path}" for r in proxy.records
+            if r.method in ("PUT", "PATCH") and "/blobs/uploads/" in r.path]
+
+
+def _mounts(proxy: FaultProxy) -> list[Record]:
+    return [r for r in proxy.records if r.method == "POST" and "mount=" in r.path]
+
+
+def test_a_second_repository_mounts_the_blobs_instead_of_uploading_them(
+    tmp_path: Path, fault_proxy: FaultProxy, repo_name: str
+) -> None:
+    """Push to repository a, then the same bundle to b on the same registry: every blob is mounted from a
+    (201 from the real registry), not one byte of a blob is uploaded again, and b pulls and verifies."""
+    archive = make_archive(tmp_path, "ghcr.io/nobody/elsewhere")
+    with BundleLayout.open(archive) as layout:
+        blobs = layout.manifest.blobs
+    home = tmp_path / "pusher"
+    a = push_archive(archive, target=f"oci://{fault_proxy.host}/{repo_name}/a:1", environ={}, home=home)
+    assert len(_uploads(fault_proxy)) == len(blobs) and _mounts(fault_proxy) == []
+
+    fault_proxy.clear()
+    b = push_archive(archive, target=f"oci://{fault_proxy.host}/{repo_name}/b:1", environ={}, home=home)
+    assert b.digest == a.digest
+    assert _uploads(fault_proxy) == [], "a blob the registry holds in a was uploaded again"
+    mounts = _mounts(fault_proxy)
+    assert sorted(parse_qs(urlsplit(r.path).query)["mount"][0] for r in mounts) == sorted(d.digest for d in blobs)
+    assert {parse_qs(urlsplit(r.path).query)["from"][0] for r in mounts} == {f"{repo_name}/a"}
+    assert {r.status for r in mounts} == {201}
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MCPKIT_", "DOCKER_CONFIG"))}
+    env.update(MCPKIT_HOME=str(tmp_path / "puller"), DOCKER_CONFIG=str(tmp_path / "no-docker"))
+    pulled = subprocess.run([sys.executable, "-m", "hatch_mcpkit", "pull", f"oci://{fault_proxy.host}/{repo_name}/b:1"],
+                            env=env, capture_output=True, text=True, timeout=120)
+    assert pulled.returncode == 0, pulled.stderr
+    assert a.digest in pulled.stdout + pulled.stderr
+
+    # what a machine pulled is a source too: the puller's store knows b holds these blobs
+    fault_proxy.clear()
+    push_archive(archive, target=f"oci://{fault_proxy.host}/{repo_name}/c:1", environ={},
+                 home=tmp_path / "puller")
+    assert _uploads(fault_proxy) == []
+    assert {parse_qs(urlsplit(r.path).query)["from"][0] for r in _mounts(fault_proxy)} == {f"{repo_name}/b"}
+
+
+def test_a_wrong_mount_hint_costs_an_upload_not_the_push(tmp_path: Path, fault_proxy: FaultProxy,
+                                                          repo_name: str) -> None:
+    """pushed.json is only a hint: a source that does not hold the blob (the registry answers 202) continues as an
+    ordinary upload on the session the registry opened; names that are not repositories are never sent."""
+    archive = make_archive(tmp_path, "ghcr.io/nobody/elsewhere")
+    with BundleLayout.open(archive) as layout:
+        blobs = layout.manifest.blobs
+    home = tmp_path / "pusher"
+    record = {"registries": {fault_proxy.host: {d.digest: ["x/../../v2?mount=evil", f"{repo_name}/never-pushed"]
+                                                 for d in blobs}}}
+    (home / "cache").mkdir(parents=True)
+    (home / "cache" / "pushed.json").write_text(json.dumps(record))
+    result = push_archive(archive, target=f"oci://{fault_proxy.host}/{repo_name}/b:1", environ={}, home=home)
+    mounts = _mounts(fault_proxy)
+    assert {parse_qs(urlsplit(r.path).query)["from"][0] for r in mounts} == {f"{repo_name}/never-pushed"}
+    assert {r.status for r in mounts} == {202}
+    assert len(_uploads(fault_proxy)) == len(blobs)
+    with RegistryClient(fault_proxy.host) as client:
+        assert client.resolve(parse_reference(f"{fault_proxy.host}/{repo_name}/b:1")) == result.digest
+    # and the record now says where the blobs really are, newest first, without the bad name
+    kept = json.loads((home / "cache" / "pushed.json").read_text())["registries"][fault_proxy.host]
+    assert {tuple(v) for v in kept.values()} == {(f"{repo_name}/b", f"{repo_name}/never-pushed")}

@@ -568,3 +568,54 @@ def test_a_certs_d_client_certificate_is_presented(tls_registry: RunningRegistry
     finally:
         server.shutdown()
         server.server_close()
+
+
+# --------------------------------------------------------------------------- cross-repository mounts
+
+
+def test_a_mount_token_may_pull_the_source_repository(token_registry: Any, repo_name: str,
+                                                      bundle: BundleLayout) -> None:
+    """Bearer tokens: the mount request asks for push on the target and pull on the source in one token, and
+    the real registry mounts every blob (nothing uploaded)."""
+    reg, tokens = token_registry
+    source, target = f"{repo_name}/a", f"{repo_name}/b"
+    blobs = bundle.manifest.blobs
+    with reg.client() as client:
+        client.push_layout(bundle, source, ["1"])
+    with reg.client() as client:
+        client.push_layout(bundle, target, ["1"], mount_from={d.digest: source for d in blobs})
+        assert (client.stats.blobs_mounted, client.stats.blobs_uploaded) == (len(blobs), 0)
+        assert client.get_manifest(parse_reference(f"{reg.host}/{target}:1")).digest == bundle.manifest.digest
+    assert ("testuser", [f"repository:{target}:pull,push", f"repository:{source}:pull"]) in tokens.requests
+
+
+def test_a_mount_the_registry_refuses_falls_back_to_an_upload(bundle: BundleLayout) -> None:
+    """A registry that answers the mount with 401 (no right to read the source) or 404 (no mounts at all)
+    gets an ordinary upload of that blob, and the push succeeds."""
+    import http.server
+
+    from tests.hostile_server import Server, send
+
+    def route(h: http.server.BaseHTTPRequestHandler) -> None:
+        if h.command == "HEAD":
+            send(h, 404)
+        elif h.command == "POST" and "mount=" in h.path:
+            refusal = 401 if bundle.manifest.module_layer.digest in h.path else 404
+            send(h, refusal, b'{"errors":[{"code":"DENIED","message":"no"}]}',
+                 {"Www-Authenticate": 'Basic realm="r"'} if refusal == 401 else {})
+        elif h.command == "POST":
+            send(h, 202, headers={"Location": "/v2/org/b/blobs/uploads/session"})
+        else:
+            send(h, 201, headers={"Location": h.path})
+
+    server = Server(route).start()
+    try:
+        blobs = bundle.manifest.blobs
+        with RegistryClient(server.host, credentials=Credentials("u", "p", source="test")) as client:
+            client.push_layout(bundle, "org/b", ["1"], mount_from={d.digest: "org/a" for d in blobs})
+            assert (client.stats.blobs_mounted, client.stats.blobs_uploaded) == (0, len(blobs))
+    finally:
+        server.close()
+    posts = [s.path for s in server.seen if s.method == "POST"]
+    assert sum("mount=" in p for p in posts) == len(blobs) and sum("mount=" not in p for p in posts) == len(blobs)
+    assert len([s for s in server.seen if s.method == "PUT" and "/blobs/uploads/" in s.path]) == len(blobs)
