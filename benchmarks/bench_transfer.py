@@ -6,6 +6,8 @@ operation's own):
 
 * ``mcpkit push``   RegistryClient.push_layout (HEAD, POST, streaming PUT per blob; the blobs after
   the first side by side)
+* ``mcpkit mount``  RegistryClient.push_layout to another repository, with ``mount_from`` naming
+  the repository ``mcpkit push`` filled: every blob is mounted, nothing is uploaded
 * ``raw PUT``       requests: POST + PUT streaming the same file, nothing else (baseline)
 * ``oras push``     oras-py's own upload_blob (reads the blob into memory)
 * ``mcpkit pull``   RegistryClient.fetch_blob (streamed, size + SHA-256 verified, atomic rename)
@@ -80,6 +82,11 @@ def child(mode: str, host: str, layout_path: str, repo: str, out: str) -> None:
     if mode == "mcpkit-push":
         with RegistryClient(host) as client:
             client.push_layout(layout, repo, ["bench"])
+    elif mode == "mcpkit-mount":
+        with RegistryClient(host) as client:
+            client.push_layout(layout, repo, ["bench"],
+                               mount_from={d.digest: "bench/mcpkit-push-0" for d in layout.manifest.blobs})
+            assert client.stats.blobs_uploaded == 0 and client.stats.blobs_mounted == len(layout.manifest.blobs)
     elif mode == "raw-put":
         with requests.Session() as s:
             r = s.post(f"http://{host}/v2/{repo}/blobs/uploads/", timeout=30)
@@ -185,12 +192,12 @@ def main() -> None:
                 import shutil
 
                 shutil.copytree(layout.root, layout_dir)
-            modes = ["raw-put", "mcpkit-push", "oras-push", "raw-get", "raw-get-sha256", "mcpkit-pull", "oras-pull"]
+            modes = ["raw-put", "mcpkit-push", "mcpkit-mount", "oras-push", "raw-get", "raw-get-sha256", "mcpkit-pull", "oras-pull"]
             results: dict[str, list[dict[str, float]]] = {m: [] for m in modes}
             for rnd in range(args.repeat):
                 for mode in modes:
                     # pushes go to a fresh repository each time, so nothing is skipped
-                    repo = f"bench/{mode}-{rnd}" if mode.endswith(("push", "put")) else "bench/mcpkit-push-0"
+                    repo = f"bench/{mode}-{rnd}" if mode.endswith(("push", "put", "mount")) else "bench/mcpkit-push-0"
                     out = work / f"out-{mode}-{rnd}.bin"
                     results[mode].append(run_child(mode, reg.host, layout_dir, repo, out))
                     if out.exists():
@@ -215,7 +222,7 @@ def main() -> None:
         best = min(r["seconds"] for r in results[mode])
         peak = max(r["peak_rss_mib"] for r in results[mode])
         growth = max(r["peak_rss_mib"] - r["base_rss_mib"] for r in results[mode])
-        kind = "push" if mode.endswith(("push", "put")) else "pull"
+        kind = "push" if mode.endswith(("push", "put", "mount")) else "pull"
         base = min(r["seconds"] for r in results[baselines[kind]])
         target = min(r["seconds"] for r in results[targets[kind]])
         print(f"{mode:<15} {best:>8.3f} {mib / best:>8.1f} {best / base:>6.2f}x {best / target:>7.2f}x "
