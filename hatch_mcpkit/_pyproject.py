@@ -80,7 +80,7 @@ def read_tool_table(path: Path, name: str, *, error_if_unreadable: bool = False)
     try:
         from hatch_mcpkit._files import read_regular
 
-        text = read_regular(path, limit=MAX_PYPROJECT_BYTES, where=file, error=ConfigError).decode("utf-8")
+        text = read_regular(path, limit=MAX_PYPROJECT_BYTES, where=file, error=McpkitError).decode("utf-8")
     except (OSError, UnicodeDecodeError, McpkitError) as exc:
         if not error_if_unreadable:
             return None  # not readable: not a policy (a broken pyproject.toml is someone else's error)

@@ -43,12 +43,13 @@ from hatch_mcpkit._pyproject import tomllib
 from hatch_mcpkit.errors import (
     BundleNotFoundError,
     ConfigError,
+    IntegrityError,
     McpkitError,
     Problem,
     SignatureError,
     StaleLockError,
 )
-from hatch_mcpkit.project import BundleSpec, Narrowing, Project
+from hatch_mcpkit.project import KEY_RE, BundleSpec, Narrowing, Project
 
 if TYPE_CHECKING:
     from hatch_mcpkit.bundle import Descriptor
@@ -137,11 +138,12 @@ def load_lock(path: Path) -> Lock:
 
     file = str(path)
     try:
-        text = read_regular(path, limit=MAX_LOCK_BYTES, where=file, error=ConfigError).decode("utf-8")
+        text = read_regular(path, limit=MAX_LOCK_BYTES, where=file, error=McpkitError).decode("utf-8")
     except FileNotFoundError:
         raise StaleLockError(f"{file}: no lock file", hint=_HINT_LOCK) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError([Problem(file, "", f"cannot read the lock: {exc}")], hint=_HINT_LOCK) from None
+    except (OSError, UnicodeDecodeError, McpkitError) as exc:
+        why = exc.message if isinstance(exc, McpkitError) else getattr(exc, "strerror", None) or str(exc)
+        raise ConfigError([Problem(file, "", f"cannot read the lock: {why}")], hint=_HINT_LOCK) from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -178,6 +180,8 @@ def _entry(key: str, data: Any, file: str, lines: dict[Any, int], problems: list
         bad("", "must be a table")
         return None
     start = len(problems)
+    if not KEY_RE.match(key):
+        bad("", "not a bundle key of [tool.mcpkit.bundles] (letters and digits, words joined by one - or _)")
     for name in ("reference", "digest", "spec"):
         if not isinstance(data.get(name), str):
             bad(name, "missing, or not a string")
@@ -198,10 +202,26 @@ def _entry(key: str, data: Any, file: str, lines: dict[Any, int], problems: list
                     and isinstance(layer.get("size"), int) and layer["size"] >= 0):
                 bad("layers", f"layer {n} must have a title, a sha256 digest and a size")
                 continue
+            why = _title_problem(layer["title"])
+            if why:
+                bad("layers", f"layer {n}: {why}")
+                continue
             parsed.append(LockedLayer(layer["title"], layer["digest"], layer["size"]))
     if len(problems) > start:
         return None
     return LockEntry(key, data["reference"], data["digest"], tuple(parsed), data["spec"], tuple(signers))
+
+
+def _title_problem(title: str) -> str | None:
+    """Why a layer title cannot name a file of a cache entry (the lock is data: it may come from anyone)."""
+    from hatch_mcpkit._archive import reserved_part
+    from hatch_mcpkit.bundle import check_title
+
+    try:
+        check_title(title, "title")
+    except McpkitError as exc:
+        return exc.message.removeprefix("title: ")
+    return f"{title!r} is a name reserved for the cache" if reserved_part(title) else None
 
 
 def stale_reasons(project: Project, lock: Lock, names: Sequence[str] | None = None) -> list[str]:
@@ -373,7 +393,14 @@ def _pull(store: BundleCache, spec: BundleSpec, entry: LockEntry, opts: PullOpti
 
     verify = verifier(_requirement(policy, spec), warn)
     result = store.pull(OciRef(_pinned(spec, entry.digest)), replace(opts, verify=verify))
-    missing = set(entry.signers) - _signers_of(result.entry.metadata(), entry.digest)
+    meta = result.entry.metadata()
+    installed = [(str(la.get("title")), str(la.get("digest")), la.get("size")) for la in meta.get("layers", [])
+                 if isinstance(la, dict)]
+    if installed != [(la.title, la.digest, la.size) for la in entry.layers]:
+        raise IntegrityError(
+            f"{spec.key}: mcpkit.lock lists other layers than manifest {entry.digest} has; the lock was edited",
+            digest=entry.digest, hint=_HINT_LOCK)
+    missing = set(entry.signers) - _signers_of(meta, entry.digest)
     if missing:
         raise SignatureError(
             f"{spec.key}: mcpkit.lock records a signature by key id {', '.join(sorted(missing))} over "

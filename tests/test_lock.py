@@ -359,3 +359,62 @@ policy = { storage = ["/notes"], read_only = true, environment = ["A"], tools = 
     assert narrowed.policy.limits.memory_mb == 64  # a ceiling above the bundle's own changes nothing
     assert narrowed.policy.limits.fuel == 1000  # unlimited -> the ceiling
 
+
+
+# --- a lock from a cloned repository is data ---------------------------------------------------------------
+
+
+def test_a_hostile_lock_is_refused_before_anything_is_read_or_fetched(
+    fault_proxy: FaultProxy, registry: Any, repo_name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    folder, weather, _ = _two(registry, tmp_path, repo_name, host=fault_proxy.host)
+    assert _mcpkit(capsys, "lock", "--project", str(folder))[0] == 0
+    path = folder / "mcpkit.lock"
+    good = path.read_text()
+    home = tmp_path / "home"
+    secret = tmp_path / "secret.txt"
+    secret.write_text("do not read\n")
+    for text, problem in (
+        (good.replace('title = "module.wasm"', 'title = "../../../../secret.txt"', 1),
+         "bundles.notes.layers: layer 0: layer title '../../../../secret.txt' must be a relative path"),
+        (good.replace('title = "config.yaml"', 'title = "metadata.json"', 1),
+         "bundles.notes.layers: layer 1: 'metadata.json' is a name reserved for the cache"),
+        (good.replace("[bundles.notes]", '[bundles."no\\u001b[2Jtes"]', 1).replace(
+            "[[bundles.notes.layers]]", '[[bundles."no\\u001b[2Jtes".layers]]'),
+         "not a bundle key of [tool.mcpkit.bundles]"),
+        (good.replace("version = 1", "version = 2"), "version: must be 1"),
+        (good.replace(weather.digest, "sha256:1234", 1), "is not a sha256:<64 hex> digest"),
+    ):
+        path.write_text(text)
+        fault_proxy.clear()
+        code, _, err = _mcpkit(capsys, "sync", "--frozen", "--project", str(folder))
+        assert code == 2 and problem in err, (problem, err)
+        assert "\x1b" not in err and fault_proxy.count() == 0 and not home.exists()
+    path.unlink()
+    path.symlink_to("/dev/zero")  # an endless file: refused without reading it
+    code, _, err = _mcpkit(capsys, "sync", "--frozen", "--project", str(folder))
+    assert code == 2 and "not a regular file" in err, err
+    path.unlink()
+
+    # layers that are not the manifest's: the pull by digest shows the lock was edited
+    head, tail = good.split("[bundles.weather]")
+    forged = head + "[bundles.weather]" + tail.replace(f'digest = "{weather.layers[0].digest}"',
+                                                       f'digest = "{weather.layers[2].digest}"')
+    path.write_text(forged)
+    code, _, err = _mcpkit(capsys, "sync", "--frozen", "--project", str(folder))
+    assert code == 1 and "weather: mcpkit.lock lists other layers than manifest" in err, err
+    with pytest.raises(BundleNotFoundError):
+        locked_bundles(find_project(folder), BundleCache(), ["weather"])
+
+
+def test_sync_installs_the_locked_digest_after_the_tag_moved(
+    registry: Any, repo_name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    folder, weather, _ = _two(registry, tmp_path, repo_name)
+    assert _mcpkit(capsys, "lock", "--project", str(folder))[0] == 0
+    moved = _push(registry, tmp_path, f"{repo_name}/weather", "1", name="weather", version="1.0.1")
+    code, _, err = _mcpkit(capsys, "sync", "--frozen", "--project", str(folder))
+    assert code == 0, err
+    served = {b.key: b.digest for b in locked_bundles(find_project(folder), BundleCache())}
+    assert served["weather"] == weather.digest != moved.digest
+    assert moved.digest not in {e.digest for e in BundleCache().entries()}
