@@ -398,7 +398,7 @@ def _check_kind(obj: dict[str, Any], config: Descriptor, layers: tuple[Descripto
                             f"a bundle has {BUNDLE_CONFIG_MEDIA_TYPE} or oras' {EMPTY_CONFIG_MEDIA_TYPE})")
     if config.size > MAX_CONFIG_BLOB_BYTES:
         raise BundleError(f"{where}: the config blob declares {config.size} bytes, more than the "
-                          f"{MAX_CONFIG_BLOB_BYTES} a bundle's config blob may have")
+                          f"{MAX_CONFIG_BLOB_BYTES} a bundle's config blob may have", hint=ORAS_HINT)
     if len(layers) < 2:
         raise _not_a_bundle(where, f"a bundle has at least two layers (module.wasm, config.yaml); this has {len(layers)}")
 

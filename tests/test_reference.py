@@ -15,6 +15,7 @@ from hatch_mcpkit.reference import (
     Reference,
     classify,
     is_loopback,
+    looks_local,
     parse_reference,
     parse_repository,
     use_plain_http,
@@ -170,6 +171,22 @@ def test_classify(tmp_path: Path) -> None:
         "https://example.com/b.tar.gz", HEX)
     assert classify("https://example.com/b.tar.gz") == HttpsRef("https://example.com/b.tar.gz", None)
     assert classify("http://127.0.0.1:8000/b.tar.gz") == HttpsRef("http://127.0.0.1:8000/b.tar.gz", None)
+
+
+def test_an_oci_layout_of_any_name_is_local_when_it_looks_like_a_path(tmp_path: Path) -> None:
+    """An OCI layout tar may have any name: `foo.tar` and `./bar.oci` are local, a bare `bar.oci` is the
+    cache (even with such a file here), and a folder needs a path that looks like one."""
+    (tmp_path / "bar.oci").write_bytes(b"")
+    (tmp_path / "layout").mkdir()
+    assert classify("foo.tar", cwd=tmp_path) == FileRef(tmp_path / "foo.tar")
+    assert classify("dist/foo.TAR", cwd=tmp_path) == FileRef(tmp_path / "dist/foo.TAR")
+    assert classify("./bar.oci", cwd=tmp_path) == FileRef(tmp_path / "bar.oci")
+    assert classify(str(tmp_path / "bar.oci")) == FileRef(tmp_path / "bar.oci")
+    assert classify("bar.oci", cwd=tmp_path) == NameRef("bar.oci")
+    assert classify("./layout", cwd=tmp_path) == FileRef(tmp_path / "layout")
+    assert classify("layout", cwd=tmp_path) == NameRef("layout")
+    assert [looks_local(t) for t in ("foo.tar", "./bar.oci", "~/x.oci", "/x", "bar.oci", "layout")] == [
+        True, True, True, True, False, False]
 
 
 @pytest.mark.parametrize(
