@@ -496,6 +496,24 @@ def test_inspect_takes_every_local_form(form: str, tmp_path: Path, home: Path) -
     assert (view["name"], view["version"], view["tools"], view["digest"]) == ("form-tool", "3.1.0", ["a", "b"], digest)
 
 
+@pytest.mark.parametrize("command", ["inspect", "run", "push", "pull"])
+def test_a_local_archive_of_any_name_is_unpacked_within_the_cap(command: str, tmp_path: Path, home: Path) -> None:
+    """An oras-shaped layout in `./big.oci` (64 KiB of data) against --max-bundle-size 16K: refused while it is
+    unpacked, by every command that reads it, before anything is pushed, served or installed."""
+    oras_layout(tmp_path / "layout", [*_tiny(), ("data.bin", None, os.urandom(64 * 1024))])
+    _tar(tmp_path / "layout", tmp_path / "big.oci")
+    args = {"inspect": ["bundle", "inspect", "./big.oci"], "run": ["run", "./big.oci"],
+            "push": ["bundle", "push", "./big.oci", "oci://127.0.0.1:9/x/y:1"], "pull": ["bundle", "pull", "./big.oci"]}
+    env_cap = command == "push"  # push reads the archive with the environment's limit
+    done = subprocess.run([sys.executable, "-m", "hatch_mcpkit", *args[command],
+                           *([] if env_cap else ["--max-bundle-size", "16K"])],
+                          env={**os.environ, "MCPKIT_HOME": str(home), "MCPKIT_MAX_BUNDLE_SIZE": "16K"},
+                          cwd=tmp_path, text=True, capture_output=True, timeout=120, check=False)
+    assert done.returncode == 1, done.stderr
+    assert "16384" in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert not (home / "bundles").exists() or not any((home / "bundles").rglob("module.wasm"))
+
+
 def test_a_bare_name_is_the_cache_not_a_file_here(tmp_path: Path, home: Path) -> None:
     """`bar.oci` without ./ names a cached bundle, even with a file of that name here (the one rule)."""
     project = tmp_path / "proj"
