@@ -387,9 +387,11 @@ class Transport:
         self.requests = 0
         self.session = _session()
         self.certs_d: Path | None = None
+        self.registry_host: str | None = None  # set for a registry: its certs.d folder is one place for a CA
 
     def use_certs_d(self, host: str, netloc: str | None = None) -> Path | None:
         """Trust the ``certs.d`` folder of registry ``host`` for ``https://<netloc or host>/`` only; the folder used."""
+        self.registry_host = host
         folder = certs_d_folder(host)
         if folder is None:
             return None
@@ -495,9 +497,10 @@ class Transport:
         except requests.exceptions.SSLError as exc:
             raise RegistryError(
                 f"TLS verification failed for {self.label} while trying to {what}",
-                hint="pass --ca-file (or set MCPKIT_CA_FILE) to trust a private certificate authority, or put it "
-                     "in the registry's certs.d folder (~/.config/containers/certs.d/HOST:PORT/ca.crt); "
-                     "--insecure never turns certificate checks off",
+                hint="pass --ca-file (or set MCPKIT_CA_FILE) to trust a private certificate authority"
+                     + (f", or put it in {self.certs_d or f'~/.config/containers/certs.d/{self.registry_host}'}/ca.crt"
+                        if self.registry_host and origin(url)[1] == self.registry_host.lower() else "")
+                     + "; --insecure never turns certificate checks off",
             ) from exc
         except requests.exceptions.ConnectTimeout:
             raise RegistryError(

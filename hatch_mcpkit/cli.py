@@ -436,7 +436,7 @@ def _list_registry(args: argparse.Namespace) -> int:
 
     text = args.registry.strip()
     registry, namespace = parse_registry_scope(text)
-    credentials = _credentials(args, registry)
+    credentials = _credentials(args, registry, repository=namespace or None)
     listing: dict[str, list[str]] = {}
     total = 0
     with RegistryClient(registry, credentials=credentials, insecure=args.insecure, ca_file=args.ca_file,

@@ -365,6 +365,33 @@ def test_environment_credentials_go_only_to_the_registry_they_name(servers: Call
     assert [s.authorization for s in hostile.credentials_seen()] != []
 
 
+def test_podman_logins_go_only_to_the_registry_they_name(servers: Callable[..., Server], tmp_path: Path) -> None:
+    """auth.json entries (REGISTRY_AUTH_FILE, $XDG_RUNTIME_DIR/containers/auth.json) for another registry -- even one
+    written as a namespace of the hostile host's name, or with its name as a prefix -- are never sent to a registry
+    that merely asks; an entry for the asking registry itself is."""
+    import base64
+
+    hostile = servers(needs_basic)
+    entry = {"auth": base64.b64encode(f"{USER}:{SECRET}".encode()).decode()}
+    auths = {"registry.example.com": entry, f"registry.example.com/{hostile.host}": entry,
+             f"{hostile.host}.evil.example": entry, f"127.0.0.1/{hostile.host}": entry}
+    run = tmp_path / "run"
+    (run / "containers").mkdir(parents=True)
+    (run / "containers" / "auth.json").write_text(json.dumps({"auths": auths}))
+    (tmp_path / "ci-auth.json").write_text(json.dumps({"auths": auths}))
+    env = cli_env(tmp_path, HOME=str(tmp_path / "home"), XDG_RUNTIME_DIR=str(run))
+    ref = f"oci://{hostile.host}/org/tool:1"
+    for extra in ({}, {"REGISTRY_AUTH_FILE": str(tmp_path / "ci-auth.json")}):
+        proc = mcpkit({**env, **extra}, "pull", ref)
+        assert proc.returncode != 0 and "requires a user name and password" in proc.stderr, proc.stderr
+        assert hostile.seen and hostile.credentials_seen() == []
+        assert SECRET not in proc.stdout + proc.stderr
+    # an entry for this very registry (here: for its org/ namespace) is used
+    (tmp_path / "ci-auth.json").write_text(json.dumps({"auths": {f"{hostile.host}/org": entry}}))
+    mcpkit({**env, "REGISTRY_AUTH_FILE": str(tmp_path / "ci-auth.json")}, "pull", ref)
+    assert hostile.credentials_seen()
+
+
 def test_a_token_service_redirect_never_receives_the_refresh_token(servers: Callable[..., Server], tmp_path: Path,
                                                                     home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """An identity (refresh) token from docker config travels in the token request's POST body. A 307
