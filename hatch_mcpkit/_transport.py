@@ -198,6 +198,9 @@ def _tls_adapter(context: ssl.SSLContext) -> requests.adapters.HTTPAdapter:
         def init_poolmanager(self, connections: int, maxsize: int, block: bool = False, **kw: Any) -> None:
             super().init_poolmanager(connections, maxsize, block, ssl_context=context, **kw)
 
+        def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:  # HTTPS_PROXY: the same context
+            return super().proxy_manager_for(proxy, ssl_context=context, **proxy_kwargs)
+
         def build_connection_pool_key_attributes(self, request: Any, verify: Any, cert: Any = None) -> Any:
             return super().build_connection_pool_key_attributes(request, True, None)
 

@@ -619,3 +619,58 @@ def test_a_mount_the_registry_refuses_falls_back_to_an_upload(bundle: BundleLayo
     posts = [s.path for s in server.seen if s.method == "POST"]
     assert sum("mount=" in p for p in posts) == len(blobs) and sum("mount=" not in p for p in posts) == len(blobs)
     assert len([s for s in server.seen if s.method == "PUT" and "/blobs/uploads/" in s.path]) == len(blobs)
+
+
+def test_a_certs_d_folder_works_through_an_https_proxy(tls_registry: RunningRegistry, certs_home: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Behind HTTPS_PROXY (a real CONNECT tunnel here) the registry's certs.d roots still decide the handshake."""
+    import select
+    import socket
+    import socketserver
+    import threading
+
+    assert tls_registry.ca_file is not None
+    tunnels: list[str] = []
+
+    class Tunnel(socketserver.StreamRequestHandler):
+        def handle(self) -> None:
+            line = self.rfile.readline().decode()
+            while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                pass
+            method, target, _ = line.split(" ", 2)
+            if method != "CONNECT":
+                self.wfile.write(b"HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\n\r\n")
+                return
+            tunnels.append(target)
+            host, port = target.rsplit(":", 1)
+            with socket.create_connection((host, int(port)), timeout=10) as upstream:
+                self.wfile.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                self.wfile.flush()
+                ends = [self.connection, upstream]
+                while True:
+                    ready, _, _ = select.select(ends, [], [], 10)
+                    if not ready:
+                        return
+                    for end in ready:
+                        data = end.recv(65536)
+                        if not data:
+                            return
+                        (upstream if end is self.connection else self.connection).sendall(data)
+
+    proxy = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Tunnel)
+    proxy.daemon_threads = True
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    try:
+        for name in ("NO_PROXY", "no_proxy"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{proxy.server_address[1]}")
+        _refused(tls_registry.host)
+        assert tunnels == [tls_registry.host], "the request went through the proxy"
+        folder = certs_home / ".config" / "containers" / "certs.d" / tls_registry.host
+        folder.mkdir(parents=True)
+        (folder / "ca.crt").write_bytes(tls_registry.ca_file.read_bytes())
+        _answers(tls_registry.host)
+        assert tunnels == [tls_registry.host] * 2
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
