@@ -3,7 +3,8 @@
 * every ``$ mcpkit …`` line parses with the real command-line parsers;
 * every ``$ hatch …`` line names a hatch command, and its mcpkit parts (``-p mcpkit``,
   ``-t mcpkit``, ``mcpkit:<script>``) exist;
-* every ``python benchmarks/…`` / ``bash .ci/…`` file named exists;
+* every ``python benchmarks/…`` / ``bash .ci/…`` file named exists, and ``./tour`` is an executable file
+  (tests/test_tour.py runs it in a fresh clone);
 * the config.yaml examples load (the full reference example, the guest-ABI example);
 * the guest-ABI minimal Rust tool compiles and answers through the runtime.
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import re
 import shlex
 from pathlib import Path
@@ -97,9 +99,13 @@ def test_hatch_commands_name_real_parts(where: str, cmd: str) -> None:
 
 def test_named_files_exist() -> None:
     for where, cmd in COMMANDS_IN_DOCS:
-        for token in shlex.split(cmd.replace("…", "x")):
+        argv = shlex.split(cmd.replace("…", "x"))
+        for token in argv:
             if token.startswith((".ci/", "benchmarks/")):
                 assert (REPO / token).is_file(), f"{where}: {token} does not exist"
+        if argv[0].startswith("./") and "example-project" not in where:  # a script of the checkout, run as is
+            script = REPO / argv[0]
+            assert script.is_file() and os.access(script, os.X_OK), f"{where}: {argv[0]} is not an executable file"
 
 
 def test_reference_example_loads() -> None:
