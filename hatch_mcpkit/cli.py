@@ -909,6 +909,20 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         return _run_server(build_server(runtime, max_concurrency=args.max_concurrency), plan)
 
 
+def _cmd_gateway(args: argparse.Namespace) -> int:
+    from hatch_mcpkit.gateway import open_project
+
+    _serve_logging(args)
+    plan = _http_plan(args)
+    with open_project(_cache(args), project=Path(args.project) if args.project else None, names=args.names,
+                      max_concurrency=args.max_concurrency, warn=_warn, host_limits=_host_limits(args)) as gateway:
+        for member, runtime in gateway.members:
+            _announce(runtime, f"{member.key} = {member.label}", args.quiet)
+        if not args.quiet:
+            _info(f"gateway: {len(gateway.members)} bundles as one MCP server; tools are named <key>__<tool>")
+        return _run_server(gateway.server, plan)
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -1033,6 +1047,12 @@ def _add_size_limit(p: argparse.ArgumentParser) -> None:
 
 
 def _add_serve_options(p: argparse.ArgumentParser) -> None:
+    _add_launch_policy_options(p)
+    p.add_argument("--offline", action="store_true", help="never download; use only the local cache")
+    _add_runtime_options(p)
+
+
+def _add_launch_policy_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-dir", action="append", default=[], metavar="HOST[:GUEST][:ro|rw]",
                    help="also let the module see a host directory (read-only unless :rw); "
                         "replaces a config grant with the same guest path")
@@ -1042,7 +1062,9 @@ def _add_serve_options(p: argparse.ArgumentParser) -> None:
                    help="also pass this host environment variable to the module")
     p.add_argument("--deny-env", action="append", default=[], metavar="KEY",
                    help="withhold an environment variable the config allows")
-    p.add_argument("--offline", action="store_true", help="never download; use only the local cache")
+
+
+def _add_runtime_options(p: argparse.ArgumentParser) -> None:
     _add_home(p)
     p.add_argument("--max-concurrency", type=int, default=DEFAULT_CONCURRENCY, metavar="N",
                    help=f"tool calls running at once (default {DEFAULT_CONCURRENCY})")
@@ -1072,8 +1094,9 @@ def _add_http_options(p: argparse.ArgumentParser) -> None:
 
 
 def _add_serve_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    server = sub.add_parser("server", help="serve a cached bundle, a config.yaml or a bundle path over MCP stdio",
-                            description="Serve a bundle as an MCP server over stdio: a cached bundle by name "
+    server = sub.add_parser("server", help="serve a cached bundle, a config.yaml or a bundle path over MCP",
+                            description="Serve a bundle as an MCP server over stdio (or streamable HTTP with --http): "
+                            "a cached bundle by name "
                             "(--from-bundle), a config.yaml with module.wasm beside it (--config), or a local "
                             "PATH (./folder, an OCI layout folder or .tar of any name such as x.mcpkit.tar or ./x.oci, x/config.yaml). "
                             "A bare name always means the cache.")
@@ -1086,6 +1109,18 @@ def _add_serve_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     _add_serve_options(server)
     _add_http_options(server)
     server.set_defaults(func=_cmd_serve)
+
+    serve = sub.add_parser("serve", help="serve the project's locked bundles as one MCP server (stdio or --http)",
+                           description="Serve the bundles of mcpkit.lock (all, or those NAMES) from the cache as one "
+                           "MCP server, each tool as <key>__<tool>; each bundle keeps its own policy (narrowed by "
+                           "[tool.mcpkit.bundles]), limits and --max-concurrency. Nothing is fetched: run "
+                           "`mcpkit sync` first (a missing or stale lock is an error, exit 4).")
+    serve.add_argument("names", nargs="*", metavar="NAME", help="keys of [tool.mcpkit.bundles] to serve (default: all)")
+    serve.add_argument("--project", metavar="PATH", help="the project folder or its pyproject.toml "
+                       "(default: the nearest pyproject.toml at or above the working directory)")
+    _add_runtime_options(serve)
+    _add_http_options(serve)
+    serve.set_defaults(func=_cmd_gateway)
 
     run = sub.add_parser("run", help="pull NAME|URI|PATH into the cache if needed and serve it over MCP stdio",
                          description="Serve a bundle over MCP stdio, pulling it into the cache first when it is a "

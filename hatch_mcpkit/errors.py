@@ -26,6 +26,7 @@ __all__ = [
     "BundleNotFoundError",
     "CacheError",
     "ConfigError",
+    "GatewayError",
     "IntegrityError",
     "InvalidReferenceError",
     "McpkitError",
@@ -129,6 +130,12 @@ class UsageError(McpkitError):
     """A command line that asks for something impossible (nothing to serve, conflicting options)."""
 
     exit_code = EXIT_USAGE
+
+
+class GatewayError(McpkitError):
+    """The bundles given to one gateway cannot be served together (a name collision, a name too long)."""
+
+    exit_code = 2
 
 
 class BuildError(McpkitError):

@@ -132,3 +132,67 @@ async def http_session(url: str, token: str | None, headers: dict[str, str] | No
             streamable_http_client(url, http_client=client) as (read, write), ClientSession(read, write) as s:
         await s.initialize()
         yield s
+
+
+# --------------------------------------------------------------------------- a project of two bundles
+
+
+@dataclass
+class Project:
+    """A project folder whose mcpkit.lock is synced into ``home`` (a fresh MCPKIT_HOME)."""
+
+    folder: Path
+    home: Path
+
+    def env(self, **extra: str) -> dict[str, str]:
+        return child_env(MCPKIT_HOME=str(self.home), **extra)
+
+
+def push_bundle(registry: Any, work: Path, repository: str, config: str, module: bytes,
+                files: dict[str, str | bytes] | None = None) -> Any:
+    """Build a bundle folder (config.yaml, module.wasm, ``files``) and push it as ``repository:1``."""
+    from tests.builders import make_project, push_project
+
+    root = make_project(work / f"src-{repository.replace('/', '-')}", config=config, module=module, files=files)
+    return push_project(registry, root, work / f"out-{repository.replace('/', '-')}", repository, "1")
+
+
+def lock_and_sync(folder: Path, home: Path) -> Project:
+    """``mcpkit lock`` then ``mcpkit sync --frozen`` (the real commands) into ``home``."""
+    project = Project(folder, home)
+    for command in (["lock"], ["sync", "--frozen"]):
+        proc = subprocess.run([*MCPKIT, *command, "--project", str(folder)], capture_output=True, timeout=300,
+                              check=False, env=project.env())
+        assert proc.returncode == 0, proc.stderr.decode(errors="replace")[-3000:]
+    return project
+
+
+def write_pyproject(folder: Path, bundles: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "pyproject.toml").write_text(f'[project]\nname = "demo"\nversion = "0"\n\n[tool.mcpkit.bundles]\n'
+                                           f'{bundles}')
+    return folder
+
+
+@pytest.fixture(scope="session")
+def two_bundle_project(registry: Any, example_wasm: Path, hostile_wasm: Path,
+                       tmp_path_factory: pytest.TempPathFactory) -> Project:
+    """The example (key ``weather``) and the hostile tool (key ``hostile``, limits narrowed), locked and synced.
+
+    pyproject.toml names ``weather`` first: tools/list must still come sorted by key.
+    """
+    import uuid
+
+    work = tmp_path_factory.mktemp("two-bundles")
+    base = f"gateway/{uuid.uuid4().hex[:8]}"
+    example = REPO / "example-project"
+    push_bundle(registry, work, f"{base}/weather", (example / "config.yaml").read_text(), example_wasm.read_bytes(),
+                {"README.md": (example / "README.md").read_text(),
+                 "data/weather.json": (example / "data" / "weather.json").read_text()})
+    hostile = REPO / "tests" / "fixtures" / "hostile-tool"
+    push_bundle(registry, work, f"{base}/hostile", (hostile / "config.yaml").read_text(), hostile_wasm.read_bytes(),
+                {"data/hello.txt": (hostile / "data" / "hello.txt").read_text()})
+    folder = write_pyproject(work / "project", f'weather = "oci://{registry.host}/{base}/weather:1"\n\n'
+                             f'[tool.mcpkit.bundles.hostile]\nref = "oci://{registry.host}/{base}/hostile:1"\n'
+                             'policy = { limits = { timeout_ms = 1000 } }\n')
+    return lock_and_sync(folder, work / "home")
