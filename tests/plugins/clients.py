@@ -1,8 +1,9 @@
 """Real MCP clients and real ``mcpkit`` HTTP servers, for the server, gateway and HTTP suites.
 
-* ``ts_client`` (session): the official TypeScript SDK client (tests/fixtures/ts-client, ``npm ci``
-  from its lockfile); ``node client.mjs CALLS -- command...`` (stdio) or ``... --http URL``
-  (bearer token from ``$MCP_TOKEN``).
+* ``ts_client`` (session): the official TypeScript SDK client (tests/fixtures/ts-client, installed
+  by .ci/setup with ``npm ci`` from its lockfile: nothing is fetched at test time);
+  ``node client.mjs CALLS -- command...`` (stdio) or ``... --http URL`` (bearer token from
+  ``$MCP_TOKEN``).
 * ``mcpkit_http(*args, env=, cwd=)``: starts ``mcpkit <args> --http 127.0.0.1:0`` as a process and
   yields a :class:`Served` (its URL, token, process, stderr so far) once it listens; SIGTERM after.
 * ``http_session(url, token)``: the official Python SDK client over streamable HTTP, initialized.
@@ -33,19 +34,14 @@ _TOKEN = re.compile(r"bearer token for this run \([^)]*\): (\S+)")
 
 
 @pytest.fixture(scope="session")
-def ts_client(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The official TypeScript SDK client (tests/fixtures/ts-client), installed with ``npm ci``."""
+def ts_client() -> Path:
+    """The official TypeScript SDK client (tests/fixtures/ts-client), installed by .ci/setup with ``npm ci``."""
     from tests._support import need
 
-    need(shutil.which("node") and shutil.which("npm"), "node and npm (Debian: nodejs npm)")
-    src = REPO / "tests" / "fixtures" / "ts-client"
-    dest = tmp_path_factory.mktemp("ts-client")
-    for name in ("package.json", "package-lock.json", "client.mjs"):
-        shutil.copyfile(src / name, dest / name)
-    proc = subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=dest, capture_output=True, timeout=300,
-                          check=False)
-    assert proc.returncode == 0, proc.stderr.decode(errors="replace")[-2000:]
-    return dest / "client.mjs"
+    here = REPO / "tests" / "fixtures" / "ts-client"
+    need(shutil.which("node") and (here / "node_modules" / "@modelcontextprotocol" / "sdk").is_dir(),
+         "node and the TypeScript SDK (.ci/setup: npm ci --prefix tests/fixtures/ts-client)")
+    return here / "client.mjs"
 
 
 @dataclass
