@@ -113,14 +113,24 @@ class TransientError(RegistryError):
 
 
 def ca_bundle(ca_file: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None) -> str | bool:
-    """What to verify certificates against: a CA file, or ``True`` for the default bundle. Never ``False``."""
+    """What to verify certificates against: a CA file (or folder), or ``True`` for the default bundle. Never ``False``."""
+    return _ca_choice(ca_file, environ)[0]
+
+
+def _ca_choice(ca_file: str | os.PathLike[str] | None, environ: Mapping[str, str] | None) -> tuple[str | bool, str]:
+    """:func:`ca_bundle` and where it was given (``--ca-file`` or the variable's name)."""
     if ca_file:
-        return str(ca_file)
+        return str(ca_file), "--ca-file"
     env = os.environ if environ is None else environ
     for name in CA_VARIABLES:
         if env.get(name):
-            return env[name]
-    return True
+            return env[name], name
+    return True, "the default bundle"
+
+
+def _missing_ca(path: str, where: str) -> UsageError:
+    return UsageError(f"{where} names {path}, which does not exist: no certificate can be checked against it",
+                      hint=f"point {where} at a PEM file of CA certificates, or unset it to use the default ones")
 
 
 def certs_d_folder(host: str, environ: Mapping[str, str] | None = None) -> Path | None:
@@ -383,7 +393,7 @@ class Transport:
     ) -> None:
         self.label = label
         self.insecure = insecure
-        self.verify = ca_bundle(ca_file)
+        self.verify, self._ca_source = _ca_choice(ca_file, None)
         self.timeout = timeout
         self.deadline = transfer_deadline(deadline)
         self.retry_pauses = tuple(retry_pauses)
@@ -400,9 +410,15 @@ class Transport:
             return None
         entry = CertsD.read(folder)
         if entry.roots or entry.client:
+            self._check_ca()
             self.session.mount(f"https://{(netloc or host).lower()}/", _tls_adapter(entry.context(self.verify)))
             self.certs_d = folder
         return folder
+
+    def _check_ca(self) -> None:
+        """A CA file that is not there is the user's mistake to hear about (only once TLS is needed)."""
+        if isinstance(self.verify, str) and not os.path.exists(self.verify):
+            raise _missing_ca(self.verify, self._ca_source)
 
     def close(self) -> None:
         self.session.close()
@@ -488,6 +504,8 @@ class Transport:
         left = deadline.left()
         if left <= 0:
             raise self._late(deadline, what)
+        if url[:6].lower() == "https:":
+            self._check_ca()
         data = body() if body is not None else None
         try:
             resp = self.session.request(

@@ -674,3 +674,22 @@ def test_a_certs_d_folder_works_through_an_https_proxy(tls_registry: RunningRegi
     finally:
         proxy.shutdown()
         proxy.server_close()
+
+
+@pytest.mark.parametrize("variable", ["--ca-file", "MCPKIT_CA_FILE", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE"])
+def test_a_ca_file_that_is_not_there_is_named(tls_registry: RunningRegistry, registry: RunningRegistry,
+                                              tmp_path: Path, variable: str) -> None:
+    """A CA file that does not exist: exit 2 naming where it was given (not an internal error), once TLS is
+    needed -- a plain-HTTP loopback registry still works with the same setting."""
+    missing = str(tmp_path / "no-such-ca.pem")
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("MCPKIT_", "DOCKER_CONFIG")) and k not in ("REQUESTS_CA_BUNDLE", "SSL_CERT_FILE")}
+    env.update(MCPKIT_HOME=str(tmp_path / "mcpkit"), DOCKER_CONFIG=str(tmp_path / "none"), HOME=str(tmp_path))
+    option = ["--ca-file", missing] if variable == "--ca-file" else []
+    if not option:
+        env[variable] = missing
+    proc = _cli(env, "list", "--registry", f"{tls_registry.host}/test", *option)
+    assert proc.returncode == 2, proc.stderr
+    assert f"{variable} names {missing}, which does not exist" in proc.stderr
+    plain = _cli(env, "list", "--registry", f"{registry.host}/test", *option)
+    assert plain.returncode == 0, plain.stderr
