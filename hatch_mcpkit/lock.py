@@ -430,12 +430,25 @@ def sync(project: Project, store: BundleCache, opts: PullOptions, policy: TrustP
     missing = [(spec, e) for spec, e in todo if spec.key not in present]
     if missing:
         with ThreadPoolExecutor(_jobs(len(missing), jobs), thread_name_prefix="mcpkit-sync") as pool:
-            futures = [pool.submit(_pull, store, spec, e, opts, policy, warn) for spec, e in missing]
-            errors = [exc for f in futures if (exc := f.exception()) is not None]
-        if errors:
-            raise errors[0]
+            futures = {spec.key: pool.submit(_pull, store, spec, e, opts, policy, warn) for spec, e in missing}
+        _raise_failures({key: exc for key, f in futures.items() if (exc := f.exception()) is not None},
+                        len(futures))
     pruned = _prune(store, project, lock) if prune else ()
     return SyncOutcome(lock, outcome, tuple(spec.key for spec, _ in missing), present, pruned)
+
+
+def _raise_failures(failed: dict[str, BaseException], tried: int) -> None:
+    """One failure as it is; several as one error naming each bundle (the others were installed)."""
+    if not failed:
+        return
+    first = next(iter(failed.values()))
+    if len(failed) == 1 or not all(isinstance(exc, McpkitError) for exc in failed.values()):
+        raise first
+    lines = "\n".join(f"  {key}: {exc}".replace("\n", "\n    ") for key, exc in failed.items())
+    others = " (the others were)" if tried > len(failed) else ""
+    error = McpkitError(f"{len(failed)} bundles could not be installed{others}:\n{lines}")
+    error.exit_code = max(exc.exit_code for exc in failed.values() if isinstance(exc, McpkitError))
+    raise error
 
 
 def _prune(store: BundleCache, project: Project, lock: Lock) -> tuple[str, ...]:

@@ -418,3 +418,16 @@ def test_sync_installs_the_locked_digest_after_the_tag_moved(
     served = {b.key: b.digest for b in locked_bundles(find_project(folder), BundleCache())}
     assert served["weather"] == weather.digest != moved.digest
     assert moved.digest not in {e.digest for e in BundleCache().entries()}
+
+
+def test_every_bundle_that_cannot_be_installed_is_named(
+    fault_proxy: FaultProxy, registry: Any, repo_name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    folder, _, _ = _two(registry, tmp_path, repo_name, host=fault_proxy.host)
+    assert _mcpkit(capsys, "lock", "--project", str(folder))[0] == 0
+    fault_proxy.add(Fault("status", method="GET", path="/manifests/sha256:", status=404, times=None))
+    code, _, err = _mcpkit(capsys, "sync", "--frozen", "--project", str(folder))
+    assert code == 3, err  # not found, as a pull of one says
+    assert "2 bundles could not be installed:" in err
+    assert "  notes: " in err and "  weather: " in err and "404" in err
+    assert not list((tmp_path / "home").rglob("module.wasm"))
