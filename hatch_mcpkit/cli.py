@@ -319,6 +319,8 @@ def _cmd_push(args: argparse.Namespace) -> int:
                               deadline=getattr(args, "transfer_deadline", None),
                               publisher_config=own_config, sign_key=sign_key,
                               home=Path(args.home) if args.home else None)
+    _info(f"blobs: {result.uploaded} uploaded, {result.mounted} mounted from another repository, "
+          f"{result.present} already there")
     _out(f"digest: {result.digest}")
     for reference in result.references:
         _out(f"pushed oci://{clean(reference)}")

@@ -39,6 +39,9 @@ class PushResult:
     repository: str  # host/repository
     tags: tuple[str, ...]
     signature: str | None = None  # the signature referrer's digest when the push was signed
+    uploaded: int = 0  # blobs sent
+    mounted: int = 0  # blobs the registry mounted from another of its repositories
+    present: int = 0  # blobs the repository already held
 
     @property
     def references(self) -> list[str]:
@@ -163,6 +166,7 @@ def push_archive(
                             deadline=deadline) as client:
             digest = client.push_layout(layout, repository, push_tags, mount_from=mount_from)
             _mounts.remember(cache, repo_host, repository, [d.digest for d in layout.manifest.blobs])
+            blobs = client.stats.blobs_uploaded, client.stats.blobs_mounted, client.stats.blobs_skipped
             if digest != layout.manifest.digest:  # pragma: no cover - push_layout pushes the layout's bytes
                 raise BundleError(f"registry stored {digest}, expected {layout.manifest.digest}")
             signature = None
@@ -172,4 +176,4 @@ def push_archive(
 
                 signed = Reference(repo_host, repository, None, digest)
                 signature = attach(client, signed, digest, sign_key).referrer
-        return PushResult(archive, digest, f"{repo_host}/{repository}", push_tags, signature)
+        return PushResult(archive, digest, f"{repo_host}/{repository}", push_tags, signature, *blobs)

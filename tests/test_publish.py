@@ -166,10 +166,12 @@ def test_a_second_repository_mounts_the_blobs_instead_of_uploading_them(
     home = tmp_path / "pusher"
     a = push_archive(archive, target=f"oci://{fault_proxy.host}/{repo_name}/a:1", environ={}, home=home)
     assert len(_uploads(fault_proxy)) == len(blobs) and _mounts(fault_proxy) == []
+    assert (a.uploaded, a.mounted, a.present) == (len(blobs), 0, 0)
 
     fault_proxy.clear()
     b = push_archive(archive, target=f"oci://{fault_proxy.host}/{repo_name}/b:1", environ={}, home=home)
     assert b.digest == a.digest
+    assert (b.uploaded, b.mounted, b.present) == (0, len(blobs), 0)
     assert _uploads(fault_proxy) == [], "a blob the registry holds in a was uploaded again"
     mounts = _mounts(fault_proxy)
     assert sorted(parse_qs(urlsplit(r.path).query)["mount"][0] for r in mounts) == sorted(d.digest for d in blobs)
