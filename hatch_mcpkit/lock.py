@@ -322,16 +322,16 @@ def _existing(path: Path) -> Lock | None:
 
 def _write(project: Project, old: Lock | None, entries: dict[str, LockEntry],
            resolved: Iterable[str]) -> LockOutcome:
-    from hatch_mcpkit._files import atomic_write
+    from hatch_mcpkit._files import atomic_write, read_regular
 
     path = project.lock_path
     before = old.entries if old is not None else {}
     moved = tuple((k, before[k].digest, e.digest) for k in sorted(resolved) if k in before
                   and (e := entries[k]).reference == before[k].reference and e.digest != before[k].digest)
     data = render_lock(entries.values())
-    try:
-        same = path.read_bytes() == data
-    except OSError:
+    try:  # (the file may be anything a cloned repository holds: read it only as a bounded regular file)
+        same = read_regular(path, limit=MAX_LOCK_BYTES, where=str(path), error=McpkitError) == data
+    except (OSError, McpkitError):
         same = False
     if not same:
         atomic_write(path, data, mode=0o644)

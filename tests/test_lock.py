@@ -7,6 +7,7 @@ checked on a recording proxy in front of that registry (tests.faultproxy), never
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -394,6 +395,10 @@ def test_a_hostile_lock_is_refused_before_anything_is_read_or_fetched(
     path.symlink_to("/dev/zero")  # an endless file: refused without reading it
     code, _, err = _mcpkit(capsys, "sync", "--frozen", "--project", str(folder))
     assert code == 2 and "not a regular file" in err, err
+    path.unlink()
+    os.mkfifo(path)  # a pipe nobody writes: `lock` replaces it, without waiting to read it
+    code, _, err = _mcpkit(capsys, "lock", "--project", str(folder))
+    assert code == 0 and path.is_file() and load_lock(path).entries["weather"].digest == weather.digest, err
     path.unlink()
 
     # layers that are not the manifest's: the pull by digest shows the lock was edited
