@@ -99,12 +99,12 @@ def sources(cache: BundleCache, registry: str, repository: str, manifest: Manife
     """For each blob of ``manifest``, one other repository of ``registry`` that should hold it."""
     from hatch_mcpkit.errors import McpkitError
 
+    wanted = {d.digest for d in manifest.blobs}
     found: dict[str, str] = {}
     for digest, repos in _load(cache.pushed_path).get(registry, {}).items():
-        if digest in {d.digest for d in manifest.blobs}:
-            other = next((r for r in repos if r != repository), None)
-            if other is not None:
-                found[digest] = other
+        other = next((r for r in repos if r != repository), None) if digest in wanted else None
+        if other is not None:
+            found[digest] = other
     try:
         for digest, repo in _pulled(cache, registry, manifest):
             if repo != repository and is_repository_path(repo):

@@ -215,3 +215,30 @@ def test_a_wrong_mount_hint_costs_an_upload_not_the_push(tmp_path: Path, fault_p
     # and the record now says where the blobs really are, newest first, without the bad name
     kept = json.loads((home / "cache" / "pushed.json").read_text())["registries"][fault_proxy.host]
     assert {tuple(v) for v in kept.values()} == {(f"{repo_name}/b", f"{repo_name}/never-pushed")}
+
+
+def test_the_push_record_is_bounded_and_kept_per_registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """cache/pushed.json keeps the newest digests only, a few repositories each, newest first; a registry's
+    record is never a source for another registry."""
+    from hatch_mcpkit import _mounts
+    from hatch_mcpkit.store import BundleCache
+
+    monkeypatch.setattr(_mounts, "MAX_DIGESTS", 5)
+    cache = BundleCache(tmp_path / "home")
+    digests = [f"sha256:{i:064x}" for i in range(8)]
+    _mounts.remember(cache, "other.example", "org/x", digests[:2])
+    for n, repo in enumerate(["org/a", "org/b", "org/c", "org/d", "org/e"]):
+        _mounts.remember(cache, "r.example", repo, digests[2 + n % 2: 8])
+    kept = json.loads(cache.pushed_path.read_text())["registries"]
+    assert list(kept) == ["r.example"], "the oldest rows went first"
+    assert list(kept["r.example"]) == digests[3:8]
+    assert kept["r.example"][digests[7]] == ["org/e", "org/d", "org/c", "org/b"]
+
+    with BundleLayout.open(make_archive(tmp_path / "proj", "ghcr.io/a/b")) as layout:
+        blobs = layout.manifest.blobs
+        _mounts.remember(cache, "r.example", "org/a", [d.digest for d in blobs])
+        assert _mounts.sources(cache, "r.example", "org/new", layout.manifest) == {d.digest: "org/a" for d in blobs}
+        assert _mounts.sources(cache, "r.example", "org/a", layout.manifest) == {}, "never the target itself"
+        assert _mounts.sources(cache, "elsewhere.example", "org/new", layout.manifest) == {}
+        cache.pushed_path.write_text("{not json")
+        assert _mounts.sources(cache, "r.example", "org/new", layout.manifest) == {}, "a broken record is no hint"
