@@ -703,10 +703,12 @@ def _ahead(chunks: Iterator[bytes]) -> Iterator[bytes]:
 
 
 def download(url: str, dest: Path, *, max_bytes: int, ca_file: str | None = None, insecure: bool = False,
-             deadline: float | None = None, timeout: tuple[float, float] = DEFAULT_TIMEOUT) -> str:
+             deadline: float | None = None, timeout: tuple[float, float] = DEFAULT_TIMEOUT,
+             progress: Callable[[int, int], None] | None = None) -> str:
     """Stream ``url`` into ``dest`` (removed on failure); return the SHA-256 hex of what was written.
 
-    ``insecure`` allows plain HTTP; certificates are checked all the same.
+    ``insecure`` allows plain HTTP; certificates are checked all the same. ``progress`` is told
+    (bytes received, the declared Content-Length or 0) after each chunk, from 0 again on a retry.
     """
     import hashlib
 
@@ -726,6 +728,7 @@ def download(url: str, dest: Path, *, max_bytes: int, ca_file: str | None = None
             raise BundleError(f"{shown}: download is {int(length)} bytes, more than the {max_bytes} byte limit")
         h = hashlib.sha256()
         written = 0
+        declared = int(length) if length.isdigit() else 0
         with open(dest, "wb") as out:
             for chunk in transport.stream(resp, what="download", deadline=clock):
                 written += len(chunk)
@@ -733,6 +736,8 @@ def download(url: str, dest: Path, *, max_bytes: int, ca_file: str | None = None
                     raise BundleError(f"{shown}: download is larger than the {max_bytes} byte limit")
                 h.update(chunk)
                 out.write(chunk)
+                if progress is not None:
+                    progress(written, declared)
         return h.hexdigest()
 
     try:

@@ -121,16 +121,17 @@ class _ProgressLine:
         self.open = False
 
     def __call__(self, done: int, total: int) -> None:
+        """``total`` 0: not known (a web server that sends no Content-Length)."""
         now = self._clock()
-        if done < total and now - self.drawn < self.INTERVAL:
+        finished = 0 < total <= done
+        if not finished and now - self.drawn < self.INTERVAL:
             return
         self.drawn = now
         rate = done / max(now - self.started, 1e-3)
-        percent = f"{100 * done // total:3d}%" if total else ""
-        sys.stderr.write(f"\r{PROG}: pulling {self.label}  {_human_size(done)} / {_human_size(total)}  {percent}  "
-                         f"{_human_size(int(rate))}/s\x1b[K")
-        self.open = done < total
-        if not self.open:
+        of = f" / {_human_size(total)}  {100 * min(done, total) // total:3d}%" if total else ""
+        sys.stderr.write(f"\r{PROG}: pulling {self.label}  {_human_size(done)}{of}  {_human_size(int(rate))}/s\x1b[K")
+        self.open = not finished
+        if finished:
             sys.stderr.write("\n")
         sys.stderr.flush()
 

@@ -269,8 +269,8 @@ class PullOptions:
     # ``signature`` record for metadata.json (see hatch_mcpkit.trust.verifier)
     verify: Callable[[RegistryClient, Reference, str], dict[str, Any] | None] | None = field(
         default=None, compare=False)
-    # told (bytes received, bytes in all) as a registry pull downloads its layers; never called when the
-    # cache already holds the manifest's files
+    # told (bytes received, bytes in all; 0 when a web server does not say) as a pull downloads, from a
+    # registry or an https:// archive; never called when the cache already holds the manifest's files
     progress: Callable[[int, int], None] | None = field(default=None, compare=False)
 
     @property
@@ -736,7 +736,7 @@ class BundleCache:
         with self._workdir("http") as tmp:
             archive = tmp / "bundle.tar.gz"
             hexdigest = download(source.url, archive, max_bytes=limit, ca_file=opts.ca_file, insecure=opts.insecure,
-                                 deadline=opts.transfer_deadline)
+                                 deadline=opts.transfer_deadline, progress=opts.progress)
             if source.sha256 is not None and hexdigest != source.sha256:
                 raise IntegrityError(
                     f"{source.url}: download has sha256 {hexdigest}, the URL pins {source.sha256}",

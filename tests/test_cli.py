@@ -462,3 +462,54 @@ def test_documented_exit_code(case: str, env: dict[str, str], tmp_path: Path, re
     assert says in err and "Traceback" not in err
     if expected in (1, 3):
         assert err.count("mcpkit: error: ") == 1, err  # one message (a `run` says first that it pulls)
+
+
+def test_pull_progress_of_a_web_archive_with_and_without_a_declared_size(env: dict[str, str],
+                                                                         tmp_path: Path) -> None:
+    import http.server
+    import io
+    import tarfile
+    import threading
+
+    from tests.builders import make_project, tiny_module
+
+    project = make_project(tmp_path / "web", module=tiny_module(os.urandom(1024 * 1024)))  # gzip cannot shrink it
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name in ("module.wasm", "config.yaml", "README.md"):
+            tar.add(project / name, arcname=name)
+    body = buf.getvalue()
+
+    class Trickle(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            self.send_response(200)
+            if self.path == "/sized.tar.gz":
+                self.send_header("Content-Length", str(len(body)))
+            self.end_headers()  # else the body ends when the connection closes (HTTP/1.0)
+            for i in range(0, len(body), 64 * 1024):
+                self.wfile.write(body[i:i + 64 * 1024])
+                self.wfile.flush()
+                time.sleep(0.03)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Trickle)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        code, screen = _pull_on_a_terminal(env, f"{base}/sized.tar.gz")
+        assert code == 0, screen
+        updates = [u for u in re.split(r"[\r\n]", screen) if u.startswith("mcpkit: pulling ")]
+        size = f"{len(body) / 1024 / 1024:.1f} MiB"
+        assert len(updates) >= 3 and all(f" / {size} " in u for u in updates), screen
+        assert re.search(rf"  {size} / {size}  100%  [0-9.]+ (KiB|MiB)/s\x1b\[K\r?\n", screen), screen
+
+        code, screen = _pull_on_a_terminal(env, f"{base}/unsized.tar.gz")
+        assert code == 0, screen
+        updates = [u for u in re.split(r"[\r\n]", screen) if u.startswith("mcpkit: pulling ")]
+        assert len(updates) >= 3 and not any(" / " in u for u in updates), screen  # no total to show
+        assert re.search(r"/s\x1b\[K\r?\n", screen), screen  # the line is ended once the pull is over
+    finally:
+        server.shutdown()
+        server.server_close()
