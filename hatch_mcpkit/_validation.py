@@ -26,6 +26,7 @@ while a check runs ``ping`` is answered and end of input stops the server.
 from __future__ import annotations
 
 import functools
+import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -358,6 +359,27 @@ def _problems(validator: Validator, instance: Any, root: str, budget: float | No
     return out
 
 
+def _non_finite(value: Any, root: str, limit: int = 5) -> list[str]:
+    """Where ``value`` holds NaN or an infinity (at most ``limit`` places).
+
+    JSON has neither, but parsers accept ``NaN``/``Infinity`` and turn a number past the
+    float range (``1e400``) into an infinity; such a value cannot be passed on to a module
+    as JSON, and a schema's ``type: number`` does not refuse it.
+    """
+    out: list[str] = []
+    stack: list[tuple[Any, list[Any]]] = [(value, [])]
+    while stack and len(out) < limit:
+        item, path = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            what = "NaN" if math.isnan(item) else "a number beyond the range of a 64-bit float"
+            out.append(f"{json_path(root, path)}: {what} is not a JSON number this tool can be given")
+        elif isinstance(item, dict):
+            stack.extend((v, [*path, k]) for k, v in reversed(list(item.items())))
+        elif isinstance(item, list):
+            stack.extend((v, [*path, i]) for i, v in reversed(list(enumerate(item))))
+    return out
+
+
 class ToolSchemas:
     """Every tool's input and output validators, built (and refused) once, up front.
 
@@ -389,7 +411,8 @@ class ToolSchemas:
         when ``cancelled()`` turns true it stops with :class:`ValidationTimeout`.
         """
         validator = self._inputs.get(tool.name)
-        return [] if validator is None else _problems(validator, arguments, "arguments", budget, cancelled)
+        odd = _non_finite(arguments, "arguments")
+        return odd + ([] if validator is None else _problems(validator, arguments, "arguments", budget, cancelled))
 
     def output(self, tool: Tool, value: Any, *, budget: float | None = DEFAULT_BUDGET_S,
                cancelled: Callable[[], bool] | None = None) -> str | None:

@@ -7,6 +7,7 @@ preopened read-only at /data, the result as JSON on stdout. No mcpkit runtime or
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from collections.abc import Callable, Iterator
@@ -16,6 +17,8 @@ from typing import Any
 
 import jsonschema
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from hatch_mcpkit.config import load_config
 from tests._support import need
@@ -24,6 +27,7 @@ from tests.plugins.rust import EXAMPLE_DIR
 pytestmark = pytest.mark.cargo
 
 CONFIG = load_config(EXAMPLE_DIR / "config.yaml")
+UNITS = ["celsius", "fahrenheit", "kelvin"]
 
 
 @dataclass
@@ -53,7 +57,7 @@ def run_tool(example_wasm: Path) -> Iterator[Runner]:
     module = wasmtime.Module.from_file(engine, str(example_wasm))
     data_dir = EXAMPLE_DIR / "data"
 
-    def run(tool: str | None, stdin: str | dict[str, Any], *, data: bool = True,
+    def run(tool: str | None, stdin: str | dict[str, Any], *, data: bool | Path = True,
             env: dict[str, str] | None = None) -> Outcome:
         text = stdin if isinstance(stdin, str) else json.dumps(stdin)
         with tempfile.TemporaryDirectory() as tmp:
@@ -70,7 +74,7 @@ def run_tool(example_wasm: Path) -> Iterator[Runner]:
             wasi.stdout_custom = lambda chunk: out.append(bytes(chunk))
             wasi.stderr_custom = lambda chunk: err.append(bytes(chunk))
             if data:
-                wasi.preopen_dir(str(data_dir), "/data", fs_mutable=False)
+                wasi.preopen_dir(str(data if isinstance(data, Path) else data_dir), "/data", fs_mutable=False)
             store = wasmtime.Store(engine)
             store.set_wasi(wasi)
             linker = wasmtime.Linker(engine)
@@ -161,6 +165,14 @@ def test_get_weather_without_the_data_grant(run_tool: Runner) -> None:
     assert "bundle:data" in message
 
 
+def test_get_weather_refuses_a_temperature_out_of_range(run_tool: Runner, tmp_path: Path) -> None:
+    """Data whose Fahrenheit value overflows a 64-bit float is an error, never "inf" or a null temperature."""
+    data = {"locations": {"venus": {"name": "Venus", "temperature_c": 1e308, "conditions": "hot"}}}
+    (tmp_path / "weather.json").write_text(json.dumps(data), encoding="utf-8")
+    message = _error(run_tool("get_weather", {"location": "Venus"}, data=tmp_path))
+    assert message == "the weather data for Venus has a temperature out of range: 1e308"
+
+
 @pytest.mark.parametrize(
     ("stdin", "expected"),
     [
@@ -188,6 +200,10 @@ def test_get_weather_bad_arguments(run_tool: Runner, stdin: Any, expected: str) 
         (98.6, "fahrenheit", "celsius", "98.6 °F = 37 °C"),
         (300, "kelvin", "fahrenheit", "300 K = 80.33 °F"),
         (21, "celsius", "celsius", "21 °C = 21 °C"),
+        # far beyond any real temperature, still finite: scientific notation, 15 significant digits
+        (1.7e308, "celsius", "kelvin", "1.7e308 °C = 1.7e308 K"),
+        (1e16, "celsius", "fahrenheit", "1e16 °C = 1.8e16 °F"),
+        (1e307, "fahrenheit", "celsius", "1e307 °F = 5.55555555555556e306 °C"),
     ],
 )
 def test_convert_temperature(run_tool: Runner, value: float, unit_from: str, unit_to: str, text: str) -> None:
@@ -202,6 +218,10 @@ def test_convert_temperature(run_tool: Runner, value: float, unit_from: str, uni
     [
         ({"value": -500, "from": "celsius", "to": "kelvin"}, "-500 °C is below absolute zero"),
         ({"value": -1, "from": "kelvin", "to": "celsius"}, "-1 K is below absolute zero"),
+        ({"value": -1e308, "from": "celsius", "to": "fahrenheit"}, "-1e308 °C is below absolute zero"),
+        ({"value": 1e308, "from": "celsius", "to": "fahrenheit"},
+         "1e308 °C is too large to convert to fahrenheit: the result is beyond the range of a 64-bit float"),
+        ({"value": 1e308, "from": "fahrenheit", "to": "celsius"}, "1e308 °F is too large to convert to celsius"),
         ({"value": 1, "from": "rankine", "to": "celsius"},
          'unknown unit "rankine" for from; use celsius, fahrenheit or kelvin'),
         ({"value": 1, "from": "celsius", "to": 7}, "to must be a string, not a number"),
@@ -211,6 +231,24 @@ def test_convert_temperature(run_tool: Runner, value: float, unit_from: str, uni
 )
 def test_convert_temperature_errors(run_tool: Runner, args: dict[str, Any], expected: str) -> None:
     assert expected in _error(run_tool("convert_temperature", args))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(value=st.floats(allow_nan=False, allow_infinity=False),
+       unit_from=st.sampled_from(UNITS), unit_to=st.sampled_from(UNITS))
+def test_convert_temperature_never_answers_a_non_number(run_tool: Runner, value: float, unit_from: str,
+                                                        unit_to: str) -> None:
+    """Any finite input: a conversion whose numbers read back as finite floats, or an error -- never inf/NaN."""
+    result = run_tool("convert_temperature", {"value": value, "from": unit_from, "to": unit_to}).json
+    if "error" in result:
+        assert "below absolute zero" in result["error"] or "too large to convert" in result["error"], result
+        return
+    text = result["content"][0]["text"]
+    left, right = text.split(" = ")
+    for side in (left, right):
+        number = float(side.split(" ")[0])
+        assert math.isfinite(number), text
+    assert float(left.split(" ")[0]) == pytest.approx(value, rel=1e-14, abs=0.005), text
 
 
 # --------------------------------------------------------------------------- the ABI itself

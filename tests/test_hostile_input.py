@@ -218,6 +218,36 @@ def test_raw_protocol_garbage_never_kills_the_server(example_bundle_dir: Path) -
     assert b"Traceback" not in stderr, stderr.decode(errors="replace")[-3000:]
 
 
+@pytest.mark.cargo
+def test_numbers_json_cannot_carry_are_argument_errors(example_bundle_dir: Path) -> None:
+    """1e400 (past the float range), NaN and Infinity are accepted by JSON parsers as floats that JSON
+    itself cannot write back: a SEP-1303 tool error naming the field, never passed on to the module."""
+    server = RawServer(example_bundle_dir)
+    try:
+        server.request(1, "initialize", {"protocolVersion": "2025-11-25", "capabilities": {},
+                                         "clientInfo": {"name": "raw", "version": "0"}})
+        server.read_until(1)
+        server.send(b'{"jsonrpc":"2.0","method":"notifications/initialized"}')
+        for n, (number, needle) in enumerate([(b"1e400", b"beyond the range of a 64-bit float"),
+                                              (b"-1e400", b"beyond the range of a 64-bit float"),
+                                              (b"NaN", b"NaN"), (b"Infinity", b"beyond the range")]):
+            server.send(b'{"jsonrpc":"2.0","id":%d,"method":"tools/call","params":{"name":"convert_temperature",'
+                        b'"arguments":{"value":%s,"from":"celsius","to":"kelvin"}}}' % (10 + n, number))
+            answer = server.read_until(10 + n)[-1]
+            assert answer["result"]["isError"] is True, answer
+            text = answer["result"]["content"][0]["text"]
+            assert text.startswith("Invalid arguments for tool convert_temperature: arguments.value: "), text
+            assert needle.decode() in text, text
+        server.request(20, "tools/call", {"name": "convert_temperature",
+                                          "arguments": {"value": 1e308, "from": "celsius", "to": "fahrenheit"}})
+        answer = server.read_until(20)[-1]["result"]
+        assert answer["isError"] is True and "too large to convert" in answer["content"][0]["text"], answer
+        assert "inf" not in answer["content"][0]["text"]
+    finally:
+        stderr = server.close()
+    assert b"Traceback" not in stderr
+
+
 # --------------------------------------------------------------------------- references
 
 

@@ -23,6 +23,8 @@ use serde_json::{json, Map, Value};
 const DATA_FILE: &str = "/data/weather.json";
 /// Arguments larger than this are refused rather than parsed.
 const MAX_INPUT: u64 = 1 << 20;
+/// From here on an f64 has no fractional digits: shown in scientific notation, never rounded.
+const LARGE: f64 = 9_007_199_254_740_992.0; // 2^53
 
 type ToolResult = Result<Value, String>;
 
@@ -122,6 +124,13 @@ fn get_weather(args: &Map<String, Value>) -> ToolResult {
         .get("temperature_c")
         .and_then(Value::as_f64)
         .ok_or_else(|| format!("the weather data for {name} has no temperature_c"))?;
+    let temperature_f = c_to_f(temperature_c);
+    if !temperature_f.is_finite() {
+        return Err(format!(
+            "the weather data for {name} has a temperature out of range: {}",
+            format_number(temperature_c)
+        ));
+    }
     let conditions = entry.get("conditions").and_then(Value::as_str).unwrap_or("unknown");
 
     let mut out = Map::new();
@@ -130,7 +139,7 @@ fn get_weather(args: &Map<String, Value>) -> ToolResult {
         out.insert("country".into(), json!(country));
     }
     out.insert("temperature_c".into(), json!(round2(temperature_c)));
-    out.insert("temperature_f".into(), json!(round2(c_to_f(temperature_c))));
+    out.insert("temperature_f".into(), json!(round2(temperature_f)));
     out.insert("conditions".into(), json!(conditions));
     for key in ["humidity_pct", "wind_kph"] {
         if let Some(v) = entry.get(key).filter(|v| v.is_number()) {
@@ -197,7 +206,7 @@ impl Unit {
 
 fn convert_temperature(args: &Map<String, Value>) -> ToolResult {
     let value = match args.get("value") {
-        Some(Value::Number(n)) => n.as_f64().ok_or("value is not a finite number")?,
+        Some(Value::Number(n)) => n.as_f64().filter(|v| v.is_finite()).ok_or("value is not a finite number")?,
         Some(other) => return Err(format!("value must be a number, not {}", type_name(other))),
         None => return Err("missing required argument \"value\"".into()),
     };
@@ -213,7 +222,17 @@ fn convert_temperature(args: &Map<String, Value>) -> ToolResult {
             from.symbol()
         ));
     }
-    let result = round2(to.from_celsius(celsius));
+    let result = to.from_celsius(celsius);
+    // Near the largest f64 the arithmetic overflows: say so rather than answer "inf".
+    if !celsius.is_finite() || !result.is_finite() {
+        return Err(format!(
+            "{} {} is too large to convert to {}: the result is beyond the range of a 64-bit float",
+            format_number(value),
+            from.symbol(),
+            to.name()
+        ));
+    }
+    let result = round2(result);
     let text = format!(
         "{} {} = {} {}",
         format_number(value),
@@ -254,7 +273,12 @@ fn c_to_f(celsius: f64) -> f64 {
     celsius * 9.0 / 5.0 + 32.0
 }
 
+/// Rounded to two decimals; a number too large to have any (beyond 2^53) is returned as it is,
+/// so that the scaling by 100 cannot overflow.
 fn round2(x: f64) -> f64 {
+    if !x.is_finite() || x.abs() >= LARGE {
+        return x;
+    }
     let r = (x * 100.0).round() / 100.0;
     if r == 0.0 {
         0.0 // no "-0"
@@ -263,8 +287,20 @@ fn round2(x: f64) -> f64 {
     }
 }
 
-/// 212 -> "212", 37.777 -> "37.78", 0.5 -> "0.5".
+/// 212 -> "212", 37.777 -> "37.78", 0.5 -> "0.5", 1e300 -> "1e300", 1.6200000000000032e16 -> "1.62e16".
 fn format_number(x: f64) -> String {
+    if x.abs() >= LARGE {
+        // 15 significant digits, as many as an f64 holds reliably: 1.62e16, not 1.6200000000000032e16
+        let text = format!("{x:.14e}");
+        let (mantissa, exponent) = text.split_once('e').unwrap_or((&text, "0"));
+        let mantissa = mantissa.trim_end_matches('0').trim_end_matches('.');
+        let short = format!("{mantissa}e{exponent}");
+        // rounding up can pass the largest f64 (1.79769313486232e308 reads back as inf): then in full
+        return match short.parse::<f64>() {
+            Ok(back) if back.is_finite() => short,
+            _ => format!("{x:e}"),
+        };
+    }
     let text = format!("{:.2}", round2(x));
     let text = text.trim_end_matches('0').trim_end_matches('.');
     if text == "-0" {
