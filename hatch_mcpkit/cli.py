@@ -1155,13 +1155,15 @@ def _deadline(text: str) -> float:
 def _add_registry_options(p: argparse.ArgumentParser, *, credentials: bool = True) -> None:
     p.add_argument("--insecure", action="store_true",
                    help="allow plain HTTP to a registry or host that is not loopback (TLS is never skipped: use --ca-file for a private CA)")
-    p.add_argument("--ca-file", metavar="PEM", help="trust this CA certificate bundle for TLS (a private registry)")
+    p.add_argument("--ca-file", metavar="PEM", help="trust this CA certificate bundle for TLS (a private registry; "
+                   "else MCPKIT_CA_FILE, REQUESTS_CA_BUNDLE, SSL_CERT_FILE; plus the registry's certs.d folder)")
     p.add_argument("--transfer-deadline", type=_deadline, metavar="SECONDS",
                    help="give up on one transfer after this long, start to last byte "
                         "(else MCPKIT_TRANSFER_DEADLINE, else 900)")
     if credentials:
         p.add_argument("--username", "-u", metavar="USER",
-                       help="registry user name (else distribution.auth, MCPKIT_REGISTRY_USERNAME, docker config)")
+                       help="registry user name (else distribution.auth, MCPKIT_REGISTRY_USERNAME, docker config, "
+                            "podman's auth.json)")
         p.add_argument("--password-stdin", action="store_true",
                        help="read the registry password or token from standard input (never pass it as an argument)")
 
