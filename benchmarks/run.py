@@ -25,6 +25,8 @@ BENCHMARKS = [
     ("cold start and warm tool calls", "bench_runtime.py", ["--calls", "200", "--cold", "2"]),
     ("signature verification", "bench_signing.py", ["--rounds", "3"]),
     ("project sync: 20 bundles against the largest pull", "bench_sync.py", ["--repeat", "3"]),
+    ("gateway over HTTP against the SDK's HTTP server; memory per bundle", "bench_gateway.py",
+     ["--calls", "50", "--rounds", "1"]),
 ]
 
 
