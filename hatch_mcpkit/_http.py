@@ -27,13 +27,14 @@ from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from hatch_mcpkit._signals import SIGNAL_EXIT
 from hatch_mcpkit.errors import UsageError
 
 if TYPE_CHECKING:
     from mcp.server.lowlevel import Server
 
-__all__ = ["MAX_BODY", "SIGNAL_EXIT", "TOKEN_ENV", "HttpOptions", "HttpPlan", "bind", "http_app", "is_loopback",
+    from hatch_mcpkit._signals import Stop
+
+__all__ = ["MAX_BODY", "TOKEN_ENV", "HttpOptions", "HttpPlan", "bind", "http_app", "is_loopback",
            "parse_address", "prepare", "serve_http", "take_token"]
 
 TOKEN_ENV = "MCPKIT_SERVER_TOKEN"
@@ -182,20 +183,22 @@ def http_app(server: Server[Any], options: HttpOptions) -> Any:
 # --------------------------------------------------------------------------- serving
 
 
-def serve_http(server: Server[Any], options: HttpOptions, sock: socket.socket) -> int | None:
-    """Serve until SIGTERM/SIGINT; return the signal that stopped it (``None``: it stopped by itself).
+def serve_http(server: Server[Any], options: HttpOptions, sock: socket.socket) -> Stop:
+    """Serve until SIGTERM/SIGINT; the :class:`~hatch_mcpkit._signals.Stop` says which signal it was.
 
     In-flight requests get ``options.shutdown_grace`` seconds to finish; then they are
     cancelled (a running module stops at its next epoch tick).
     """
     import uvicorn
 
-    class _Server(uvicorn.Server):
-        stopped_by: int | None = None
+    from hatch_mcpkit._signals import Stop
 
+    stop = Stop()
+
+    class _Server(uvicorn.Server):
         def handle_exit(self, sig: int, frame: Any) -> None:
             super().handle_exit(sig, frame)
-            self.stopped_by = sig
+            stop.signum = int(sig)
             self._captured_signals.clear()  # a graceful stop is the end: no re-raised signal kills us after it
 
     config = uvicorn.Config(
@@ -204,11 +207,9 @@ def serve_http(server: Server[Any], options: HttpOptions, sock: socket.socket) -
     )
     runner = _Server(config)
     runner.run(sockets=[sock])
-    if runner.stopped_by is None and not runner.started:
+    if not stop.signum and not runner.started:
         raise UsageError("the HTTP server did not start (see the messages above)")
-    return runner.stopped_by
-
-
+    return stop
 
 
 @dataclass(frozen=True)

@@ -885,20 +885,18 @@ def _run_server(server: Any, plan: Any) -> int:
             stop = anyio.run(serve_stdio, server)
         finally:
             sys.stderr.flush()
-        if stop.signum:  # Ctrl-C or SIGTERM: calls in flight were cancelled
-            _info(f"stopped ({stop.name})")
-        return stop.exit_code
-    from hatch_mcpkit._http import SIGNAL_EXIT, TOKEN_ENV, serve_http
+    else:
+        from hatch_mcpkit._http import TOKEN_ENV, serve_http
 
-    _info(f"listening on {plan.url} (streamable HTTP, stateless)")
-    if plan.generated:
-        _info(f"bearer token for this run (set {TOKEN_ENV} to choose it): {plan.options.token}")
-    elif plan.options.token is None:
-        _warn("--no-auth: any program on this machine can call these tools")
-    stopped = serve_http(server, plan.options, plan.sock)
-    if stopped is not None:
-        _info("stopped")
-    return SIGNAL_EXIT.get(stopped, 0) if stopped is not None else 0
+        _info(f"listening on {plan.url} (streamable HTTP, stateless)")
+        if plan.generated:
+            _info(f"bearer token for this run (set {TOKEN_ENV} to choose it): {plan.options.token}")
+        elif plan.options.token is None:
+            _warn("--no-auth: any program on this machine can call these tools")
+        stop = serve_http(server, plan.options, plan.sock)
+    if stop.signum:  # Ctrl-C or SIGTERM: stdio cancels calls in flight, HTTP lets them finish first
+        _info(f"stopped ({stop.name})")
+    return int(stop.exit_code)
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:

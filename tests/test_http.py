@@ -190,8 +190,12 @@ def test_sigterm_finishes_the_call_in_flight_then_exits(hostile_bundle_dir: Path
         assert result["isError"] is True and "timed out" in result["content"][0]["text"]
         with pytest.raises(OSError):
             socket.create_connection(("127.0.0.1", served.port), timeout=2).close()
+        assert "stopped (SIGTERM)" in served.stderr and "Traceback" not in served.stderr
     finally:
         served.stop(signal.SIGKILL)
+    with mcpkit_http("server", str(hostile_bundle_dir), "-q") as served:
+        assert served.stop(signal.SIGINT) == 130
+        assert "stopped (SIGINT)" in served.stderr and "Traceback" not in served.stderr
 
 
 def test_bad_addresses_are_usage_errors(hostile_bundle_dir: Path) -> None:
