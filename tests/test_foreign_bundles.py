@@ -391,13 +391,20 @@ def test_declared_sizes_are_checked_before_download_in_every_shape(shape: str, r
 @pytest.mark.registry
 def test_an_oversized_config_blob_is_refused(raw: RawOci, registry: RunningRegistry, repo_name: str,
                                              home: Path) -> None:
-    """oras' config types are not read, but a manifest declaring a 2 MiB config is still refused as it is."""
+    """oras' config types are not read, but a manifest declaring a 2 MiB config is still refused as it is; so
+    is one whose config.yaml declares more than a config.yaml may have."""
     layers = [{"mediaType": t, **raw.blob(repo_name, d), "annotations": {TITLE: n}} for n, t, d in _tiny()]
     config = raw.blob(repo_name, b"{}")
     config["size"] = 2 * 1024 * 1024
     raw.manifest(repo_name, "cfg", oras_manifest(layers, config, artifact_type=None, config_type=UNKNOWN_CONFIG))
     done = mcpkit(home, "bundle", "pull", registry.ref(repo_name, "cfg"))
     assert done.returncode == 1 and "config blob declares 2097152 bytes" in done.stderr, done.stderr
+    # config.yaml is read into memory whole: one declaring more than the YAML reader takes is refused unread
+    layers[1]["size"] = 2 * 1024 * 1024
+    raw.manifest(repo_name, "yaml", oras_manifest(layers, raw.blob(repo_name, b"{}")))
+    done = mcpkit(home, "bundle", "pull", registry.ref(repo_name, "yaml"))
+    assert done.returncode == 1 and "(config.yaml) declares 2097152 bytes" in done.stderr, done.stderr
+    assert "nothing was downloaded" in done.stderr
 
 
 @pytest.mark.registry
