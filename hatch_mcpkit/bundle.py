@@ -31,7 +31,6 @@ from hatch_mcpkit import _json
 from hatch_mcpkit._archive import RESERVED_NAMES, extract, reserved_part
 from hatch_mcpkit._files import DigestCheck, file_chunks, open_regular, read_regular, read_verified
 from hatch_mcpkit._text import clean
-from hatch_mcpkit._yaml import MAX_YAML_BYTES
 from hatch_mcpkit.errors import BundleError, InvalidReferenceError
 
 if TYPE_CHECKING:
@@ -414,9 +413,6 @@ def _layer_roles(layers: tuple[Descriptor, ...], where: str) -> tuple[int, int]:
             raise _not_a_bundle(where, f"a bundle has exactly one {what} layer; this has {len(found)}"
                                 + (f" ({listed})" if listed else ""))
     module, config = modules[0], configs[0]
-    if layers[config].size > MAX_YAML_BYTES:  # read into memory whole, and refused above this by the YAML reader
-        raise BundleError(f"{where}: layers[{config}] (config.yaml) declares {layers[config].size} bytes, more than "
-                          f"the {MAX_YAML_BYTES} a config.yaml may have; nothing was downloaded", hint=ORAS_HINT)
     if module == config:
         raise _not_a_bundle(where, f"layers[{module}] cannot be both module.wasm and config.yaml "
                             f"(mediaType {clean(layers[module].media_type, limit=200)!r}, title {clean(str(layers[module].title))!r})")

@@ -51,9 +51,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from hatch_mcpkit import _json
 from hatch_mcpkit._files import DigestCheck, atomic_write, file_chunks, write_verified
+from hatch_mcpkit._yaml import MAX_YAML_BYTES
 from hatch_mcpkit.bundle import (
     CONFIG_TITLE,
     MODULE_TITLE,
+    ORAS_HINT,
     BundleLayout,
     Descriptor,
     Manifest,
@@ -299,6 +301,10 @@ def check_declared_sizes(manifest: Manifest, limit: int, where: str) -> None:
     if total > limit:
         raise BundleError(f"{where}: the bundle's layers declare {total} bytes together, more than the maximum "
                           f"bundle size of {limit} bytes; nothing was downloaded", hint=hint)
+    if manifest.config_layer.size > MAX_YAML_BYTES:  # read into memory whole; the YAML reader refuses more
+        raise BundleError(f"{where}: config.yaml ({manifest.config_layer.digest}) declares {manifest.config_layer.size} "
+                          f"bytes, more than the {MAX_YAML_BYTES} a config.yaml may have; nothing was downloaded",
+                          hint=ORAS_HINT)
 
 
 class _BlobSource(Protocol):
