@@ -436,3 +436,36 @@ def test_every_bundle_that_cannot_be_installed_is_named(
     assert "2 bundles could not be installed:" in err
     assert "  notes: " in err and "  weather: " in err and "404" in err
     assert not list((tmp_path / "home").rglob("module.wasm"))
+
+
+_HEX = "0123456789abcdef"
+
+
+def test_a_lock_reads_back_as_written_whatever_order_it_was_made_in(tmp_path: Path) -> None:
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from hatch_mcpkit.lock import LockedLayer, LockEntry
+
+    digest = st.text(_HEX, min_size=64, max_size=64).map(lambda h: f"sha256:{h}")
+    layer = st.builds(LockedLayer, st.sampled_from(["module.wasm", "config.yaml", "README.md", "data/a b.json"]),
+                      digest, st.integers(0, 2**40))
+    entry = st.builds(lambda key, ref, d, layers, spec, signers: LockEntry(key, ref, d, tuple(layers), spec,
+                                                                             tuple(sorted(set(signers)))),
+                      st.from_regex(r"[A-Za-z0-9]{1,8}([_-][A-Za-z0-9]{1,8}){0,2}", fullmatch=True),
+                      st.text(min_size=1, max_size=80).filter(lambda t: "\0" not in t), digest,
+                      st.lists(layer, min_size=1, max_size=4), digest,
+                      st.lists(st.text("ABCDEFabcdef0123456789+/=", min_size=1, max_size=44), max_size=2))
+
+    @settings(max_examples=40, deadline=None, derandomize=True, database=None)
+    @given(st.lists(entry, max_size=5, unique_by=lambda e: e.key), st.randoms(use_true_random=False))
+    def check(entries: list[Any], rnd: Any) -> None:
+        data = render_lock(entries)
+        shuffled = list(entries)
+        rnd.shuffle(shuffled)
+        assert render_lock(shuffled) == data  # sorted: the order things were resolved in never shows
+        path = tmp_path / "mcpkit.lock"
+        path.write_bytes(data)
+        assert load_lock(path).entries == {e.key: e for e in entries}
+
+    check()
