@@ -6,8 +6,15 @@ files), stored as an OCI image manifest with ``artifactType``
 ``<name>-<version>.mcpkit.tar``: an OCI image layout (``oci-layout``,
 ``index.json``, ``blobs/sha256/...``) in a tar with fixed owners and mtimes,
 so the same inputs and ``SOURCE_DATE_EPOCH`` give the same bytes.
-``BundleLayout.open`` reads such a tar (or a layout directory) back and
-verifies every blob.
+``BundleLayout.open`` reads such a tar (any file name) or a layout directory
+back and verifies every blob.
+
+Readers also take bundles other tools made: :meth:`Manifest.parse` finds the
+module and config.yaml layers by media type or title wherever they sit, accepts
+oras' empty config (what mcpkit's config blob would say then comes from
+config.yaml: :func:`derive_bundle_config`), and refuses what is something else
+(an image, a chart, a signature) with the oras command line that makes a bundle.
+The size of a bundle is :attr:`Manifest.size`, the sum of its layers.
 """
 
 from __future__ import annotations
