@@ -20,6 +20,7 @@ from hatch_mcpkit.errors import (
     RegistryError,
     RegistryNotFoundError,
     SandboxError,
+    StaleLockError,
     ToolCallError,
     UsageError,
 )
@@ -41,6 +42,7 @@ __all__ = [
     "RegistryError",
     "RegistryNotFoundError",
     "SandboxError",
+    "StaleLockError",
     "ToolCallError",
     "UsageError",
     "__version__",
