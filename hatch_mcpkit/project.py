@@ -310,8 +310,9 @@ def _narrowing(table: ToolTable, key: str, data: Any) -> Narrowing:
         return Narrowing()
     prefix: KeyPath = (key, "policy")
     lines = {path[len(prefix):]: line for path, line in table.lines.items() if path[: len(prefix)] == prefix}
-    if () not in lines and table.line(prefix) is not None:
-        lines[()] = table.line(prefix)  # type: ignore[assignment]
+    at = table.line(prefix)
+    if () not in lines and at is not None:
+        lines[()] = at
 
     def listed(name: str) -> tuple[str, ...] | None:
         value = data.get(name)
