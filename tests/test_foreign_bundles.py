@@ -251,6 +251,30 @@ def test_a_module_found_by_type_or_by_title(raw: RawOci, registry: RunningRegist
     assert cached["tools"] == ["echo", "ping"]
 
 
+@pytest.mark.registry
+def test_a_bundle_pushed_by_oras_py_is_pulled(registry: RunningRegistry, repo_name: str, tmp_path: Path,
+                                              home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The oras Python SDK (a real OCI tool, not ours) pushes with its own defaults: the older unknown config
+    type, no artifactType, titles that are base names. mcpkit pulls what it pushed."""
+    import oras.client
+
+    folder = tmp_path / "files"
+    folder.mkdir()
+    (folder / "module.wasm").write_bytes(TINY_WASM)
+    (folder / "config.yaml").write_text(config_yaml("oraspy-tool", "0.3.0", tools=("hello",)))
+    (folder / "NOTES.txt").write_text("notes\n")
+    monkeypatch.chdir(folder)  # oras-py pushes paths relative to the working directory
+    client = oras.client.OrasClient(hostname=registry.host, insecure=True)
+    client.push(target=f"{registry.host}/{repo_name}:v1",
+                files=[f"module.wasm:{WASM}", f"config.yaml:{CONFIG_YAML}", "NOTES.txt"])
+    pushed = json.loads(RawOci(registry).get_manifest(repo_name, "v1"))
+    assert pushed["config"]["mediaType"] == UNKNOWN_CONFIG and "artifactType" not in pushed
+    ok(mcpkit(home, "bundle", "pull", registry.ref(repo_name, "v1")))
+    (row,) = json.loads(mcpkit(home, "bundle", "list", "--json").stdout)
+    assert (row["name"], row["version"], row["tools"]) == ("oraspy-tool", "0.3.0", ["hello"])
+    assert (Path(row["path"]) / "NOTES.txt").read_text() == "notes\n"
+
+
 # --------------------------------------------------------------------------- refused
 
 
