@@ -70,6 +70,19 @@ def test_two_bundles_over_stdio_named_key__tool_sorted_by_key(two_bundle_project
     assert bad.is_error and "weather__get_weather" in bad.content[0].text and "location" in bad.content[0].text
 
 
+def test_two_bundles_over_stdio_typescript_client(two_bundle_project: Project, ts_client: Path) -> None:
+    calls = [["weather__get_weather", {"location": "Berlin"}], ["hostile__trap", {}], ["hostile__echo", {"a": 1}]]
+    proc = subprocess.run(["node", str(ts_client), json.dumps(calls), "--", *MCPKIT, "serve", "--project",
+                           str(two_bundle_project.folder), "-q"], capture_output=True, timeout=120, check=False,
+                          env=two_bundle_project.env())
+    assert proc.returncode == 0, proc.stderr.decode(errors="replace")[-2000:]
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert lines[0]["tools"] == HOSTILE + WEATHER
+    assert lines[1]["ok"] and lines[1]["result"]["structuredContent"]["location"] == "Berlin"
+    assert lines[2]["ok"] and lines[2]["result"]["isError"] is True
+    assert lines[3]["ok"] and json.loads(lines[3]["result"]["content"][0]["text"]) == {"a": 1}
+
+
 def test_two_bundles_over_http_python_and_typescript_clients(two_bundle_project: Project, ts_client: Path) -> None:
     from tests.plugins.clients import child_env
 

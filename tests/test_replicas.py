@@ -114,6 +114,12 @@ def replicas(project: Project, work: Path, allow_host: str) -> Iterator[list[Ser
         yield started
 
 
+def test_the_nginx_configuration_is_the_one_docs_deploy_shows() -> None:
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "deploy.md").read_text()
+    servers = "\n".join(f"    server 127.0.0.1:{p};" for p in (8081, 8082, 8083))
+    assert f"```nginx\n{NGINX_HTTP.format(servers=servers, listen='127.0.0.1:8080')}```" in docs
+
+
 def test_a_session_through_nginx_lands_on_every_replica_and_every_call_succeeds(
         two_bundle_project: Project, tmp_path: Path) -> None:
     port = free_port()
