@@ -33,6 +33,13 @@ def test_the_readme_starts_with_the_tour() -> None:
     assert first is not None and first.group(1).strip() == FIRST_COMMAND
 
 
+def test_the_tour_says_how_it_is_used() -> None:
+    helped = subprocess.run([str(REPO / "tour"), "--help"], capture_output=True, text=True, timeout=30, check=False)
+    assert helped.returncode == 0 and "./tour --no-setup" in helped.stdout and "MCPKIT_HOME" in helped.stdout
+    wrong = subprocess.run([str(REPO / "tour"), "--bogus"], capture_output=True, text=True, timeout=30, check=False)
+    assert wrong.returncode == 2 and wrong.stderr == "tour: usage: ./tour [--no-setup]\n" and wrong.stdout == ""
+
+
 @pytest.fixture(scope="module")
 def clone(tmp_path_factory: pytest.TempPathFactory) -> Path:
     git = shutil.which("git")
