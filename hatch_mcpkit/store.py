@@ -107,6 +107,7 @@ INDEX = "registry.json"
 MAX_INDEX_BYTES = 256 * 1024 * 1024
 MAX_METADATA_BYTES = 16 * 1024 * 1024
 STALE_WORKDIR_SECONDS = 24 * 3600
+MAX_LISTED_CANDIDATES = 20  # an ambiguous name's error lists this many
 _WORKDIR_RE = re.compile(r"^[a-z]+-(\d+)-")
 _SAFE_PART = re.compile(r"[^A-Za-z0-9._-]")
 _KEY_PART = re.compile(r"^[A-Za-z0-9._-]{1,128}\Z")
@@ -532,8 +533,9 @@ class BundleCache:
             rows = index.by_name[short.name]
             if short.digest:
                 return [e for e in rows if e.digest.startswith(short.digest)]
-            if short.tag:
-                return [e for e in rows if e.tag == short.tag or e.metadata().get("version") == short.tag]
+            if short.tag:  # the tag it was pulled by; else the version it declares (read only then)
+                tagged = [e for e in rows if e.tag == short.tag]
+                return tagged or [e for e in rows if e.metadata().get("version") == short.tag]
             return list(rows)
         # a full reference written another way (bare, docker hub, file path)
         try:
@@ -580,11 +582,14 @@ class BundleCache:
     def _ambiguous(self, name_or_ref: str, matches: list[CacheEntry]) -> AmbiguousNameError:
         """Different bundles under one name: each with the ways that name it alone."""
         lines = []
-        for e in sorted(matches, key=lambda e: (e.reference, e.digest)):
+        ordered = sorted(matches, key=lambda e: (e.reference, e.digest))
+        for e in ordered[:MAX_LISTED_CANDIDATES]:
             ways = [e.reference, f"{e.name}@{e.digest}"]
             if e.tag is not None and len({m.digest for m in self._matches(f"{e.name}:{e.tag}")}) == 1:
                 ways.insert(1, f"{e.name}:{e.tag}")
             lines.append(f"    {'  or  '.join(ways)}")
+        if len(ordered) > MAX_LISTED_CANDIDATES:
+            lines.append(f"    ... and {len(ordered) - MAX_LISTED_CANDIDATES} more (`mcpkit bundle list` shows them all)")
         return AmbiguousNameError(
             f"{name_or_ref!r} is ambiguous: it matches {len(matches)} cached bundles with different content:\n"
             + "\n".join(lines),

@@ -292,6 +292,21 @@ def test_different_bundles_under_one_name_are_an_error_listing_each_way_to_choos
 
 
 @pytest.mark.registry
+def test_name_tag_means_the_tag_first_then_the_version(env: dict[str, str], tmp_path: Path, registry,  # type: ignore[no-untyped-def]
+                                                       repo_name: str) -> None:
+    first = _pull_into_cache(env, registry, tmp_path, f"{repo_name}-a", "v1")  # version 1.0.0
+    second = _pull_into_cache(env, registry, tmp_path, f"{repo_name}-b", "1.0.0", version="2.0.0")
+    assert first != second
+
+    def digest(name: str) -> str:
+        return str(json.loads(mcpkit(env, "inspect", name, "--json", "--offline").stdout)["digest"])
+
+    assert digest("demo-tool:1.0.0") == second  # a tag it was pulled by, though another declares version 1.0.0
+    assert digest("demo-tool:2.0.0") == second  # no such tag: the version it declares
+    assert digest("demo-tool:v1") == first
+
+
+@pytest.mark.registry
 def test_an_unknown_name_is_told_the_closest_cached_name(env: dict[str, str], tmp_path: Path, registry,  # type: ignore[no-untyped-def]
                                                          repo_name: str) -> None:
     _pull_into_cache(env, registry, tmp_path, repo_name, "v1")
