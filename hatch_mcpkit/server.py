@@ -25,9 +25,12 @@ stdout carries only protocol messages; everything else goes to stderr.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import threading
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -46,6 +49,8 @@ __all__ = ["DEFAULT_CONCURRENCY", "ServedTool", "build_server", "serve", "serve_
 log = logging.getLogger("hatch_mcpkit.server")
 
 DEFAULT_CONCURRENCY = 4
+PROGRESS_INTERVAL_S = 5.0  # between two notifications/progress for a call that asked for them
+PROGRESS_ENV = "MCPKIT_PROGRESS_INTERVAL_MS"
 CANCEL_WAIT_S = 5.0  # how long a cancelled call is waited for (it stops at its next 10 ms epoch tick)
 
 
@@ -154,7 +159,8 @@ def table_server(rows: Sequence[ServedTool], *, name: str, version: str,
             )
         handle = CallHandle()
         work = partial(_call, row, dict(params.arguments or {}), handle)
-        outcome = await _in_worker(work, handle, row.limiter, row.name)
+        async with _progress(ctx, row):
+            outcome = await _in_worker(work, handle, row.limiter, row.name)
         if outcome.structured_content is not None and _era(ctx):  # structuredContent came with 2025-06-18
             outcome = outcome.model_copy(update={"structured_content": None})
         return outcome
@@ -183,6 +189,52 @@ async def _initialize_once(ctx: Any, call_next: Any) -> Any:
                                f"{ctx.session.protocol_version}); initialize is sent once per connection -- "
                                "start a new connection to negotiate again")
     return await call_next(ctx)
+
+
+@contextlib.asynccontextmanager
+async def _progress(ctx: Any, row: ServedTool) -> AsyncIterator[None]:
+    """``notifications/progress`` while the body runs, when the call's ``_meta`` asks for them.
+
+    One at once, then one every :func:`progress_interval` seconds: ``progress`` is the time
+    the call has taken so far in ms and ``total`` its timeout in ms (left out once queueing
+    for a slot has taken it past the timeout). Clients that reset their request timeout on
+    progress (the TypeScript SDK's ``resetTimeoutOnProgress``) then wait for a long call
+    instead of giving up after their own default (60 s).
+    """
+    meta = getattr(ctx, "meta", None) or {}
+    if meta.get("progress_token") is None:
+        yield
+        return
+    import anyio
+
+    limits = row.runtime.limits(row.tool.name)
+    total = float(limits.timeout_ms or row.runtime.host_limits.timeout_ms)
+    interval = progress_interval()
+    start = time.monotonic()
+
+    async def tick() -> None:
+        while True:
+            elapsed = round((time.monotonic() - start) * 1000, 1)
+            await ctx.session.report_progress(elapsed, total if elapsed <= total else None,
+                                              f"{row.name}: running for {elapsed / 1000:.0f} s "
+                                              f"(timeout {total / 1000:g} s)")
+            await anyio.sleep(interval)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(tick)
+        try:
+            yield
+        finally:
+            tg.cancel_scope.cancel()
+
+
+def progress_interval() -> float:
+    """Seconds between two progress notifications: 5, or ``MCPKIT_PROGRESS_INTERVAL_MS``."""
+    raw = os.environ.get(PROGRESS_ENV, "")
+    try:
+        return max(0.01, int(raw) / 1000) if raw else PROGRESS_INTERVAL_S
+    except ValueError:
+        return PROGRESS_INTERVAL_S
 
 
 async def _in_worker(work: Callable[[], CallToolResult], handle: CallHandle, limiter: Any,

@@ -103,6 +103,7 @@ def test_inspector_never_rejects_an_output_schema_result(inspect: Any, hostile_w
          "input_schema": {"type": "object"}, "output_schema": SCHEMA},
         {"name": "argv_dump", "description": "a JSON array", "input_schema": {"type": "object"},
          "output_schema": SCHEMA},
+        {"name": "nap", "description": "text content", "input_schema": {"type": "object"}, "output_schema": SCHEMA},
     ])
     code, listed, stderr = inspect(bundle, "--method", "tools/list", "--strict")
     assert code == 0, stderr
@@ -120,3 +121,7 @@ def test_inspector_never_rejects_an_output_schema_result(inspect: Any, hostile_w
     code, result, stderr = inspect(bundle, "--method", "tools/call", "--tool-name", "argv_dump")
     assert code == TOOL_IS_ERROR, stderr
     assert result["isError"] is True and "output_schema" in result["content"][0]["text"]
+
+    code, result, stderr = inspect(bundle, "--method", "tools/call", "--tool-name", "nap")
+    assert code == TOOL_IS_ERROR, stderr  # the module printed text where JSON was declared
+    assert result["isError"] is True and "declares an output_schema" in result["content"][0]["text"]

@@ -306,11 +306,15 @@ def test_output_schema_results_are_never_rejected_by_the_client(hostile_wasm: Pa
         {"name": "echo", "description": "JSON object", "input_schema": {"type": "object"}, "output_schema": schema},
         {"name": "argv_dump", "description": "a JSON array", "input_schema": {"type": "object"},
          "output_schema": schema},
+        {"name": "nap", "description": "text content", "input_schema": {"type": "object"}, "output_schema": schema},
     ])
 
     async def go() -> None:
         async with session("server", str(bundle)) as s:
             await s.list_tools()
+            res = await s.call_tool("nap", {})  # {"content": "rested"}: text where JSON was declared
+            assert res.is_error is True and res.structured_content is None
+            assert "declares an output_schema" in res.content[0].text
             res = await s.call_tool("echo", {"x": 3})
             assert res.is_error is False and res.structured_content == {"x": 3}
             res = await s.call_tool("echo", {"x": "three"})
@@ -336,15 +340,17 @@ def test_typescript_sdk_client_accepts_every_result(ts_client: Path, hostile_was
          "input_schema": {"type": "object", "properties": {"x": {"type": "integer"}}}, "output_schema": schema},
         {"name": "argv_dump", "description": "a JSON array", "input_schema": {"type": "object"},
          "output_schema": schema},
+        {"name": "nap", "description": "text content", "input_schema": {"type": "object"}, "output_schema": schema},
     ])
-    calls = [["echo", {"x": 3}], ["echo", {"x": "three"}], ["argv_dump", {}], ["nope", {}], ["echo", {}]]
+    calls = [["echo", {"x": 3}], ["echo", {"x": "three"}], ["argv_dump", {}], ["nope", {}], ["echo", {}],
+             ["nap", {}, {"progress": True}]]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     proc = subprocess.run(["node", str(ts_client), json.dumps(calls), "--", *SERVER, "server", str(bundle), "-q"],
                           capture_output=True, timeout=120, check=False, env=env)
     assert proc.returncode == 0, proc.stderr.decode(errors="replace")[-2000:]
     lines = [json.loads(line) for line in proc.stdout.splitlines()]
-    assert lines[0]["tools"] == ["echo", "argv_dump"]
-    ok, bad_args, no_object, unknown, mismatch = lines[1:]
+    assert lines[0]["tools"] == ["echo", "argv_dump", "nap"]
+    ok, bad_args, no_object, unknown, mismatch, text = lines[1:]
     assert ok["ok"] and ok["result"]["structuredContent"] == {"x": 3}
     assert bad_args["ok"] and bad_args["result"]["isError"] is True
     assert "arguments.x" in bad_args["result"]["content"][0]["text"]
@@ -352,6 +358,9 @@ def test_typescript_sdk_client_accepts_every_result(ts_client: Path, hostile_was
     assert unknown["ok"] is False and unknown["code"] == -32602
     assert mismatch["ok"] and mismatch["result"]["isError"] is True
     assert "output" in mismatch["result"]["content"][0]["text"]
+    assert text["ok"] and text["result"]["isError"] is True, text  # text where JSON was declared: withheld
+    assert "declares an output_schema" in text["result"]["content"][0]["text"]
+    assert text["progress"] and text["progress"][0]["message"].startswith("nap: running"), text
 
 
 @pytest.mark.parametrize("version", ["2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25"])
@@ -401,3 +410,74 @@ def test_a_second_initialize_does_not_change_the_protocol_version(example_bundle
     finally:
         stderr = server.close()
     assert b"Traceback" not in stderr
+
+
+def _slow_bundle(hostile_wasm: Path, dest: Path, timeout_ms: int = 60_000) -> Path:
+    """``wait`` (sleeps for its ``ms`` argument, then answers) and ``echo`` (answers at once)."""
+    from tests.test_schema_attacks import write_bundle
+
+    return write_bundle(dest, hostile_wasm, [
+        {"name": "wait", "description": "Sleep, then answer", "input_schema": {"type": "object"}},
+        {"name": "echo", "description": "Answer at once", "input_schema": {"type": "object"}},
+    ], timeout_ms=timeout_ms)
+
+
+PROGRESS_ENV = {"MCPKIT_PROGRESS_INTERVAL_MS": "200"}  # so that a call of about a second sees several
+
+
+def test_progress_notifications_while_a_call_runs(hostile_wasm: Path, tmp_path: Path) -> None:
+    """A tools/call with a progressToken gets notifications/progress at once and then every interval:
+    progress = ms so far (increasing), total = the call's timeout, a message naming the tool. A call
+    without a token gets none."""
+    import os
+
+    bundle = _slow_bundle(hostile_wasm, tmp_path / "b", timeout_ms=30_000)
+    seen: list[tuple[float, float | None, str | None]] = []
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        seen.append((progress, total, message))
+
+    async def go() -> None:
+        async with session("server", str(bundle), env={**os.environ, **PROGRESS_ENV}) as s:
+            res = await s.call_tool("wait", {"ms": 1100}, progress_callback=on_progress)
+            assert res.is_error is False and json.loads(res.content[0].text) == {"waited_ms": 1100}
+            assert len(seen) >= 3, seen  # at start, then every 200 ms of the 1.1 s
+            assert seen[0][0] < 200
+            progress = [p for p, _, _ in seen]
+            assert progress == sorted(set(progress)), seen  # progress MUST increase
+            assert all(total == 30_000 for _, total, _ in seen), seen
+            assert all(message and message.startswith("wait: running") for _, _, message in seen), seen
+            count = len(seen)
+            res = await s.call_tool("wait", {"ms": 500})  # no progressToken: no notifications
+            assert res.is_error is False and len(seen) == count
+
+    run(go)
+
+
+def test_typescript_sdk_client_waits_for_a_long_call_on_progress(ts_client: Path, hostile_wasm: Path,
+                                                                 tmp_path: Path) -> None:
+    """TS-based hosts give up on a request after their own timeout (60 s by default) unless progress
+    resets it: with a 600 ms request timeout, a 1.3 s call succeeds only because the server reports
+    progress; without a progressToken the client times out (and the server keeps serving)."""
+    import os
+
+    bundle = _slow_bundle(hostile_wasm, tmp_path / "b", timeout_ms=20_000)
+    calls = [
+        ["wait", {"ms": 1300}, {"progress": True, "timeout": 600, "reset": True}],
+        ["wait", {"ms": 1300}, {"timeout": 600}],
+        ["echo", {"after": "timeout"}],
+    ]
+    env = {**os.environ, **PROGRESS_ENV, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.run(["node", str(ts_client), json.dumps(calls), "--", *SERVER, "server", str(bundle), "-q"],
+                          capture_output=True, timeout=120, check=False, env=env)
+    assert proc.returncode == 0, proc.stderr.decode(errors="replace")[-2000:]
+    waited, timed_out, after = [json.loads(line) for line in proc.stdout.splitlines()][1:]
+    assert waited["ok"], waited
+    assert json.loads(waited["result"]["content"][0]["text"]) == {"waited_ms": 1300}
+    progress = waited["progress"]
+    assert len(progress) >= 4, progress  # at once, then every 200 ms
+    assert [p["progress"] for p in progress] == sorted({p["progress"] for p in progress})
+    assert all(p["total"] == 20_000 and p["message"].startswith("wait: running") for p in progress), progress
+    assert timed_out["ok"] is False and timed_out["code"] == -32001, timed_out  # the SDK's RequestTimeout
+    assert timed_out["progress"] == []
+    assert after["ok"] and json.loads(after["result"]["content"][0]["text"]) == {"after": "timeout"}
