@@ -2,13 +2,14 @@
 
 The SDK's ``stdio_server`` moves every line through a worker thread (one hand-off to
 read a request, two to write its answer); on a small machine those hand-offs cost
-more than running a tool. When stdin and stdout are pipes or sockets (how every MCP
-client starts a server) or a terminal (someone trying it by hand) this transport waits
-for them with the event loop's selector instead, and answers lines that are not
-JSON-RPC itself (``-32700`` / ``-32600``). Waiting on the loop also keeps the server
+more than running a tool. When stdin is a pipe or a socket (how every MCP client
+starts a server) or a terminal (someone trying it by hand) this transport waits for it
+with the event loop's selector instead, and answers lines that are not JSON-RPC itself
+(``-32700`` / ``-32600``); stdout may then be anything writable (a pipe is waited for, a
+file or terminal is written directly). Waiting on the loop also keeps the server
 stoppable: a thread blocked reading a terminal cannot be cancelled, so Ctrl-C would
-have to wait for the next Enter. Anything else (a regular file, ``/dev/null``) gets the
-SDK's transport.
+have to wait for the next Enter. A stdin the loop cannot wait on (a regular file,
+``/dev/null``, which never block) gets the SDK's transport.
 
 Like the SDK, it claims the descriptors while serving: fd 0 reads the null device and
 fd 1 writes to stderr, so nothing else in the process (a library's stray ``print``)
@@ -43,6 +44,14 @@ def _is_stream(fd: int) -> bool:
     return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or os.isatty(fd)
 
 
+def _is_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
+
+
 @contextlib.contextmanager
 def _claimed(fd: int, replacement: int) -> Any:
     """A private duplicate of ``fd`` (the wire) while ``fd`` itself points at ``replacement``."""
@@ -58,7 +67,7 @@ def _claimed(fd: int, replacement: int) -> Any:
 @contextlib.asynccontextmanager
 async def stdio_streams() -> AsyncIterator[tuple[Any, Any]]:
     """``(read_stream, write_stream)`` for ``Server.run`` over this process's stdin/stdout."""
-    if not (_is_stream(0) and _is_stream(1)):
+    if not (_is_stream(0) and _is_open(1)):
         from mcp.server.stdio import stdio_server
 
         async with stdio_server() as streams:

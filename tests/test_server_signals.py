@@ -170,3 +170,34 @@ def test_end_of_input_on_a_terminal_ends_the_server_with_0(slow_bundle: Path) ->
     assert took < PROMPT_S
     assert code == 0, stderr
     assert "stopped" not in stderr and "Traceback" not in stderr, stderr
+
+
+def test_ctrl_c_with_the_answers_going_to_a_file(slow_bundle: Path, tmp_path: Path) -> None:
+    """Typing requests on a terminal with stdout sent to a file (``mcpkit server ... > answers.jsonl``):
+    the answers land in the file, and Ctrl-C still stops the server at once."""
+    master, slave = pty.openpty()
+    answers = tmp_path / "answers.jsonl"
+    with open(answers, "wb") as out:
+        proc = subprocess.Popen([*SERVER, str(slow_bundle)], stdin=slave, stdout=out, stderr=subprocess.PIPE,
+                                start_new_session=True, preexec_fn=_as_terminal)
+    os.close(slave)
+    try:
+        os.write(master, json.dumps({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": HELLO}).encode()
+                 + b"\n")
+        deadline = time.monotonic() + 30
+        while b'"id":1' not in answers.read_bytes() and time.monotonic() < deadline:
+            time.sleep(0.05)  # waiting for the server's answer to reach the file
+        assert json.loads(answers.read_bytes().splitlines()[0])["result"]["serverInfo"]["name"] == "schema-attack"
+        t0 = time.monotonic()
+        os.write(master, b"\x03")
+        code = proc.wait(timeout=PROMPT_S)
+        assert time.monotonic() - t0 < PROMPT_S
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
+    assert proc.stderr is not None
+    stderr = proc.stderr.read().decode(errors="replace")
+    assert code == 130, stderr
+    assert "mcpkit: stopped (SIGINT)" in stderr and "Traceback" not in stderr, stderr
