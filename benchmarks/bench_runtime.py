@@ -11,7 +11,8 @@ Measured in one run, with the example weather-tool bundle:
   InstancePre.instantiate, ``_start``), and the same floor with stdin handed over from memory
   as the runtime does; the same runtime with fuel metering on;
   through the official MCP client over stdio vs an ``mcp`` low-level echo server
-  (the protocol floor).
+  (the protocol floor), and the same calls carrying a progressToken (one
+  ``notifications/progress`` each) vs without.
 
 Usage: ``python benchmarks/bench_runtime.py [--calls 1000] [--cold 5] [--bundle DIR]``
 (without ``--bundle`` the example crate is built with the offline wasm32-wasip1 toolchain).
@@ -186,12 +187,15 @@ def bare_loop(bundle: Path, *, stdin_from_memory: bool = False) -> Callable[[], 
     return once
 
 
-def mcp_client_samples(cmd: list[str], n: int) -> list[float]:
+def mcp_client_samples(cmd: list[str], n: int, *, progress: bool = False) -> list[float]:
     import anyio
     from mcp import ClientSession, StdioServerParameters
     from mcp.client.stdio import stdio_client
 
     samples: list[float] = []
+
+    async def ignore(progress: float, total: float | None, message: str | None) -> None:
+        pass
 
     async def go() -> None:
         params = StdioServerParameters(command=cmd[0], args=cmd[1:])
@@ -201,7 +205,7 @@ def mcp_client_samples(cmd: list[str], n: int) -> list[float]:
                 await s.list_tools()
                 for i in range(n + 20):
                     t0 = time.perf_counter()
-                    res = await s.call_tool(TOOL, ARGS)
+                    res = await s.call_tool(TOOL, ARGS, progress_callback=ignore if progress else None)
                     if i >= 20:
                         samples.append((time.perf_counter() - t0) * 1000)
                     assert not res.is_error
@@ -300,6 +304,9 @@ def main() -> None:
                      pct(mcpkit, 50) / echo50))
         rows.append(("mcp", "  ... minus the echo floor = sandbox + schema check", pct(mcpkit, 50) - echo50,
                      float("nan"), "bare", (pct(mcpkit, 50) - echo50) / bare50))
+        progress = mcp_client_samples(server_cmd, opts.calls, progress=True)
+        rows.append(("mcp", "  the same with a progressToken (1 notification a call)", pct(progress, 50),
+                     pct(progress, 99), "mcpkit", pct(progress, 50) / pct(mcpkit, 50)))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
