@@ -18,7 +18,10 @@ budget) and, when they pass, the module runs in a fresh sandboxed instance
 (:mod:`hatch_mcpkit.runtime`). A bad argument is a tool result with ``isError``
 naming the field (SEP-1303); an unknown tool is a JSON-RPC invalid-params error. The
 event loop only moves messages, so ``ping`` and ``notifications/cancelled`` are answered
-while a call runs.
+while a call runs, and a call whose ``_meta`` carries a ``progressToken`` gets
+``notifications/progress`` while it runs. A second ``initialize`` is refused: the
+version agreed first holds for the session. SIGINT and SIGTERM stop a stdio server,
+cancelling the calls in flight (:mod:`hatch_mcpkit._signals`).
 
 stdout carries only protocol messages; everything else goes to stderr.
 """
@@ -195,7 +198,7 @@ async def _initialize_once(ctx: Any, call_next: Any) -> Any:
 async def _progress(ctx: Any, row: ServedTool) -> AsyncIterator[None]:
     """``notifications/progress`` while the body runs, when the call's ``_meta`` asks for them.
 
-    One at once, then one every :func:`progress_interval` seconds: ``progress`` is the time
+    One at once, then one every :func:`_progress_interval` seconds: ``progress`` is the time
     the call has taken so far in ms and ``total`` its timeout in ms (left out once queueing
     for a slot has taken it past the timeout). Clients that reset their request timeout on
     progress (the TypeScript SDK's ``resetTimeoutOnProgress``) then wait for a long call
@@ -209,7 +212,7 @@ async def _progress(ctx: Any, row: ServedTool) -> AsyncIterator[None]:
 
     limits = row.runtime.limits(row.tool.name)
     total = float(limits.timeout_ms or row.runtime.host_limits.timeout_ms)
-    interval = progress_interval()
+    interval = _progress_interval()
     start = time.monotonic()
 
     async def tick() -> None:
@@ -228,7 +231,7 @@ async def _progress(ctx: Any, row: ServedTool) -> AsyncIterator[None]:
             tg.cancel_scope.cancel()
 
 
-def progress_interval() -> float:
+def _progress_interval() -> float:
     """Seconds between two progress notifications: 5, or ``MCPKIT_PROGRESS_INTERVAL_MS``."""
     raw = os.environ.get(PROGRESS_ENV, "")
     try:
