@@ -23,7 +23,7 @@ import ipaddress
 import os
 import secrets
 import socket
-from collections.abc import Mapping, MutableMapping, Sequence
+from collections.abc import MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -50,12 +50,11 @@ class HttpOptions:
 
     host: str
     port: int
-    token: str | None
+    token: str | None = field(repr=False)  # never in a repr, a log line or a traceback's text
     allow_hosts: Sequence[str] = ()
     allow_origins: Sequence[str] = ()
     max_body: int = MAX_BODY
     shutdown_grace: float = SHUTDOWN_GRACE
-    extra: Mapping[str, Any] = field(default_factory=dict)  # more uvicorn.Config settings (tests, benchmarks)
 
 
 # --------------------------------------------------------------------------- address and token
@@ -203,7 +202,7 @@ def serve_http(server: Server[Any], options: HttpOptions, sock: socket.socket) -
 
     config = uvicorn.Config(
         http_app(server, options), log_config=None, access_log=False, server_header=False, lifespan="on",
-        timeout_graceful_shutdown=max(1, int(options.shutdown_grace)), **dict(options.extra),
+        timeout_graceful_shutdown=max(1, int(options.shutdown_grace)),
     )
     runner = _Server(config)
     runner.run(sockets=[sock])

@@ -218,3 +218,15 @@ def test_what_a_client_sends_reaches_the_log_inert(hostile_bundle_dir: Path) -> 
         assert b"Invalid Origin header" in log
         assert "\x9b".encode() not in log and "\x9d".encode() not in log
         assert b"\\x9b2J" in log
+
+
+def test_the_token_is_in_no_repr() -> None:
+    """A traceback or a debug print of the options must not carry the token."""
+    from hatch_mcpkit._http import prepare
+
+    plan = prepare("127.0.0.1:0", no_auth=False, environ={"MCPKIT_SERVER_TOKEN": "t" * 40})
+    try:
+        assert plan.options.token == "t" * 40
+        assert "t" * 40 not in repr(plan) and "t" * 40 not in repr(plan.options)
+    finally:
+        plan.sock.close()
