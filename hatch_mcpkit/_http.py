@@ -34,8 +34,8 @@ if TYPE_CHECKING:
 
     from hatch_mcpkit._signals import Stop
 
-__all__ = ["MAX_BODY", "TOKEN_ENV", "HttpOptions", "HttpPlan", "bind", "http_app", "is_loopback",
-           "parse_address", "prepare", "serve_http", "take_token"]
+__all__ = ["MAX_BODY", "TOKEN_ENV", "HttpOptions", "HttpPlan", "bind", "http_app", "is_loopback", "is_wildcard",
+           "own_hosts", "parse_address", "prepare", "serve_http", "take_token"]
 
 TOKEN_ENV = "MCPKIT_SERVER_TOKEN"
 MAX_BODY = 4 << 20  # bytes of one request body; more is answered 413 before it is parsed
@@ -127,20 +127,28 @@ def _hostport(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def is_wildcard(host: str) -> bool:
+    """Whether ``host`` means every interface (``0.0.0.0``, ``::``)."""
+    return host in ("0.0.0.0", "::")
+
+
+def own_hosts(options: HttpOptions) -> list[str]:
+    """The ``Host`` values accepted without ``--allow-host``: this address and port, and its loopback names."""
+    names = [options.host]
+    if is_loopback(options.host) or is_wildcard(options.host):
+        names += ["127.0.0.1", "localhost", "::1"]  # a port-forward or health check on this machine
+    return [_hostport(n, options.port) for n in dict.fromkeys(n for n in names if not is_wildcard(n))]
+
+
 def _security(options: HttpOptions) -> Any:
-    """Host/Origin allow-lists: this address and port (and its loopback names), plus the options'."""
+    """Host/Origin allow-lists: :func:`own_hosts` (and them as ``http://`` origins), plus the options'."""
     from mcp.server.transport_security import TransportSecuritySettings
 
-    names = [options.host]
-    if is_loopback(options.host) or options.host in ("0.0.0.0", "::"):
-        names += ["127.0.0.1", "localhost", "::1"]  # a port-forward or health check on this machine
-    names = list(dict.fromkeys(n for n in names if n not in ("0.0.0.0", "::")))
-    hosts = [_hostport(n, options.port) for n in names]
-    origins = [f"http://{h}" for h in hosts]
+    hosts = own_hosts(options)
     return TransportSecuritySettings(
         enable_dns_rebinding_protection=True,
         allowed_hosts=[*hosts, *options.allow_hosts],
-        allowed_origins=[*origins, *options.allow_origins],
+        allowed_origins=[*(f"http://{h}" for h in hosts), *options.allow_origins],
     )
 
 

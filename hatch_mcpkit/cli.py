@@ -886,9 +886,12 @@ def _run_server(server: Any, plan: Any) -> int:
         finally:
             sys.stderr.flush()
     else:
-        from hatch_mcpkit._http import TOKEN_ENV, serve_http
+        from hatch_mcpkit._http import TOKEN_ENV, is_wildcard, own_hosts, serve_http
 
         _info(f"listening on {plan.url} (streamable HTTP, stateless)")
+        if is_wildcard(plan.options.host) and not plan.options.allow_hosts:
+            _warn(f"only requests for Host {', '.join(own_hosts(plan.options))} are answered (others get 421); "
+                  "add the names clients use with --allow-host NAME[:PORT]")
         if plan.generated:
             _info(f"bearer token for this run (set {TOKEN_ENV} to choose it): {plan.options.token}")
         elif plan.options.token is None:

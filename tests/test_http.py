@@ -230,3 +230,19 @@ def test_the_token_is_in_no_repr() -> None:
         assert "t" * 40 not in repr(plan) and "t" * 40 not in repr(plan.options)
     finally:
         plan.sock.close()
+
+
+def test_every_interface_needs_the_names_clients_use(hostile_bundle_dir: Path) -> None:
+    """Bound to 0.0.0.0 (a container), a request for the machine's address or a DNS name is 421 until
+    --allow-host names it; the start says so."""
+    env = child_env(MCPKIT_SERVER_TOKEN="w" * 32)
+    with mcpkit_http("server", str(hostile_bundle_dir), "-q", env=env, address="0.0.0.0:0") as served:
+        url = f"http://127.0.0.1:{served.port}/mcp"
+        assert "add the names clients use with --allow-host" in served.stderr
+        assert post(url, token="w" * 32).status_code == 200
+        assert post(url, token="w" * 32, Host=f"mcp-tools:{served.port}").status_code == 421
+    with mcpkit_http("server", str(hostile_bundle_dir), "-q", "--allow-host", "mcp-tools:*", env=env,
+                     address="0.0.0.0:0") as served:
+        url = f"http://127.0.0.1:{served.port}/mcp"
+        assert "--allow-host" not in served.stderr
+        assert post(url, token="w" * 32, Host=f"mcp-tools:{served.port}").status_code == 200
