@@ -180,8 +180,12 @@ def test_sigterm_finishes_the_call_in_flight_then_exits(hostile_bundle_dir: Path
         answers: list[httpx.Response] = []
         call = {"jsonrpc": "2.0", "id": 9, "method": "tools/call", "params": {"name": "spin", "arguments": {}}}
         worker = threading.Thread(target=lambda: answers.append(post(served.url, call, token=served.token)))
+        threads = len(list(Path(f"/proc/{served.proc.pid}/task").iterdir()))
         worker.start()
-        time.sleep(0.3)  # the call is running in the module
+        deadline = time.monotonic() + 30
+        while len(list(Path(f"/proc/{served.proc.pid}/task").iterdir())) == threads:  # the call's worker thread
+            assert time.monotonic() < deadline, "the call never started"
+            time.sleep(0.01)
         served.proc.send_signal(signal.SIGTERM)
         worker.join(timeout=30)
         assert served.proc.wait(timeout=30) == 0
