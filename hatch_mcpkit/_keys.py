@@ -16,8 +16,8 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from hatch_mcpkit._files import atomic_write
-from hatch_mcpkit.errors import SignatureError
+from hatch_mcpkit._files import atomic_write, open_regular
+from hatch_mcpkit.errors import McpkitError, SignatureError
 
 __all__ = ["generate", "key_id", "load_private", "load_public"]
 
@@ -58,15 +58,25 @@ def key_id(key: ec.EllipticCurvePublicKey) -> str:
     return base64.b64encode(hashlib.sha256(der).digest()).decode("ascii")
 
 
-def _read(path: Path, what: str) -> bytes:
+def _read(path: Path, what: str, *, regular: bool = True) -> bytes:
+    """A key file's bytes, at most 64 KiB.
+
+    A public key path may come from a cloned project's trust policy, so by default only a regular
+    file is read: ``/dev/stdin``, a FIFO or a device is refused, never read or waited on.
+    ``regular=False`` (a private key, which only the user names) also reads a pipe, e.g.
+    ``--key <(pass show signing.key)``.
+    """
     try:
-        with open(path, "rb") as fh:
+        with (open_regular(path, where=f"{what} {path}", error=McpkitError) if regular else open(path, "rb")) as fh:
             data = fh.read(_MAX_KEY_FILE + 1)
     except FileNotFoundError:
         raise SignatureError(f"{what} {path} does not exist", reason="key",
                              hint="create a key pair with: mcpkit key generate PREFIX") from None
     except OSError as exc:
         raise SignatureError(f"cannot read {what} {path}: {exc.strerror}", reason="key") from None
+    except McpkitError as exc:  # not a regular file
+        raise SignatureError(exc.message, reason="key",
+                             hint="a key is a PEM file (a symlink may only point at one)") from None
     if len(data) > _MAX_KEY_FILE:
         raise SignatureError(f"{what} {path} is larger than {_MAX_KEY_FILE} bytes; not a PEM key",
                              reason="key")
@@ -86,7 +96,7 @@ def _require_p256(key: object, path: Path, what: str) -> None:
 
 def load_private(path: Path, *, password: bytes | None) -> ec.EllipticCurvePrivateKey:
     """Load a PKCS#8 PEM private key; encrypted keys need ``password``."""
-    data = _read(path, "private key")
+    data = _read(path, "private key", regular=False)
     encrypted = data.lstrip().startswith(_ENCRYPTED_PKCS8)
     if encrypted and not password:
         raise SignatureError(f"private key {path} is encrypted and no password was given",
