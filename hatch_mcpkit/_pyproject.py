@@ -23,7 +23,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - hatchling brings tomli on 3.10
     import tomli as tomllib
 
-__all__ = ["PYPROJECT", "ToolTable", "nearest", "read_tool_table", "toml_lines", "tomllib"]
+__all__ = ["PYPROJECT", "ToolTable", "load_toml", "nearest", "read_tool_table", "toml_lines", "tomllib"]
 
 PYPROJECT = "pyproject.toml"
 MAX_PYPROJECT_BYTES = 1024 * 1024
@@ -58,6 +58,15 @@ class ToolTable:
         return None
 
 
+def load_toml(text: str) -> dict[str, Any]:
+    """``tomllib.loads``, with values nested too deeply for its recursive reader (a cloned file may hold
+    ``x = [[[[...`` 100,000 deep) reported as the :class:`tomllib.TOMLDecodeError` it is, not a crash."""
+    try:
+        return tomllib.loads(text)
+    except RecursionError:
+        raise tomllib.TOMLDecodeError("values are nested too deeply to read") from None
+
+
 def nearest(start: Path) -> Path | None:
     """The pyproject.toml at or above ``start`` (the project mcpkit runs in), if any."""
     start = start.resolve()
@@ -89,7 +98,7 @@ def read_tool_table(path: Path, name: str, *, error_if_unreadable: bool = False)
     if "mcpkit" not in text:
         return None
     try:
-        document = tomllib.loads(text)
+        document = load_toml(text)
     except tomllib.TOMLDecodeError as exc:
         if dotted not in text and not error_if_unreadable:
             return None

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hatch_mcpkit._pyproject import tomllib
+from hatch_mcpkit._pyproject import load_toml, tomllib
 from hatch_mcpkit.errors import (
     BundleNotFoundError,
     ConfigError,
@@ -145,7 +145,7 @@ def load_lock(path: Path) -> Lock:
         why = exc.message if isinstance(exc, McpkitError) else getattr(exc, "strerror", None) or str(exc)
         raise ConfigError([Problem(file, "", f"cannot read the lock: {why}")], hint=_HINT_LOCK) from None
     try:
-        data = tomllib.loads(text)
+        data = load_toml(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([Problem(file, "", f"not TOML: {exc}")], hint=_HINT_LOCK) from None
     from hatch_mcpkit._pyproject import toml_lines

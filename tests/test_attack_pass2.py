@@ -7,6 +7,8 @@ mcpkit.lock + files beside them), a hostile registry or HTTP client -- driven th
 * a cloned project's trust policy names a "public key" that is ``/dev/stdin`` or a FIFO: a key is
   read as a bounded regular file, so ``mcpkit run``/``server``/``sync`` in that folder fail at once
   instead of waiting for ever (or eating the MCP client's messages from stdin);
+* a cloned pyproject.toml or mcpkit.lock whose value is ``[[[[...`` nested 50,000 deep is a clear
+  error naming the file (exit 2), not an internal error, for every command run in that folder;
 """
 
 from __future__ import annotations
@@ -79,3 +81,30 @@ def test_a_cloned_projects_trust_key_that_is_not_a_file_is_refused_at_once(
         os.close(reader)
     assert proc.returncode == 1, proc.stderr
     assert "team.pub" in proc.stderr and "not a regular file" in proc.stderr, proc.stderr
+
+
+# --------------------------------------------------------------------------- TOML nested past the reader
+
+
+DEEP = "[" * 50_000 + "]" * 50_000
+
+
+@pytest.mark.parametrize(("where", "command"), [("trust", "run"), ("bundles", "sync"), ("lock", "sync"),
+                                                ("lock", "serve")])
+def test_toml_nested_past_the_reader_is_a_clear_error(tmp_path: Path, where: str, command: str) -> None:
+    """Every command run in a cloned folder reads its pyproject.toml's [tool.mcpkit.trust]; sync and serve
+    read [tool.mcpkit.bundles] and mcpkit.lock. tomllib reads nesting by recursion."""
+    project = tmp_path / "cloned"
+    project.mkdir()
+    body = f"[tool.mcpkit.trust]\nrules = {DEEP}\n" if where == "trust" else \
+        f"[tool.mcpkit.bundles]\nx = {DEEP}\n" if where == "bundles" else \
+        '[tool.mcpkit.bundles]\nx = "oci://127.0.0.1:9/a/b:1"\n'
+    (project / "pyproject.toml").write_text(f'[project]\nname = "cloned"\nversion = "0"\n\n{body}')
+    if where == "lock":
+        (project / "mcpkit.lock").write_text(f"version = 1\nbundles = {DEEP}\n")
+    args = ["run", "some-tool"] if command == "run" else [command, "--frozen"] if command == "sync" else [command]
+    proc = _mcpkit(*args, home=tmp_path / "home", cwd=project)
+    assert "internal error" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert proc.returncode == 2, proc.stderr
+    name = "mcpkit.lock" if where == "lock" else "pyproject.toml"
+    assert name in proc.stderr and "nested too deeply" in proc.stderr, proc.stderr
