@@ -9,6 +9,9 @@ mcpkit.lock + files beside them), a hostile registry or HTTP client -- driven th
   instead of waiting for ever (or eating the MCP client's messages from stdin);
 * a cloned pyproject.toml or mcpkit.lock whose value is ``[[[[...`` nested 50,000 deep is a clear
   error naming the file (exit 2), not an internal error, for every command run in that folder;
+* ``mcpkit sync --prune`` in a cloned project that names a repository another project of mine has
+  locked at another digest leaves that project's bundle in the cache (docs: other projects' bundles
+  are never touched), so the other project still serves;
 """
 
 from __future__ import annotations
@@ -108,3 +111,35 @@ def test_toml_nested_past_the_reader_is_a_clear_error(tmp_path: Path, where: str
     assert proc.returncode == 2, proc.stderr
     name = "mcpkit.lock" if where == "lock" else "pyproject.toml"
     assert name in proc.stderr and "nested too deeply" in proc.stderr, proc.stderr
+
+
+# --------------------------------------------------------------------------- --prune and other projects
+
+
+def _project(folder: Path, bundles: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "pyproject.toml").write_text(f'[project]\nname = "{folder.name}"\nversion = "0"\n\n'
+                                           f'[tool.mcpkit.bundles]\n{bundles}')
+    return folder
+
+
+@pytest.mark.registry
+def test_prune_in_a_cloned_project_never_removes_what_another_project_locked(
+        registry: Any, repo_name: str, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    mine = _pushed(registry, tmp_path, repo_name, name="weather", version="1.0.0", tag="1")
+    theirs = _pushed(registry, tmp_path, repo_name, name="weather", version="2.0.0", tag="2")
+    app = _project(tmp_path / "app", f'weather = "oci://{registry.host}/{repo_name}:1"\n')
+    cloned = _project(tmp_path / "cloned", f'w = "oci://{registry.host}/{repo_name}:2"\n')
+    assert _mcpkit("sync", home=home, cwd=app).returncode == 0
+    proc = _mcpkit("sync", "--prune", home=home, cwd=cloned)
+    assert proc.returncode == 0, proc.stderr
+    from hatch_mcpkit.store import BundleCache
+
+    digests = {e.digest for e in BundleCache(home).entries()}
+    assert {mine.digest, theirs.digest} <= digests, proc.stderr
+    assert _mcpkit("serve", home=home, cwd=app, timeout=30).returncode == 0  # stdin closed: serves, then ends
+    # a lock that is gone (the other project deleted) protects nothing any more
+    (app / "mcpkit.lock").unlink()
+    proc = _mcpkit("sync", "--prune", home=home, cwd=cloned)
+    assert proc.returncode == 0 and mine.digest not in {e.digest for e in BundleCache(home).entries()}, proc.stderr
