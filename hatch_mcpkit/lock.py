@@ -337,7 +337,12 @@ def _write(project: Project, old: Lock | None, entries: dict[str, LockEntry],
     except (OSError, McpkitError):
         same = False
     if not same:
-        atomic_write(path, data, mode=0o644)
+        try:
+            atomic_write(path, data, mode=0o644)
+        except OSError as exc:  # a folder named mcpkit.lock in a cloned project, a read-only checkout
+            raise ConfigError([Problem(str(path), "", f"cannot write the lock: {exc.strerror or exc}")],
+                              hint="make mcpkit.lock a writable file beside pyproject.toml (remove what is "
+                                   "there if it is not one), then run `mcpkit lock` again") from None
     return LockOutcome(Lock(path, dict(sorted(entries.items()))), not same, moved,
                        tuple(sorted(set(entries) - set(before))), tuple(sorted(set(before) - set(entries))))
 

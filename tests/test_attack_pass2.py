@@ -12,6 +12,8 @@ mcpkit.lock + files beside them), a hostile registry or HTTP client -- driven th
 * ``mcpkit sync --prune`` in a cloned project that names a repository another project of mine has
   locked at another digest leaves that project's bundle in the cache (docs: other projects' bundles
   are never touched), so the other project still serves;
+* a cloned project whose ``mcpkit.lock`` is a folder: `mcpkit lock` says it cannot write the lock
+  (exit 2), not "internal error" (`sync` already refused to read it);
 """
 
 from __future__ import annotations
@@ -143,3 +145,15 @@ def test_prune_in_a_cloned_project_never_removes_what_another_project_locked(
     (app / "mcpkit.lock").unlink()
     proc = _mcpkit("sync", "--prune", home=home, cwd=cloned)
     assert proc.returncode == 0 and mine.digest not in {e.digest for e in BundleCache(home).entries()}, proc.stderr
+
+
+@pytest.mark.registry
+def test_a_lock_that_is_a_folder_is_a_clear_error(registry: Any, repo_name: str, tmp_path: Path) -> None:
+    _pushed(registry, tmp_path, repo_name)
+    cloned = _project(tmp_path / "cloned", f'w = "oci://{registry.host}/{repo_name}:1"\n')
+    (cloned / "mcpkit.lock").mkdir()
+    for command in ("lock", "sync"):
+        proc = _mcpkit(command, home=tmp_path / "home", cwd=cloned)
+        assert "internal error" not in proc.stderr, proc.stderr
+        said = "cannot write the lock" if command == "lock" else "is a folder, not a regular file"
+        assert proc.returncode == 2 and "mcpkit.lock" in proc.stderr and said in proc.stderr, proc.stderr
