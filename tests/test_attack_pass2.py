@@ -14,6 +14,8 @@ mcpkit.lock + files beside them), a hostile registry or HTTP client -- driven th
   are never touched), so the other project still serves;
 * a cloned project whose ``mcpkit.lock`` is a folder: `mcpkit lock` says it cannot write the lock
   (exit 2), not "internal error" (`sync` already refused to read it);
+* stopped (regression): a podman auth.json login for ``HOST/orga`` is never sent for ``HOST/orga-evil``
+  (a name it is a string prefix of) or ``HOST/orgb``, however the registry asks;
 """
 
 from __future__ import annotations
@@ -27,8 +29,10 @@ from typing import Any
 import pytest
 
 from tests.builders import make_project, push_project
+from tests.hostile_server import BASIC, SECRET, USER, Server, needs_basic, send, servers_fixture
 
 MCPKIT = [sys.executable, "-m", "hatch_mcpkit"]
+servers = servers_fixture
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -41,9 +45,9 @@ def _env(home: Path, **extra: str) -> dict[str, str]:
 
 
 def _mcpkit(*args: str, home: Path, cwd: Path | None = None, timeout: float = 60,
-            stdin: Any = subprocess.DEVNULL) -> subprocess.CompletedProcess[str]:
+            stdin: Any = subprocess.DEVNULL, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*MCPKIT, *args], capture_output=True, text=True, timeout=timeout, check=False,
-                          env=_env(home), cwd=cwd, stdin=stdin)
+                          env=_env(home, **env), cwd=cwd, stdin=stdin)
 
 
 def _pushed(registry: Any, work: Path, repository: str, *, name: str = "fault-tool", version: str = "1.0.0",
@@ -157,3 +161,33 @@ def test_a_lock_that_is_a_folder_is_a_clear_error(registry: Any, repo_name: str,
         assert "internal error" not in proc.stderr, proc.stderr
         said = "cannot write the lock" if command == "lock" else "is a folder, not a regular file"
         assert proc.returncode == 2 and "mcpkit.lock" in proc.stderr and said in proc.stderr, proc.stderr
+
+
+# --------------------------------------------------------------------------- podman logins by namespace
+
+
+def test_a_namespace_login_goes_only_to_that_namespace(servers: Any, tmp_path: Path) -> None:
+    import base64
+    import json
+
+    def route(handler: Any) -> None:
+        if not needs_basic(handler):
+            send(handler, 404, b'{"errors":[{"code":"MANIFEST_UNKNOWN","message":"no"}]}',
+                 {"Content-Type": "application/json"})
+
+    server: Server = servers(route)
+    auth = tmp_path / "auth.json"
+    token = base64.b64encode(f"{USER}:{SECRET}".encode()).decode()
+    auth.write_text(json.dumps({"auths": {f"{server.host}/orga": {"auth": token}}}))
+    empty = tmp_path / "docker"
+    empty.mkdir()
+    env = {"REGISTRY_AUTH_FILE": str(auth), "DOCKER_CONFIG": str(empty), "HOME": str(tmp_path)}
+    for repository in ("orga-evil/tool", "orgb/tool", "orgb/orga/tool"):
+        proc = _mcpkit("bundle", "pull", f"oci://{server.host}/{repository}:1", home=tmp_path / "home", **env)
+        assert proc.returncode != 0
+        assert not any(SECRET in (s.authorization or "") or s.authorization == BASIC for s in server.seen), \
+            (repository, [s.path for s in server.credentials_seen()])
+        assert SECRET not in proc.stderr
+    proc = _mcpkit("bundle", "pull", f"oci://{server.host}/orga/tool:1", home=tmp_path / "home", **env)
+    assert proc.returncode == 3, proc.stderr  # the login was used here (then: no such manifest)
+    assert any(s.authorization == BASIC and s.path.startswith("/v2/orga/tool/") for s in server.seen)
