@@ -570,8 +570,8 @@ class Transport:
                 left = deadline.left()
                 if left <= 0:
                     raise self._late(deadline, what)
-                if sock is not None:
-                    sock.settimeout(min(self.timeout[1], left))
+                if sock is not None and not raw.closed:  # closed: the last bytes are in, the connection is
+                    sock.settimeout(min(self.timeout[1], left))  # back in the pool (maybe another thread's)
                 try:
                     chunk = raw.read1(size, decode_content=decode)
                 except (urllib3.exceptions.ReadTimeoutError, TimeoutError):

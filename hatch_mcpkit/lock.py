@@ -22,6 +22,8 @@ one table per bundle, a header saying so) and read with tomllib::
 * :func:`sync` makes the cache hold the lock: pulls by digest (``repo@sha256:…``), side by side,
   skipping entries already installed and intact, removing nothing unless ``prune`` is asked (and
   never a digest another project synced into the same cache still locks: ``cache/synced.json``).
+  The pulls are one :meth:`BundleCache.batch <hatch_mcpkit.store.BundleCache.batch>`: one client
+  per registry, one index write at the end.
   ``frozen`` refuses a missing or stale lock (:class:`~hatch_mcpkit.errors.StaleLockError`) and
   never resolves a tag.
 * :func:`locked_bundles` is what ``mcpkit serve`` starts from: each locked bundle's cache folder.
@@ -437,7 +439,7 @@ def sync(project: Project, store: BundleCache, opts: PullOptions, policy: TrustP
     present = tuple(spec.key for spec, e in todo if _installed(store, spec, e) is not None)
     missing = [(spec, e) for spec, e in todo if spec.key not in present]
     if missing:
-        with ThreadPoolExecutor(_jobs(len(missing), jobs), thread_name_prefix="mcpkit-sync") as pool:
+        with store.batch(), ThreadPoolExecutor(_jobs(len(missing), jobs), thread_name_prefix="mcpkit-sync") as pool:
             futures = {spec.key: pool.submit(_pull, store, spec, e, opts, policy, warn) for spec, e in missing}
         _raise_failures({key: exc for key, f in futures.items() if (exc := f.exception()) is not None},
                         len(futures))

@@ -59,6 +59,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlencode, urljoin
 
 from hatch_mcpkit._transport import (
+    CHUNK,
     DEFAULT_TIMEOUT,
     RETRY_PAUSES,
     Challenge,
@@ -532,6 +533,8 @@ class RegistryClient:
                 f"but the manifest says {descriptor.size}",
                 digest=descriptor.digest,
             )
+        if descriptor.size <= CHUNK:  # one read or a few: nothing for a helper thread to overlap
+            return self.transport.chunks(resp, what=what, deadline=clock)
         return self.transport.stream(resp, what=what, deadline=clock)
 
     def fetch_blob(self, repository: str, descriptor: Descriptor, dest: Path, *,

@@ -17,8 +17,9 @@ Layout::
 Every blob is checked (size and SHA-256, streamed) before an entry is moved into place with a
 rename; the previous good copy survives any failure up to that rename. Two processes pulling the
 same reference both succeed and leave one consistent entry (per-entry ``flock`` + re-check under
-the lock). Before anything is fetched, the sizes the manifest declares are checked against the
-maximum bundle size. A re-pull of an installed manifest re-checks the files on disk against the
+the lock). A batch of pulls (:meth:`BundleCache.batch`, what ``mcpkit sync`` uses) installs each
+entry the same way but writes the index rows of all of them once, at the end. Before anything is
+fetched, the sizes the manifest declares are checked against the maximum bundle size. A re-pull of an installed manifest re-checks the files on disk against the
 manifest's digests (it does not trust ``metadata.json``) and repairs the entry when anything was
 changed or added. Work directories of processes that are gone are swept on the next pull.
 
@@ -41,6 +42,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -85,6 +87,7 @@ from hatch_mcpkit.reference import (
 )
 
 if TYPE_CHECKING:
+    from hatch_mcpkit.auth import Credentials
     from hatch_mcpkit.config import Config
     from hatch_mcpkit.reference import Reference
     from hatch_mcpkit.registry import RegistryClient
@@ -427,6 +430,15 @@ class _Index:
 _INDEX_MEMO: dict[Path, _Index] = {}
 
 
+@dataclass
+class _Batch:
+    """What the installs inside :meth:`BundleCache.batch` share: index rows to write, registry clients."""
+
+    rows: list[CacheEntry] = field(default_factory=list)
+    clients: dict[tuple[Any, ...], RegistryClient] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
 class BundleCache:
     """The bundle store under ``home`` (``$MCPKIT_HOME`` or ``~/.mcpkit`` when ``None``)."""
 
@@ -438,6 +450,7 @@ class BundleCache:
         self.index_path = self.bundles_dir / INDEX
         self.pushed_path = self.home / "cache" / "pushed.json"
         self.code_cache = CodeCache(self.home)
+        self._batch: _Batch | None = None
 
     # ----------------------------------------------------------------- index
 
@@ -496,23 +509,68 @@ class BundleCache:
         self.bundles_dir.mkdir(parents=True, exist_ok=True)
         atomic_write(self.index_path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode(), mode=0o644)
 
-    def _update_index(self, *, add: CacheEntry | None = None, drop_refs: set[str] | None = None) -> list[CacheEntry]:
-        """Under the index lock: drop entries by reference (and any on ``add``'s path), add one; return dropped."""
+    def _update_index(self, *, add: Sequence[CacheEntry] = (), drop_refs: set[str] | None = None) -> list[CacheEntry]:
+        """Under the index lock: drop entries by reference (and any on a path in ``add``), add those; return dropped."""
+        adds = list({e.reference: e for e in add}.values())  # one row per reference: the last one given
         with _flock(self.locks_dir / "index.lock"):
             current = [e for rows in self._load_index().by_name.values() for e in rows]
-            drop = set(drop_refs or ())
-            if add is not None:
-                drop.add(add.reference)
+            drop = set(drop_refs or ()) | {e.reference for e in adds}
+            paths = {e.path for e in adds}
             kept, dropped = [], []
             for e in current:
-                if e.reference in drop or (add is not None and e.path == add.path):
+                if e.reference in drop or e.path in paths:
                     dropped.append(e)
                 else:
                     kept.append(e)
-            if add is not None:
-                kept.append(add)
-            self._write_index(kept)
+            self._write_index(kept + adds)
             return dropped
+
+    def _index_add(self, entry: CacheEntry) -> list[CacheEntry]:
+        """Index an entry just installed (its entry lock held) and return the rows dropped for it;
+        inside :meth:`batch` the row is written at the batch's end (nothing is dropped now)."""
+        batch = self._batch
+        if batch is None:
+            return self._update_index(add=[entry])
+        with batch.lock:
+            batch.rows.append(entry)
+        return []
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Many pulls as one (``mcpkit sync``): one index write for all of them, one client per registry.
+
+        Every pull made through this object inside (from any thread) installs its entry as always --
+        verified, renamed into place under the entry's lock -- but its index row is written with the
+        others' on the way out, once (also when some pulls failed). Until then other processes do not
+        list those entries; one that pulls the same bundle meanwhile finds it intact and indexes it.
+        At the end each entry is checked to be still in place, under its lock, before it is indexed.
+        """
+        if self._batch is not None:  # nested: the outer batch writes
+            yield
+            return
+        batch = self._batch = _Batch()
+        try:
+            yield
+        finally:
+            self._batch = None
+            for client in batch.clients.values():
+                client.close()
+            self._commit(batch.rows)
+
+    def _commit(self, rows: list[CacheEntry]) -> None:
+        """Index ``rows`` in one write, each only if its folder still holds its digest (checked under its lock)."""
+        if not rows:
+            return
+        with contextlib.ExitStack() as held:
+            for lock_path in sorted({self._entry_lock(e.path) for e in rows}):  # one order: no deadlock
+                held.enter_context(_flock(lock_path))
+            kept = [e for e in rows if _read_metadata(e.path).get("digest") == e.digest]
+            dropped = self._update_index(add=kept)
+        self._discard_orphans(dropped)
+        gone = sorted({e.reference for e in rows} - {e.reference for e in kept})
+        if gone:
+            raise CacheError(f"{', '.join(gone)}: removed from {self.bundles_dir} by another process while "
+                             "being installed; nothing of it is indexed", hint="pull it again")
 
     # ----------------------------------------------------------------- lookup
 
@@ -688,7 +746,7 @@ class BundleCache:
             "tag": ref.tag,
         }
         limit = opts.size_limit
-        with registry_client(ref, opts) as client:
+        with self._registry(ref, opts) as client:
             manifest: Manifest = client.get_manifest(ref)
             if ref.digest and manifest.digest != ref.digest:
                 raise IntegrityError(
@@ -761,6 +819,23 @@ class BundleCache:
             meta = {"source": parsed.scheme, "url": source.url, "archive_sha256": hexdigest}
             return self._install_loose(root / MODULE_TITLE, root / CONFIG_TITLE, source.key, meta, rel=rel,
                                        limit=limit)
+
+    @contextlib.contextmanager
+    def _registry(self, ref: Reference, opts: PullOptions) -> Iterator[RegistryClient]:
+        """A client for ``ref``'s registry; inside :meth:`batch` one per registry and credentials, shared
+        by the pulls (one connection pool, one scheme probe, tokens kept per scope) and closed at the end."""
+        batch = self._batch
+        if batch is None:
+            with registry_client(ref, opts) as client:
+                yield client
+            return
+        credentials = _credentials(ref, opts)
+        key = (ref.registry, credentials, opts.insecure, opts.ca_file, opts.transfer_deadline)
+        with batch.lock:
+            if key not in batch.clients:
+                batch.clients[key] = _client(ref, opts, credentials)
+            client = batch.clients[key]
+        yield client
 
     # ----------------------------------------------------------------- installing
 
@@ -842,7 +917,7 @@ class BundleCache:
                 return self._ensure_indexed(target, reference, manifest, meta, locked=True)
             self._swap_in(staged, target, work)
             entry = CacheEntry(name, reference, manifest.digest, target, metadata["pulled_at"])
-            dropped = self._update_index(add=entry)
+            dropped = self._index_add(entry)
         self._discard_orphans(dropped)
         return PullResult(entry, changed=True, repaired=repaired)
 
@@ -857,8 +932,7 @@ class BundleCache:
             return PullResult(existing, changed=False)
         meta = _read_metadata(target)
         entry = CacheEntry(str(meta.get("name", "")), reference, manifest.digest, target, _now())
-        dropped = self._update_index(add=entry)
-        self._discard_orphans(dropped)
+        self._discard_orphans(self._index_add(entry))
         return PullResult(entry, changed=False)
 
     def _record_signature(self, target: Path, manifest: Manifest, signature: dict[str, Any]) -> None:
@@ -953,11 +1027,19 @@ def _metadata(reference: str, meta: dict[str, Any], manifest: Manifest, bundle_c
 
 def registry_client(ref: Reference, opts: PullOptions) -> RegistryClient:
     """A client for ``ref``'s registry with the credential chain and the pull's transport options."""
+    return _client(ref, opts, _credentials(ref, opts))
+
+
+def _credentials(ref: Reference, opts: PullOptions) -> Credentials | None:
     from hatch_mcpkit.auth import resolve_credentials
+
+    return resolve_credentials(ref.registry, username=opts.username, password=opts.password,
+                               repository=ref.repository)
+
+
+def _client(ref: Reference, opts: PullOptions, credentials: Credentials | None) -> RegistryClient:
     from hatch_mcpkit.registry import RegistryClient
 
-    credentials = resolve_credentials(ref.registry, username=opts.username, password=opts.password,
-                                      repository=ref.repository)
     return RegistryClient(ref.registry, credentials=credentials, insecure=opts.insecure, ca_file=opts.ca_file,
                           deadline=opts.transfer_deadline)
 
