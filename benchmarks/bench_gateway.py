@@ -7,8 +7,8 @@ Measured in one run:
   - ``mcpkit serve --http`` over a project of 10 locked bundles (the example weather-tool, each
     module made distinct), the clients spread over two bundles (``w0__``/``w1__convert_temperature``),
     with the bearer token, Host/Origin checks and the body limit all on;
-  - the floor: the ``mcp`` SDK's own low-level ``Server.streamable_http_app`` (stateless, JSON
-    responses, no auth) under uvicorn, answering the same tool with fixed text and running no module.
+  - the floor: the ``mcp`` SDK's own low-level ``Server.streamable_http_app`` (stateless, its
+    default SSE answers as the gateway's, no auth) under uvicorn, answering the same tool with fixed text and running no module.
   Reported: calls/s and per-call p50/p99; target (docs/performance.md): gateway >= 0.8x the SDK's calls/s.
 * peak RSS (VmHWM) of ``mcpkit serve --http`` with 1 and with 10 bundles loaded, after one call to
   every bundle, beside the SDK echo server's.
@@ -48,7 +48,7 @@ async def list_tools(ctx, params):
 async def call_tool(ctx, params):
     return types.CallToolResult(content=[types.TextContent(type="text", text="21.5 °C = 70.7 °F")])
 server = Server("echo", on_list_tools=list_tools, on_call_tool=call_tool)
-app = server.streamable_http_app(stateless_http=True, json_response=True)
+app = server.streamable_http_app(stateless_http=True)
 sock = __import__("socket").socket(); sock.bind(("127.0.0.1", 0)); sock.listen(1024)
 print(f"listening on http://127.0.0.1:{sock.getsockname()[1]}/mcp", file=sys.stderr, flush=True)
 uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="on")).run(sockets=[sock])
@@ -243,7 +243,7 @@ def main() -> None:
           f"median of {opts.rounds} rounds\n")
     print("| server | calls/s | p50 ms | p99 ms | server CPU per call | vs SDK |")
     print("|---|---|---|---|---|---|")
-    for label, key in (("SDK streamable HTTP echo (stateless, JSON, no auth, no module)", "sdk"),
+    for label, key in (("SDK streamable HTTP echo (stateless, no auth, no module)", "sdk"),
                        (f"mcpkit serve --http, {opts.bundles} bundles, token + Host/Origin checks", "gateway")):
         rate = statistics.median(r[0] for r in results[key])
         lat = [x for r in results[key] for x in r[1]]

@@ -2,10 +2,10 @@
 
 Everything protocol-shaped is the ``mcp`` SDK's: ``StreamableHTTPSessionManager`` in
 stateless mode (a fresh transport per request, so any replica can answer any request and
-replicas share nothing) with JSON responses (one body per answer: a balancer needs no
-streaming settings, and a graceful shutdown lets every answer in flight complete, which an
-SSE stream does not survive), its ``RequestBodyLimitMiddleware`` (413 past the limit), its
-``TransportSecuritySettings`` (``Host`` and ``Origin`` checked against DNS rebinding:
+replicas share nothing), answering each POST with a short SSE stream (so a long call's
+progress notifications reach the client before its result; sse-starlette's drain-on-SIGTERM
+is turned off, so a graceful stop lets every answer in flight complete), its
+``RequestBodyLimitMiddleware`` (413 past the limit), its ``TransportSecuritySettings`` (``Host`` and ``Origin`` checked against DNS rebinding:
 421 and 403), its ``BearerAuthBackend`` + ``RequireAuthMiddleware`` (401 with
 ``WWW-Authenticate: Bearer``). This module only chooses their settings, checks the token
 in constant time and runs the app under uvicorn, with no access log (a URL or header
@@ -175,7 +175,7 @@ def http_app(server: Server[Any], options: HttpOptions) -> Any:
     from starlette.middleware.authentication import AuthenticationMiddleware
     from starlette.routing import Route
 
-    manager = StreamableHTTPSessionManager(app=server, stateless=True, json_response=True,
+    manager = StreamableHTTPSessionManager(app=server, stateless=True, json_response=False,
                                            security_settings=_security(options),
                                            max_request_body_size=options.max_body)
     endpoint: Any = StreamableHTTPASGIApp(manager)
@@ -197,9 +197,11 @@ def serve_http(server: Server[Any], options: HttpOptions, sock: socket.socket) -
     cancelled (a running module stops at its next epoch tick).
     """
     import uvicorn
+    from sse_starlette.sse import AppStatus
 
     from hatch_mcpkit._signals import Stop
 
+    AppStatus.disable_automatic_graceful_drain()  # type: ignore[no-untyped-call]  # an answer in flight completes
     stop = Stop()
 
     class _Server(uvicorn.Server):

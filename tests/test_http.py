@@ -250,3 +250,20 @@ def test_every_interface_needs_the_names_clients_use(hostile_bundle_dir: Path) -
         url = f"http://127.0.0.1:{served.port}/mcp"
         assert "--allow-host" not in served.stderr
         assert post(url, token="w" * 32, Host=f"mcp-tools:{served.port}").status_code == 200
+
+
+def test_a_long_calls_progress_arrives_over_http(hostile_bundle_dir: Path) -> None:
+    """A tools/call with a progressToken gets its progress notifications on the POST's stream, then the result."""
+    with mcpkit_http("server", str(hostile_bundle_dir), "-q") as served:
+        progress: list[tuple[float, float | None, str | None]] = []
+
+        async def go() -> None:
+            async with http_session(served.url, served.token) as s:
+                async def seen(done: float, total: float | None, message: str | None) -> None:
+                    progress.append((done, total, message))
+
+                res = await s.call_tool("spin", {}, progress_callback=seen)
+                assert res.is_error and "timed out" in res.content[0].text
+
+        anyio.run(go)
+        assert progress and progress[0][1] == 1000.0 and "spin" in (progress[0][2] or "")
