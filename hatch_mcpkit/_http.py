@@ -23,7 +23,7 @@ import ipaddress
 import os
 import secrets
 import socket
-from collections.abc import MutableMapping, Sequence
+from collections.abc import Callable, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -190,9 +190,12 @@ def http_app(server: Server[Any], options: HttpOptions) -> Any:
 # --------------------------------------------------------------------------- serving
 
 
-def serve_http(server: Server[Any], options: HttpOptions, sock: socket.socket) -> Stop:
+def serve_http(server: Server[Any], options: HttpOptions, sock: socket.socket,
+               on_ready: Callable[[], None] = lambda: None) -> Stop:
     """Serve until SIGTERM/SIGINT; the :class:`~hatch_mcpkit._signals.Stop` says which signal it was.
 
+    ``on_ready`` runs once the app has started and the signal handlers are in place (what
+    a caller announces there is true: a signal from then on stops the server gracefully).
     In-flight requests get ``options.shutdown_grace`` seconds to finish; then they are
     cancelled (a running module stops at its next epoch tick).
     """
@@ -205,6 +208,11 @@ def serve_http(server: Server[Any], options: HttpOptions, sock: socket.socket) -
     stop = Stop()
 
     class _Server(uvicorn.Server):
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets=sockets)
+            if self.started:
+                on_ready()
+
         def handle_exit(self, sig: int, frame: Any) -> None:
             super().handle_exit(sig, frame)
             stop.signum = int(sig)

@@ -874,6 +874,19 @@ def _http_plan(args: argparse.Namespace) -> Any:
     return prepare(args.http, no_auth=args.no_auth, allow_hosts=args.allow_host, allow_origins=args.allow_origin)
 
 
+def _announce_http(plan: Any) -> None:
+    from hatch_mcpkit._http import TOKEN_ENV, is_wildcard, own_hosts
+
+    if is_wildcard(plan.options.host) and not plan.options.allow_hosts:
+        _warn(f"only requests for Host {', '.join(own_hosts(plan.options))} are answered (others get 421); "
+              "add the names clients use with --allow-host NAME[:PORT]")
+    if plan.generated:
+        _info(f"bearer token for this run (set {TOKEN_ENV} to choose it): {plan.options.token}")
+    elif plan.options.token is None:
+        _warn("--no-auth: any program on this machine can call these tools")
+    _info(f"listening on {plan.url} (streamable HTTP, stateless)")
+
+
 def _run_server(server: Any, plan: Any) -> int:
     """Serve over stdio (``plan`` None) or HTTP until the client goes away or a signal stops it."""
     if plan is None:
@@ -886,17 +899,9 @@ def _run_server(server: Any, plan: Any) -> int:
         finally:
             sys.stderr.flush()
     else:
-        from hatch_mcpkit._http import TOKEN_ENV, is_wildcard, own_hosts, serve_http
+        from hatch_mcpkit._http import serve_http
 
-        _info(f"listening on {plan.url} (streamable HTTP, stateless)")
-        if is_wildcard(plan.options.host) and not plan.options.allow_hosts:
-            _warn(f"only requests for Host {', '.join(own_hosts(plan.options))} are answered (others get 421); "
-                  "add the names clients use with --allow-host NAME[:PORT]")
-        if plan.generated:
-            _info(f"bearer token for this run (set {TOKEN_ENV} to choose it): {plan.options.token}")
-        elif plan.options.token is None:
-            _warn("--no-auth: any program on this machine can call these tools")
-        stop = serve_http(server, plan.options, plan.sock)
+        stop = serve_http(server, plan.options, plan.sock, on_ready=lambda: _announce_http(plan))
     if stop.signum:  # Ctrl-C or SIGTERM: stdio cancels calls in flight, HTTP lets them finish first
         _info(f"stopped ({stop.name})")
     return int(stop.exit_code)
