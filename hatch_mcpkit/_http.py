@@ -9,7 +9,9 @@ is turned off, so a graceful stop lets every answer in flight complete), its
 421 and 403), its ``BearerAuthBackend`` + ``RequireAuthMiddleware`` (401 with
 ``WWW-Authenticate: Bearer``). This module only chooses their settings, checks the token
 in constant time and runs the app under uvicorn, with no access log (a URL or header
-never reaches a log line) and a bounded graceful shutdown on SIGTERM and SIGINT.
+never reaches a log line), a deadline on request headers (:mod:`hatch_mcpkit._h11`: a
+connection that never finishes its request is closed) and a bounded graceful shutdown on
+SIGTERM and SIGINT.
 
 The token is the server's own: from ``MCPKIT_SERVER_TOKEN``, or generated for this run.
 Either way it is taken out of this process's environment before any bundle is loaded, so
@@ -34,13 +36,17 @@ if TYPE_CHECKING:
 
     from hatch_mcpkit._signals import Stop
 
-__all__ = ["MAX_BODY", "TOKEN_ENV", "HttpOptions", "HttpPlan", "bind", "http_app", "is_loopback", "is_wildcard",
-           "own_hosts", "parse_address", "prepare", "serve_http", "take_token"]
+__all__ = ["HEADER_TIMEOUT", "MAX_BODY", "TOKEN_ENV", "HttpOptions", "HttpPlan", "bind", "http_app", "is_loopback",
+           "is_wildcard", "own_hosts", "parse_address", "prepare", "serve_http", "take_token"]
 
 TOKEN_ENV = "MCPKIT_SERVER_TOKEN"
 MAX_BODY = 4 << 20  # bytes of one request body; more is answered 413 before it is parsed
 MIN_TOKEN = 16
 SHUTDOWN_GRACE = 10.0  # seconds in-flight requests get after SIGTERM/SIGINT before they are cancelled
+HEADER_TIMEOUT = 10.0  # seconds a connection has to send a whole request line and headers
+# uvicorn's h11 protocol with that deadline (hatch_mcpkit._h11), named so uvicorn imports it itself, as it
+# imports its own: after it has taken over SIGINT/SIGTERM
+PROTOCOL = "hatch_mcpkit._h11:HeadersInTime"
 ENDPOINT = "/mcp"
 
 
@@ -219,8 +225,8 @@ def serve_http(server: Server[Any], options: HttpOptions, sock: socket.socket,
             self._captured_signals.clear()  # a graceful stop is the end: no re-raised signal kills us after it
 
     config = uvicorn.Config(
-        http_app(server, options), log_config=None, access_log=False, server_header=False, lifespan="on",
-        timeout_graceful_shutdown=max(1, int(options.shutdown_grace)),
+        http_app(server, options), http=PROTOCOL, log_config=None, access_log=False, server_header=False,
+        lifespan="on", timeout_graceful_shutdown=max(1, int(options.shutdown_grace)),
     )
     runner = _Server(config)
     runner.run(sockets=[sock])

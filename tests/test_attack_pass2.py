@@ -14,6 +14,9 @@ mcpkit.lock + files beside them), a hostile registry or HTTP client -- driven th
   are never touched), so the other project still serves;
 * a cloned project whose ``mcpkit.lock`` is a folder: `mcpkit lock` says it cannot write the lock
   (exit 2), not "internal error" (`sync` already refused to read it);
+* ``--http``: a client that connects and never finishes its request headers (slowloris: no token
+  needed) is disconnected after the header deadline, so unauthenticated connections cannot pile up
+  until the server accepts no more; a client that sends its request is answered as before;
 * stopped (regression): a podman auth.json login for ``HOST/orga`` is never sent for ``HOST/orga-evil``
   (a name it is a string prefix of) or ``HOST/orgb``, however the registry asks;
 """
@@ -191,3 +194,48 @@ def test_a_namespace_login_goes_only_to_that_namespace(servers: Any, tmp_path: P
     proc = _mcpkit("bundle", "pull", f"oci://{server.host}/orga/tool:1", home=tmp_path / "home", **env)
     assert proc.returncode == 3, proc.stderr  # the login was used here (then: no such manifest)
     assert any(s.authorization == BASIC and s.path.startswith("/v2/orga/tool/") for s in server.seen)
+
+
+# --------------------------------------------------------------------------- HTTP: connections that never speak
+
+
+def _closed_by_then(conn: Any, deadline: float) -> bool:
+    """Whether the server closes ``conn`` before ``deadline`` (whatever it says first)."""
+    import time
+
+    while (left := deadline - time.monotonic()) > 0:
+        conn.settimeout(left)
+        try:
+            if conn.recv(4096) == b"":
+                return True
+        except TimeoutError:
+            return False
+        except ConnectionResetError:
+            return True
+    return False
+
+
+@pytest.mark.cargo
+def test_connections_that_never_finish_their_headers_are_closed(hostile_bundle_dir: Path) -> None:
+    import socket
+    import time
+
+    from hatch_mcpkit._http import HEADER_TIMEOUT
+    from tests.plugins.clients import mcpkit_http
+
+    with mcpkit_http("server", str(hostile_bundle_dir), "-q") as served:
+        silent = socket.create_connection(("127.0.0.1", served.port))
+        partial = socket.create_connection(("127.0.0.1", served.port))
+        partial.sendall(b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # ... and the rest never comes
+        answered = socket.create_connection(("127.0.0.1", served.port))
+        answered.sendall(b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2\r\n\r\n{}")
+        answered.settimeout(10)
+        assert answered.recv(4096).startswith(b"HTTP/1.1 401 ")
+        deadline = time.monotonic() + HEADER_TIMEOUT + 5
+        for conn in (silent, partial):
+            try:
+                assert _closed_by_then(conn, deadline), \
+                    f"a connection without a whole request was still open {HEADER_TIMEOUT + 5} s later"
+            finally:
+                conn.close()
+        answered.close()
