@@ -124,6 +124,9 @@ class FaultProxy:
 
         class Handler(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # headers and body are two writes: with Nagle's algorithm the body would wait for the
+            # client's delayed ACK of the headers (40 ms on Linux) -- a delay no registry adds
+            disable_nagle_algorithm = True
 
             def log_message(self, *args: object) -> None:
                 pass
