@@ -14,12 +14,18 @@ across a network, where pulls side by side overlap their round trips).
 
 The target (docs/performance.md): ``sync 20`` <= 1.5x ``largest pull`` (the ``vs base`` column).
 
+Each row also shows the CPU time it took, in this process (mcpkit; through the proxy, the proxy's
+threads too) and in the registry process (read from /proc), and ``floor``: that CPU time spread
+perfectly over every core of the machine, the shortest the operation could take here however well
+its work overlapped. ``floor`` over the base's median is the best ratio this machine allows.
+
 Usage: ``python benchmarks/bench_sync.py [--bundles 20] [--repeat 5] [--rtt-ms 20]``
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -32,17 +38,52 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
-def _timed(repeat: int, setup: Callable[[int], Any], run: Callable[[Any], object]) -> list[float]:
-    times = []
+Timing = tuple[list[float], list[float], list[float]]  # wall, CPU here, CPU in the registry (seconds)
+
+
+def _registry_pid() -> int | None:
+    """The registry process this one started (Debian's binary), found in /proc; None elsewhere."""
+    try:
+        children = [int(p) for p in os.listdir("/proc") if p.isdigit()]
+    except OSError:
+        return None
+    for pid in children:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            if int(stat[1]) == os.getpid() and b"registry" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                return pid
+        except (OSError, IndexError, ValueError):
+            continue
+    return None
+
+
+def _cpu_of(pid: int | None) -> float:
+    """User + system CPU seconds of process ``pid`` so far (0 when it cannot be read)."""
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def _timed(repeat: int, setup: Callable[[int], Any], run: Callable[[Any], object], registry: int | None) -> Timing:
+    wall, here, there = [], [], []
     for n in range(repeat):
         state = setup(n)
-        start = time.perf_counter()
+        cpu, reg, start = time.process_time(), _cpu_of(registry), time.perf_counter()
         run(state)
-        times.append(time.perf_counter() - start)
-    return times
+        wall.append(time.perf_counter() - start)
+        here.append(time.process_time() - cpu)
+        there.append(_cpu_of(registry) - reg)
+    return wall, here, there
 
 
-def _measure(work: Path, host: str, names: dict[str, Any], repeat: int) -> list[tuple[str, int, int, list[float]]]:
+Row = tuple[str, int, int, Timing]
+
+
+def _measure(work: Path, host: str, names: dict[str, Any], repeat: int) -> list[Row]:
     from hatch_mcpkit import lock
     from hatch_mcpkit.project import find_project
     from hatch_mcpkit.reference import OciRef, Reference
@@ -68,22 +109,28 @@ def _measure(work: Path, host: str, names: dict[str, Any], repeat: int) -> list[
     def sync(jobs: int | None) -> Callable[[Any], object]:
         return lambda store: lock.sync(project, store, opts, policy, warn=lambda _m: None, frozen=True, jobs=jobs)
 
-    rows = [("largest pull", 1, largest_size, _timed(repeat, home("one"), lambda store: store.pull(pinned, opts)))]
-    rows.append((f"sync {count} (--jobs 8)", count, total, _timed(repeat, home("s8"), sync(None))))
-    rows.append((f"sync {count} (--jobs {count})", count, total, _timed(repeat, home("sN"), sync(count))))
+    reg = _registry_pid()
+    rows = [("largest pull", 1, largest_size,
+             _timed(repeat, home("one"), lambda store: store.pull(pinned, opts), reg))]
+    rows.append((f"sync {count} (--jobs 8)", count, total, _timed(repeat, home("s8"), sync(None), reg)))
+    rows.append((f"sync {count} (--jobs {count})", count, total, _timed(repeat, home("sN"), sync(count), reg)))
     filled = BundleCache(work / "home-s8-0")
-    rows.append(("second sync (cached)", count, 0, _timed(repeat, lambda n: filled, sync(None))))
+    rows.append(("second sync (cached)", count, 0, _timed(repeat, lambda n: filled, sync(None), reg)))
     return rows
 
 
-def _print(title: str, rows: list[tuple[str, int, int, list[float]]]) -> None:
-    base = statistics.median(rows[0][3])
+def _print(title: str, rows: list[Row]) -> None:
+    cores = os.cpu_count() or 1
+    base = statistics.median(rows[0][3][0])
     print(f"\n{title}\n")
-    print("| operation | bundles | bytes | median | vs base |")
-    print("|---|---|---|---|---|")
-    for label, count, size, times in rows:
-        m = statistics.median(times)
-        print(f"| {label} | {count} | {size / 1024:.0f} KiB | {m * 1000:.1f} ms | {m / base:.2f}x |")
+    print(f"| operation | bundles | bytes | median | vs base | CPU mcpkit | CPU registry | floor ({cores} cores) "
+          "| floor vs base |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for label, count, size, (wall, here, there) in rows:
+        m, cpu, reg = (statistics.median(x) for x in (wall, here, there))
+        floor = (cpu + reg) / cores
+        print(f"| {label} | {count} | {size / 1024:.0f} KiB | {m * 1000:.1f} ms | {m / base:.2f}x | "
+              f"{cpu * 1000:.0f} ms | {reg * 1000:.0f} ms | {floor * 1000:.0f} ms | {floor / base:.2f}x |")
 
 
 def main() -> None:
@@ -113,7 +160,8 @@ def main() -> None:
         finally:
             reg.stop()
     total = sum(size for _, size in names.values())
-    print(f"{args.bundles} bundles, {total / 1024 / 1024:.1f} MiB in all; median of {args.repeat}")
+    print(f"{args.bundles} bundles, {total / 1024 / 1024:.1f} MiB in all; median of {args.repeat}; "
+          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     _print("registry on loopback (no latency to hide)", direct)
     _print(f"through a proxy adding {args.rtt_ms:.0f} ms to every request", delayed)
     print("\ntarget: sync of all the bundles <= 1.5x the largest pull alone (vs base)")
