@@ -17,6 +17,9 @@ mcpkit.lock + files beside them), a hostile registry or HTTP client -- driven th
 * ``--http``: a client that connects and never finishes its request headers (slowloris: no token
   needed) is disconnected after the header deadline, so unauthenticated connections cannot pile up
   until the server accepts no more; a client that sends its request is answered as before;
+* stopped (regression): ``--no-auth`` with addresses that are not loopback by the letter (``localhost.``,
+  ``127.1``, ``0``, ``[::ffff:0.0.0.0]``) is refused; JSON-RPC batches, parse bombs, bad UTF-8 and
+  unknown methods over HTTP are 4xx answers and the next call is served;
 * stopped (regression): a podman auth.json login for ``HOST/orga`` is never sent for ``HOST/orga-evil``
   (a name it is a string prefix of) or ``HOST/orgb``, however the registry asks;
 """
@@ -239,3 +242,39 @@ def test_connections_that_never_finish_their_headers_are_closed(hostile_bundle_d
             finally:
                 conn.close()
         answered.close()
+
+
+@pytest.mark.cargo
+def test_no_auth_needs_an_address_that_is_loopback_by_the_letter(hostile_bundle_dir: Path, tmp_path: Path) -> None:
+    for address in ("localhost.:0", "127.1:0", "0:0", "[::ffff:0.0.0.0]:0", "[::ffff:7f00:1]:0"):
+        proc = _mcpkit("server", str(hostile_bundle_dir), "--http", address, "--no-auth", home=tmp_path / "home")
+        assert proc.returncode == 2 and "--no-auth is refused" in proc.stderr, (address, proc.stderr)
+
+
+@pytest.mark.cargo
+def test_hostile_json_rpc_over_http_is_answered_and_the_server_goes_on(hostile_bundle_dir: Path) -> None:
+    import json
+
+    import httpx2 as httpx
+
+    from tests.plugins.clients import mcpkit_http
+
+    call = {"jsonrpc": "2.0", "id": 9, "method": "tools/call", "params": {"name": "echo", "arguments": {"a": 1}}}
+    hostile = [
+        json.dumps([{"jsonrpc": "2.0", "id": 1, "method": "tools/list"}, {"jsonrpc": "2.0", "id": 2, "method": "ping"}]),
+        "[" * 100_000, '{"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "echo\\ud800"',
+        b'{"jsonrpc": "2.0", "id": 4, "method": "ping", "x": "\xff\xfe"}',
+        json.dumps({"jsonrpc": "2.0", "id": 5, "method": "x" * 100_000}),
+        json.dumps({"jsonrpc": "2.0", "id": {"nested": [1]}, "method": "ping"}),
+    ]
+    with mcpkit_http("server", str(hostile_bundle_dir), "-q") as served:
+        headers = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json",
+                   "Authorization": f"Bearer {served.token}"}
+        for body in hostile:
+            data = body if isinstance(body, bytes) else body.encode()
+            r = httpx.post(served.url, content=data, headers=headers, timeout=30)
+            assert r.status_code < 500, (body[:60], r.status_code, r.text[:300])
+        r = httpx.post(served.url, content=json.dumps(call).encode(), headers=headers, timeout=30)
+        assert r.status_code == 200 and '\\"a\\":1' in r.text.replace(" ", ""), r.text[:300]
+        served.stop()
+        assert "Traceback" not in served.stderr, served.stderr[-3000:]
