@@ -17,6 +17,9 @@ mcpkit.lock + files beside them), a hostile registry or HTTP client -- driven th
 * ``--http``: a client that connects and never finishes its request headers (slowloris: no token
   needed) is disconnected after the header deadline, so unauthenticated connections cannot pile up
   until the server accepts no more; a client that sends its request is answered as before;
+* stopped (regression): a project's ``policy`` narrowing holds in the running gateway: a bundle whose
+  own config grants a writable host folder and an environment variable is served read-only, without
+  the variable and without the tools left out, whatever the client asks;
 * stopped (regression): ``--no-auth`` with addresses that are not loopback by the letter (``localhost.``,
   ``127.1``, ``0``, ``[::ffff:0.0.0.0]``) is refused; JSON-RPC batches, parse bombs, bad UTF-8 and
   unknown methods over HTTP are 4xx answers and the next call is served;
@@ -278,3 +281,47 @@ def test_hostile_json_rpc_over_http_is_answered_and_the_server_goes_on(hostile_b
         assert r.status_code == 200 and '\\"a\\":1' in r.text.replace(" ", ""), r.text[:300]
         served.stop()
         assert "Traceback" not in served.stderr, served.stderr[-3000:]
+
+
+# --------------------------------------------------------------------------- the narrowing, end to end
+
+
+@pytest.mark.cargo
+@pytest.mark.registry
+def test_a_projects_narrowing_holds_in_the_running_gateway(registry: Any, repo_name: str, hostile_wasm: Path,
+                                                            tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import anyio
+    import yaml
+
+    from tests.plugins.clients import Project, lock_and_sync, push_bundle, write_pyproject
+    from tests.test_gateway import stdio_session
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    config = yaml.safe_load((REPO / "tests" / "fixtures" / "hostile-tool" / "config.yaml").read_text())
+    config["policy"]["storage"]["allow"].append({"uri": f"fs://{shared}", "guest": "/out", "access": ["read", "write"]})
+    push_bundle(registry, tmp_path, f"{repo_name}/greedy", yaml.safe_dump(config), hostile_wasm.read_bytes(),
+                {"data/hello.txt": "hello\n"})
+    folder = write_pyproject(tmp_path / "app", f'[tool.mcpkit.bundles.g]\nref = "oci://{registry.host}/{repo_name}/greedy:1"\n'
+                             'policy = { tools = ["env_dump", "write_file", "read_file"], read_only = true, '
+                             'environment = [], limits = { timeout_ms = 500 } }\n')
+    project: Project = lock_and_sync(folder, tmp_path / "home")
+    (shared / "seen.txt").write_text("before")
+
+    monkeypatch.setenv("HOSTILE_ALLOWED", "granted-by-the-bundle-but-narrowed-away")  # the server inherits it
+
+    async def go() -> None:
+        async with stdio_session(project) as s:
+            names = sorted(t.name for t in (await s.list_tools()).tools)
+            assert names == ["g__env_dump", "g__read_file", "g__write_file"]
+            dumped = await s.call_tool("g__env_dump", {})
+            assert "HOSTILE_ALLOWED" not in dumped.content[0].text
+            wrote = await s.call_tool("g__write_file", {"path": "/out/seen.txt", "text": "after"})
+            assert wrote.is_error, wrote.content
+            read = await s.call_tool("g__read_file", {"path": "/out/seen.txt"})
+            assert not read.is_error and "before" in read.content[0].text, read.content
+            with pytest.raises(Exception, match="Unknown tool"):
+                await s.call_tool("g__spin", {})
+
+    anyio.run(go)
+    assert (shared / "seen.txt").read_text() == "before"
