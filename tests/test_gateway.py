@@ -221,3 +221,14 @@ def test_a_stale_or_missing_lock_is_refused(two_bundle_project: Project, tmp_pat
                           capture_output=True, timeout=120, check=False, env=two_bundle_project.env(),
                           stdin=subprocess.DEVNULL)
     assert proc.returncode == 2 and b"no bundle 'nope'" in proc.stderr
+
+
+def test_a_trust_policy_written_after_sync_is_enforced_at_start(two_bundle_project: Project, tmp_path: Path) -> None:
+    """The cache was synced unsigned; a policy that now requires signatures stops the gateway before it serves."""
+    project = lock_and_sync(two_bundle_project.folder, tmp_path / "home")
+    (project.home / "trust.yaml").write_text("default: enforce\n")
+    proc = subprocess.run([*MCPKIT, "serve", "--project", str(project.folder)], capture_output=True, timeout=120,
+                          check=False, env=project.env(), stdin=subprocess.DEVNULL)
+    err = proc.stderr.decode()
+    assert proc.returncode != 0 and "the trust policy requires a signature" in err, err
+    assert "listening" not in err and "serving" not in err
