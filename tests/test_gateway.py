@@ -232,3 +232,27 @@ def test_a_trust_policy_written_after_sync_is_enforced_at_start(two_bundle_proje
     err = proc.stderr.decode()
     assert proc.returncode != 0 and "the trust policy requires a signature" in err, err
     assert "listening" not in err and "serving" not in err
+
+
+def test_each_bundle_is_served_with_its_own_narrowing(two_bundle_project: Project, tmp_path: Path) -> None:
+    """hostile narrowed to two tools and a 300 ms timeout; weather untouched, in the same server."""
+    text = (two_bundle_project.folder / "pyproject.toml").read_text()
+    narrowed = text.replace("policy = { limits = { timeout_ms = 1000 } }",
+                            'policy = { tools = ["spin", "echo"], limits = { timeout_ms = 300 } }')
+    assert narrowed != text
+    folder = write_pyproject(tmp_path / "narrowed", narrowed.split("[tool.mcpkit.bundles]\n", 1)[1])
+    project = lock_and_sync(folder, two_bundle_project.home)
+
+    from mcp.shared.exceptions import MCPError
+
+    async def go() -> None:
+        async with stdio_session(project) as s:
+            assert [t.name for t in (await s.list_tools()).tools] == ["hostile__echo", "hostile__spin", *WEATHER]
+            spin = await s.call_tool("hostile__spin", {})
+            assert spin.is_error and "timed out after 300 ms" in spin.content[0].text
+            weather = await s.call_tool("weather__get_weather", {"location": "Reykjavik"})
+            assert not weather.is_error
+            with pytest.raises(MCPError, match="Unknown tool: 'hostile__trap'"):
+                await s.call_tool("hostile__trap", {})
+
+    anyio.run(go)
