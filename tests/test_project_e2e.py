@@ -2,7 +2,8 @@
 
 The example and a second test crate are built, pushed to the real registry and named in a copy of
 example-project's pyproject.toml; the served gateway is driven over stdio by the official Python
-MCP client.
+MCP client, then (`mcpkit:serve --http`) over streamable HTTP by the Python and TypeScript clients,
+with the token and without it (401).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ async def _gateway_session(command: list[str], cwd: Path, env: dict[str, str]) -
 
 def test_project_of_two_bundles_locked_synced_and_served_through_hatch(
     run_hatch: Any, hatch_env: dict[str, str], example_copy: Path, example_bundle_dir: Path,
-    fixture_crate: Any, registry: Any, repo_name: str, tmp_path: Path,
+    fixture_crate: Any, registry: Any, repo_name: str, tmp_path: Path, ts_client: Path,
 ) -> None:
     """The example and a second crate: `hatch run mcpkit:lock`, `mcpkit:sync` into a clean MCPKIT_HOME,
     then `mcpkit:serve` driven over stdio by the official Python client."""
@@ -81,3 +82,36 @@ hello = {{ ref = "oci://{registry.host}/{repo_name}/hello:1", policy = {{ limits
     assert not weather.is_error and weather.structured_content["location"].lower().startswith("london")
     hello = answers["hello"]
     assert not hello.is_error and hello.content[0].text == "hello from greet"
+
+    _over_http(example_copy, {**hatch_env, **env}, ts_client, answers["tools"])
+
+
+def _over_http(project: Path, env: dict[str, str], ts_client: Path, tools: list[str]) -> None:
+    """`hatch run mcpkit:serve --http`: the Python and TypeScript clients with the token; 401 without."""
+    import json
+    import shutil
+    import subprocess
+
+    import anyio
+
+    from tests.plugins.clients import http_session, mcpkit_http
+
+    hatch = shutil.which("hatch")
+    assert hatch, "hatch is not on PATH"
+    with mcpkit_http("run", "mcpkit:serve", "-q", env=env, cwd=project, command=[hatch]) as served:
+        async def python_client() -> None:
+            async with http_session(served.url, served.token) as s:
+                assert [t.name for t in (await s.list_tools()).tools] == tools
+                assert (await s.call_tool("hello__greet", {})).content[0].text == "hello from greet"
+
+        anyio.run(python_client)
+        calls = json.dumps([["weather__convert_temperature", {"value": 0, "from": "celsius", "to": "kelvin"}]])
+        for token, code in ((served.token or "", 0), ("", 3)):
+            proc = subprocess.run(["node", str(ts_client), calls, "--http", served.url], capture_output=True,
+                                  timeout=120, check=False, env={**env, "MCP_TOKEN": token})
+            assert proc.returncode == code, proc.stderr.decode(errors="replace")[-2000:]
+            lines = [json.loads(line) for line in proc.stdout.splitlines()]
+            if code == 0:
+                assert lines[0]["tools"] == tools and "273.15" in lines[1]["result"]["content"][0]["text"]
+            else:
+                assert lines[0]["connected"] is False and lines[0]["code"] == 401, lines

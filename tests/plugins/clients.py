@@ -62,8 +62,10 @@ class Served:
         return int(self.url.rsplit(":", 1)[1].split("/", 1)[0])
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        """Signal the server's process group (a wrapper such as ``hatch run`` and the server under it)."""
         if self.proc.poll() is None:
-            self.proc.send_signal(sig)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, sig)
         return self.proc.wait(timeout=timeout)
 
 
@@ -76,13 +78,16 @@ def child_env(**extra: str) -> dict[str, str]:
 
 
 def start_http(args: Sequence[str], *, env: dict[str, str] | None = None, cwd: Path | None = None,
-               address: str = "127.0.0.1:0", errlog: Path | None = None, timeout: float = 60) -> Served:
-    """Start ``mcpkit ARGS --http ADDRESS`` and wait until it says where it listens."""
+               address: str = "127.0.0.1:0", errlog: Path | None = None, timeout: float = 60,
+               command: Sequence[str] = tuple(MCPKIT)) -> Served:
+    """Start ``mcpkit ARGS --http ADDRESS`` (or ``COMMAND ARGS ...``, e.g. ``hatch run mcpkit:serve``) in a
+    process group of its own, and wait until it says where it listens."""
     if errlog is None:
         errlog = Path(tempfile.mkstemp(prefix="mcpkit-http-", suffix=".log")[1])
     with errlog.open("wb") as err:
-        proc = subprocess.Popen([*MCPKIT, *args, "--http", address], stdin=subprocess.DEVNULL,
-                                stdout=subprocess.DEVNULL, stderr=err, env=env or child_env(), cwd=cwd)
+        proc = subprocess.Popen([*command, *args, "--http", address], stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=err, env=env or child_env(), cwd=cwd,
+                                start_new_session=True)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         text = errlog.read_text(errors="replace")
@@ -100,18 +105,15 @@ def start_http(args: Sequence[str], *, env: dict[str, str] | None = None, cwd: P
 
 @contextlib.contextmanager
 def mcpkit_http(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
-                address: str = "127.0.0.1:0") -> Iterator[Served]:
-    served = start_http(args, env=env, cwd=cwd, address=address)
+                address: str = "127.0.0.1:0", command: Sequence[str] = tuple(MCPKIT)) -> Iterator[Served]:
+    served = start_http(args, env=env, cwd=cwd, address=address, command=command)
     try:
         yield served
     finally:
-        if served.proc.poll() is None:
-            served.proc.send_signal(signal.SIGTERM)
-            try:
-                served.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                served.proc.kill()
-                served.proc.wait()
+        try:
+            served.stop()
+        except subprocess.TimeoutExpired:
+            served.stop(signal.SIGKILL)
 
 
 @contextlib.asynccontextmanager
