@@ -3,7 +3,8 @@
 The replicas share nothing but the lock, the cache and the token: stateless streamable HTTP
 means any replica answers any request of a session. Each replica runs with its own
 ``HOSTILE_ALLOWED`` (the one variable the hostile bundle's policy lets through), and the
-session's ``hostile__env_dump`` calls report which replica answered them.
+session's ``hostile__env_dump`` calls report which replica answered them. Then one replica stops
+(a rolling update) and a new session's calls all succeed on the other two.
 
 The nginx configuration is the one docs/deploy.md shows (NGINX_HTTP), inside a top level that
 runs nginx in the foreground with every path under a temp prefix (``master_process off``: one
@@ -141,12 +142,25 @@ def test_a_session_through_nginx_lands_on_every_replica_and_every_call_succeeds(
 
         anyio.run(session)
         assert Counter(answered) == {f"replica-{n}": 4 for n in range(REPLICAS)}  # round robin, evenly
+
+        # a replica stops (a rolling update): the session goes on with the others, no call fails
+        assert served[0].stop() == 0
+        answered.clear()
+
+        async def after() -> None:
+            async with http_session(url, TOKEN) as s:
+                for _ in range(2 * REPLICAS):
+                    res = await s.call_tool("hostile__env_dump", {})
+                    assert not res.is_error, res
+                    answered.append(json.loads(res.content[0].text)["HOSTILE_ALLOWED"])
+
+        anyio.run(after)
+        assert set(answered) == {"replica-1", "replica-2"}
         # nginx's own record agrees: every replica answered, and nothing failed (202: the initialized notice)
         lines = access_log.read_text().splitlines()
-        upstreams = Counter(line.rsplit("upstream=", 1)[1] for line in lines)
+        upstreams = Counter(addr for line in lines for addr in line.rsplit("upstream=", 1)[1].split(", "))
         assert set(upstreams) == {f"127.0.0.1:{s.port}" for s in served}
         assert all(line.split()[2] in ("200", "202") for line in lines), lines
-        assert sum(line.split()[2] == "200" for line in lines) == 2 + 8 * REPLICAS  # initialize, tools/list, calls
         # without the token, the balancer passes on the replicas' 401
         refused = httpx2.post(url, json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"}, timeout=30,
                               headers={"Accept": "application/json, text/event-stream"})
