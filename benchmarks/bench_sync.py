@@ -8,6 +8,8 @@ of them and locks it. Then, each time into a clean MCPKIT_HOME, in this process:
 * ``sync 20``        lock.sync(--frozen): 20 pulls by digest side by side (default --jobs 8, and --jobs 20)
 * ``second sync``    lock.sync again into the filled cache (nothing is fetched; files re-hashed)
 
+Round by round (one of each, then again), after one untimed pull and sync.
+
 Twice: straight to the registry on loopback (no latency to hide: the registry and the client
 share the machine's cores), and through a proxy that adds 20 ms to every request (a registry
 across a network, where pulls side by side overlap their round trips).
@@ -68,16 +70,12 @@ def _cpu_of(pid: int | None) -> float:
         return 0.0
 
 
-def _timed(repeat: int, setup: Callable[[int], Any], run: Callable[[Any], object], registry: int | None) -> Timing:
-    wall, here, there = [], [], []
-    for n in range(repeat):
-        state = setup(n)
-        cpu, reg, start = time.process_time(), _cpu_of(registry), time.perf_counter()
-        run(state)
-        wall.append(time.perf_counter() - start)
-        here.append(time.process_time() - cpu)
-        there.append(_cpu_of(registry) - reg)
-    return wall, here, there
+def _timed(state: Any, run: Callable[[Any], object], registry: int | None, into: Timing) -> None:
+    cpu, reg, start = time.process_time(), _cpu_of(registry), time.perf_counter()
+    run(state)
+    into[0].append(time.perf_counter() - start)
+    into[1].append(time.process_time() - cpu)
+    into[2].append(_cpu_of(registry) - reg)
 
 
 Row = tuple[str, int, int, Timing]
@@ -109,14 +107,20 @@ def _measure(work: Path, host: str, names: dict[str, Any], repeat: int) -> list[
     def sync(jobs: int | None) -> Callable[[Any], object]:
         return lambda store: lock.sync(project, store, opts, policy, warn=lambda _m: None, frozen=True, jobs=jobs)
 
+    ops: list[tuple[str, int, int, Callable[[int], Any], Callable[[Any], object]]] = [
+        ("largest pull", 1, largest_size, home("one"), lambda store: store.pull(pinned, opts)),
+        (f"sync {count} (--jobs 8)", count, total, home("s8"), sync(None)),
+        (f"sync {count} (--jobs {count})", count, total, home("sN"), sync(count)),
+        ("second sync (cached)", count, 0, lambda n: BundleCache(work / "home-s8-0"), sync(None)),  # filled just before
+    ]
+    for run in (lambda store: store.pull(pinned, opts), sync(None)):  # imports and first connections: not timed
+        run(BundleCache(work / "home-warm-up"))
     reg = _registry_pid()
-    rows = [("largest pull", 1, largest_size,
-             _timed(repeat, home("one"), lambda store: store.pull(pinned, opts), reg))]
-    rows.append((f"sync {count} (--jobs 8)", count, total, _timed(repeat, home("s8"), sync(None), reg)))
-    rows.append((f"sync {count} (--jobs {count})", count, total, _timed(repeat, home("sN"), sync(count), reg)))
-    filled = BundleCache(work / "home-s8-0")
-    rows.append(("second sync (cached)", count, 0, _timed(repeat, lambda n: filled, sync(None), reg)))
-    return rows
+    timings: list[Timing] = [([], [], []) for _ in ops]
+    for n in range(repeat):  # round by round, so a burst of load elsewhere falls on every row alike
+        for (_label, _count, _size, setup, run), into in zip(ops, timings, strict=True):
+            _timed(setup(n), run, reg, into)
+    return [(label, count_, size, timing) for (label, count_, size, _s, _r), timing in zip(ops, timings, strict=True)]
 
 
 def _print(title: str, rows: list[Row]) -> None:
