@@ -80,9 +80,13 @@ class Problem:
     line: int | None = None
 
     def __str__(self) -> str:
-        where = self.file if self.line is None else f"{self.file}:{self.line}"
-        key = f" {self.path}:" if self.path else ""
-        return f"{where}:{key} {self.message}"
+        """One line: the file, key path and message may quote what a cloned file holds (a key with a
+        newline in a TOML or YAML file), so every control character in them is shown escaped."""
+        from hatch_mcpkit._text import clean
+
+        where = clean(self.file, limit=None) if self.line is None else f"{clean(self.file, limit=None)}:{self.line}"
+        key = f" {clean(self.path, limit=None)}:" if self.path else ""
+        return f"{where}:{key} {clean(self.message, limit=None)}"
 
 
 def closest(key: str, allowed: Iterable[str]) -> str | None:

@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hatch_mcpkit._pyproject import load_toml, tomllib
+from hatch_mcpkit._text import clean
 from hatch_mcpkit.errors import (
     BundleNotFoundError,
     ConfigError,
@@ -86,6 +87,7 @@ HEADER = (
     "# `mcpkit sync` installs exactly these digests (`--frozen` refuses a missing or stale lock). Commit it.\n"
 )
 _DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}\Z")
+_KEY_ID_RE = re.compile(r"^[A-Za-z0-9+/=]{1,199}\Z")  # base64 (signing.key_id), nothing a terminal acts on
 _HINT_LOCK = "run `mcpkit lock` (or `hatch run mcpkit:lock`) and commit mcpkit.lock"
 _HINT_SYNC = "run `mcpkit sync` (or `hatch run mcpkit:sync`) to install the locked bundles"
 
@@ -194,8 +196,8 @@ def _entry(key: str, data: Any, file: str, lines: dict[Any, int], problems: list
         if isinstance(data.get(name), str) and not _DIGEST_RE.match(data[name]):
             bad(name, f"{data[name]!r} is not a sha256:<64 hex> digest")
     signers = data.get("signed-by", [])
-    if not isinstance(signers, list) or not all(isinstance(s, str) and 0 < len(s) < 200 for s in signers):
-        bad("signed-by", "must be a list of key ids")
+    if not isinstance(signers, list) or not all(isinstance(s, str) and _KEY_ID_RE.match(s) for s in signers):
+        bad("signed-by", "must be a list of key ids (base64, as `mcpkit key` prints them)")
     layers = data.get("layers")
     parsed: list[LockedLayer] = []
     if not isinstance(layers, list) or not layers:
@@ -236,8 +238,8 @@ def stale_reasons(project: Project, lock: Lock, names: Sequence[str] | None = No
         entry = lock.entries.get(spec.key)
         if entry is None:
             reasons.append(f"{spec.key}: in pyproject.toml, not in the lock")
-        elif entry.reference != spec.reference:
-            reasons.append(f"{spec.key}: pyproject.toml names {spec.reference}, the lock {entry.reference}")
+        elif entry.reference != spec.reference:  # (the lock's text may be anything: one line, escaped)
+            reasons.append(f"{spec.key}: pyproject.toml names {spec.reference}, the lock {clean(entry.reference)}")
         elif entry.spec != spec.fingerprint():
             reasons.append(f"{spec.key}: its key or policy in pyproject.toml changed since it was locked")
     if not names:

@@ -14,6 +14,9 @@ mcpkit.lock + files beside them), a hostile registry or HTTP client -- driven th
   are never touched), so the other project still serves;
 * a cloned project whose ``mcpkit.lock`` is a folder: `mcpkit lock` says it cannot write the lock
   (exit 2), not "internal error" (`sync` already refused to read it);
+* a cloned project draws no line of its own on the terminal: a key with a newline in its
+  pyproject.toml or mcpkit.lock (any table), a lock ``reference`` or ``signed-by`` with one, or a
+  served folder's config.yaml key -- every problem is one line, its controls escaped;
 * ``--http``: a client that connects and never finishes its request headers (slowloris: no token
   needed) is disconnected after the header deadline, so unauthenticated connections cannot pile up
   until the server accepts no more; a client that sends its request is answered as before;
@@ -325,3 +328,40 @@ def test_a_projects_narrowing_holds_in_the_running_gateway(registry: Any, repo_n
 
     anyio.run(go)
     assert (shared / "seen.txt").read_text() == "before"
+
+
+# --------------------------------------------------------------------------- lines drawn by a cloned project
+
+FORGED = "mcpkit: FORGED"
+_DIGEST = "sha256:" + "a" * 64
+_LOCK_ENTRY = f'digest = "{_DIGEST}"\nspec = "{_DIGEST}"\n[[bundles.w.layers]]\ntitle = "module.wasm"\n' \
+    f'digest = "{_DIGEST}"\nsize = 1\n'
+
+
+@pytest.mark.parametrize("where", ["lock-key", "lock-reference", "lock-signed-by", "bundles-key", "trust-key",
+                                   "config-yaml-key"])
+def test_a_cloned_project_cannot_draw_a_line_on_the_terminal(tmp_path: Path, where: str) -> None:
+    project = tmp_path / "cloned"
+    project.mkdir()
+    forged = f"x\\n{FORGED} {where}"  # TOML/YAML escape: a real newline once read
+    bundles = f'"{forged}" = "oci://127.0.0.1:9/a/b:1"\n' if where == "bundles-key" else 'w = "oci://127.0.0.1:9/a/b:1"\n'
+    trust = f'[tool.mcpkit.trust]\n"{forged}" = 1\n' if where == "trust-key" else ""
+    (project / "pyproject.toml").write_text(f'[project]\nname = "cloned"\nversion = "0"\n\n'
+                                            f'[tool.mcpkit.bundles]\n{bundles}{trust}')
+    reference = f"oci://127.0.0.1:9/a/b:1\\n{FORGED} {where}" if where == "lock-reference" else "oci://127.0.0.1:9/a/b:1"
+    signed = f'signed-by = ["{forged}"]\n' if where == "lock-signed-by" else ""
+    extra = f'[bundles."{forged}"]\nreference = "x"\n' if where == "lock-key" else ""
+    (project / "mcpkit.lock").write_text(f'version = 1\n{extra}[bundles.w]\nreference = "{reference}"\n{signed}'
+                                         f'{_LOCK_ENTRY}')
+    if where == "config-yaml-key":
+        folder = project / "tool"
+        folder.mkdir()
+        (folder / "module.wasm").write_bytes(b"\0asm\1\0\0\0")
+        (folder / "config.yaml").write_text(f'version: "1.0"\nserver: {{name: t, version: 0.1.0}}\n"{forged}": 1\n'
+                                            "mcp: {tools: [{name: t, description: d, input_schema: {type: object}}]}\n")
+        args = ["server", str(folder)]
+    else:
+        args = ["sync", "--frozen"]
+    proc = _mcpkit(*args, home=tmp_path / "home", cwd=project)
+    assert proc.returncode in (2, 4) and "mcpkit: error:" in proc.stderr, proc.stderr  # refused (4: a stale lock)
+    assert not any(line.startswith(FORGED) for line in proc.stderr.splitlines()), proc.stderr
