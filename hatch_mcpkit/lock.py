@@ -441,8 +441,9 @@ def sync(project: Project, store: BundleCache, opts: PullOptions, policy: TrustP
     present = tuple(spec.key for spec, e in todo if _installed(store, spec, e) is not None)
     missing = [(spec, e) for spec, e in todo if spec.key not in present]
     if missing:
-        with store.batch(), ThreadPoolExecutor(_jobs(len(missing), jobs), thread_name_prefix="mcpkit-sync") as pool:
-            futures = {spec.key: pool.submit(_pull, store, spec, e, opts, policy, warn) for spec, e in missing}
+        with store.batch() as batch, ThreadPoolExecutor(_jobs(len(missing), jobs),
+                                                         thread_name_prefix="mcpkit-sync") as pool:
+            futures = {spec.key: pool.submit(_pull, batch, spec, e, opts, policy, warn) for spec, e in missing}
         _raise_failures({key: exc for key, f in futures.items() if (exc := f.exception()) is not None},
                         len(futures))
     _remember_sync(store, lock.path)

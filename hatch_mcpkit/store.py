@@ -33,6 +33,7 @@ runtime; the command line asks the runtime to precompile after a pull.
 from __future__ import annotations
 
 import contextlib
+import copy
 import errno
 import fcntl
 import functools
@@ -536,23 +537,25 @@ class BundleCache:
         return []
 
     @contextlib.contextmanager
-    def batch(self) -> Iterator[None]:
+    def batch(self) -> Iterator[BundleCache]:
         """Many pulls as one (``mcpkit sync``): one index write for all of them, one client per registry.
 
-        Every pull made through this object inside (from any thread) installs its entry as always --
-        verified, renamed into place under the entry's lock -- but its index row is written with the
-        others' on the way out, once (also when some pulls failed). Until then other processes do not
-        list those entries; one that pulls the same bundle meanwhile finds it intact and indexes it.
-        At the end each entry is checked to be still in place, under its lock, before it is indexed.
+        Yields a view of this cache to pull through (from any number of threads). Each pull installs
+        its entry as always -- verified, renamed into place under the entry's lock -- but its index row
+        is written with the others' on the way out, once (also when some pulls failed). Until then
+        other processes (and other views) do not list those entries; one that pulls the same bundle
+        meanwhile finds it intact and indexes it. At the end each entry is checked to be still in
+        place, under its lock, before it is indexed. Pulls through this object itself are not batched.
         """
-        if self._batch is not None:  # nested: the outer batch writes
-            yield
+        if self._batch is not None:  # a view already: its own batch writes
+            yield self
             return
-        batch = self._batch = _Batch()
+        view = copy.copy(self)
+        batch = view._batch = _Batch()
         try:
-            yield
+            yield view
         finally:
-            self._batch = None
+            view._batch = None
             for client in batch.clients.values():
                 client.close()
             self._commit(batch.rows)

@@ -186,3 +186,23 @@ def test_the_pulls_of_a_sync_share_one_client_per_registry(
     # a client per pull would open at least two (probe + request) for each of the six
     assert relay.connections - before <= 5
     assert _indexed(tmp_path / "home") == {m.digest for m in manifests}
+
+
+def test_each_batch_writes_its_own_rows_and_pulls_outside_a_batch_are_indexed_at_once(
+    registry: Any, repo_name: str, tmp_path: Path,
+) -> None:
+    refs = []
+    for i in range(3):
+        root = make_project(tmp_path / f"src-{i}", name=f"tool{i}", seed=f"{repo_name}-own-{i}".encode())
+        manifest = push_project(registry, root, tmp_path / f"out-{i}", f"{repo_name}/own{i}", "1")
+        refs.append((f"oci://{registry.host}/{repo_name}/own{i}@{manifest.digest}", manifest.digest))
+    home = tmp_path / "home"
+    store = BundleCache(home)
+    with store.batch() as outer:
+        outer.pull(refs[0][0])
+        store.pull(refs[1][0])  # not through the batch: indexed as it is installed
+        assert _indexed(home) == {refs[1][1]}
+        with store.batch() as inner:  # a second batch at the same time keeps its own rows
+            inner.pull(refs[2][0])
+        assert _indexed(home) == {refs[1][1], refs[2][1]}
+    assert _indexed(home) == {digest for _, digest in refs}
