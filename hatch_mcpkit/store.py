@@ -632,7 +632,8 @@ class BundleCache:
             raise self._not_found(name_or_ref)
         if len({e.digest for e in matches}) > 1:
             raise self._ambiguous(name_or_ref, matches)
-        entry = max(matches, key=lambda e: e.pulled_at)
+        # pulled_at has one-second resolution; in a tie the row indexed later (the index appends) wins
+        entry = max(reversed(matches), key=lambda e: e.pulled_at)
         if not (entry.path / METADATA).is_file():
             raise BundleNotFoundError(
                 f"the cache index lists {entry.reference} at {entry.path}, but the directory is gone",
