@@ -641,3 +641,35 @@ def test_guest_stderr_is_terminal_safe(tmp_path: Path) -> None:
     for text in (result.stderr_tail, result.text):
         assert "\x1b" not in text and "\x07" not in text and "\u202e" not in text
         assert "\\x1b]52;c;cHduZWQ=" in text and "fake line" in text
+
+
+@pytest.mark.parametrize("start", [
+    '(func (export "_start") (param i32))',
+    '(func (export "_start") (result i32) (i32.const 7))',
+    '(global (export "_start") i32 (i32.const 0))',
+    '(memory (export "_start") 1)',
+])
+def test_a_start_export_that_is_not_a_plain_function_is_refused_at_load(tmp_path: Path, start: str) -> None:
+    """``_start`` is called with no arguments straight through the C API: any other shape is refused up front."""
+    from hatch_mcpkit.errors import ModuleError
+
+    bundle = wat_bundle(tmp_path / "b", f"(module {start})")
+    with pytest.raises(ModuleError, match="exports _start, but not as a function without parameters or results"):
+        Runtime.from_dir(bundle, code_cache=CodeCache(tmp_path / "home"))
+
+
+def test_a_trap_and_an_exit_through_the_bare_start_call_are_reported(tmp_path: Path) -> None:
+    """Calling ``_start`` bare keeps wasmtime-py's trap handling: a trap and a non-zero exit are tool errors."""
+    trap = wat_bundle(tmp_path / "trap", '(module (func (export "_start") unreachable))')
+    exit_ = wat_bundle(tmp_path / "exit", """(module
+      (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+      (memory (export "memory") 1)
+      (func (export "_start") (call $exit (i32.const 3))))""")
+    with Runtime.from_dir(trap, code_cache=CodeCache(tmp_path / "home")) as rt:
+        first, again = rt.call("run"), rt.call("run")
+    assert (first.reason, again.reason) == ("trap", "trap")
+    assert "the module panicked or aborted" in first.text
+    with Runtime.from_dir(exit_, code_cache=CodeCache(tmp_path / "home")) as rt:
+        result = rt.call("run")
+    assert (result.reason, result.exit_code) == ("exit", 3)
+    assert "exited with status 3" in result.text

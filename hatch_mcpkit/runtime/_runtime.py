@@ -118,8 +118,12 @@ class Runtime:
         self.consume_fuel = any(p.fuel is not None for p in self._plans.values())
         self.engine = make_engine(self.consume_fuel)
         self.module, self.module_source = load_module(self.engine, self.consume_fuel, self.module_path, code_cache)
-        if "_start" not in {e.name for e in self.module.exports}:
+        start = next((e.type for e in self.module.exports if e.name == "_start"), None)
+        if start is None:
             raise ModuleError(f"{self.module_path} exports no _start: build it as a WASI command (fn main)")
+        if not isinstance(start, wasmtime.FuncType) or start.params or start.results:
+            raise ModuleError(f"{self.module_path} exports _start, but not as a function without parameters "
+                              "or results: build it as a WASI command (fn main)")
         self._pre = self._instance_pre(wasmtime)
         self._ticker = _call.Ticker(self.engine)
         self._closers.insert(0, self._ticker.close)
@@ -258,10 +262,10 @@ class Runtime:
         failure: tuple[str, str] | None = None
         run_start = run_end = time.perf_counter()
         try:
-            start = self._pre.instantiate(store).exports(store)["_start"]
+            instance = self._pre.instantiate(store)
             run_start = time.perf_counter()
             try:
-                start(store)
+                _wasmtime.run_start(store, instance)
             finally:
                 run_end = time.perf_counter()
         except wasmtime.ExitTrap as exc:

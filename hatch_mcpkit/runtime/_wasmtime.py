@@ -13,11 +13,18 @@ Three things the public API does not offer:
 * **stdin from memory**: ``WasiConfig.stdin_file`` only takes a path, so arguments would go
   through a pipe, a ``/dev/fd`` open and, for large ones, a writer thread; the C API's
   ``wasi_config_set_stdin_bytes`` hands the bytes over directly.
+* **``_start`` by name, called bare**: ``instance.exports(store)["_start"](store)`` reads every
+  export and asks the function for its type (eight C calls, each releasing and retaking the
+  GIL, which a busy server's event loop then has to hand back); :func:`run_start` looks the
+  export up by name and calls it with no arguments in two, through wasmtime-py's own trap
+  handling (``enter_wasm``), so a trap, an exit or an error raises exactly what
+  ``Func.__call__`` raises.
 
 It also hides the one public API difference between the supported wasmtime-py releases
 (45 to 50): :func:`preopen` (``preopen_dir`` took permission enums before 48, ``fs_mutable`` since).
 
-Every private name used is listed in :data:`PRIVATE_NAMES`; ``tests/test_runtime.py``
+Every private name used is listed in :data:`PRIVATE_NAMES` (besides two attributes of wasmtime-py's
+own objects, ``Store._context()`` and ``Instance._instance``, which every call exercises); ``tests/test_runtime.py``
 imports each one, so a wasmtime release that removes one fails that test loudly.
 """
 
@@ -32,7 +39,7 @@ from typing import Any, Protocol
 
 __all__ = [
     "PRIVATE_NAMES", "Hooks", "attach_interrupt", "attach_output", "check_supported", "missing_names",
-    "preopen", "register", "set_stdin", "unregister",
+    "preopen", "register", "run_start", "set_stdin", "unregister",
 ]
 
 PRIVATE_NAMES = (
@@ -45,6 +52,11 @@ PRIVATE_NAMES = (
     "wasmtime._ffi.wasi_config_set_stdin_bytes",
     "wasmtime._ffi.wasm_byte_vec_t",
     "wasmtime._ffi.wasm_byte_vec_new",
+    "wasmtime._ffi.wasmtime_instance_export_get",
+    "wasmtime._ffi.wasmtime_extern_t",
+    "wasmtime._ffi.wasmtime_func_call",
+    "wasmtime._ffi.WASMTIME_EXTERN_FUNC",
+    "wasmtime._func.enter_wasm",
 )
 
 
@@ -75,9 +87,18 @@ def unregister(key: int) -> None:
 
 def missing_names() -> list[str]:
     """The private names this wasmtime-py no longer has (empty when all are there)."""
-    from wasmtime import _ffi
+    import importlib
 
-    return [name for name in PRIVATE_NAMES if not hasattr(_ffi, name.rsplit(".", 1)[1])]
+    missing = []
+    for name in PRIVATE_NAMES:
+        module, attr = name.rsplit(".", 1)
+        try:
+            found = hasattr(importlib.import_module(module), attr)
+        except ImportError:
+            found = False
+        if not found:
+            missing.append(name)
+    return missing
 
 
 def check_supported() -> None:
@@ -195,3 +216,27 @@ def preopen(wasi: Any, host: str, guest: str, writable: bool) -> None:
 
             _PREOPEN.append(by_perms)
     _PREOPEN[0](wasi, host, guest, writable)
+
+
+_START = b"_start"
+
+
+def run_start(store: Any, instance: Any) -> None:
+    """Call the instance's ``_start`` (no parameters, no results); raises what ``Func.__call__`` would.
+
+    The module was checked at load to export ``_start`` as a function of that type; should the
+    export still be missing or not a function, :class:`wasmtime.WasmtimeError` says so.
+    """
+    import wasmtime
+    from wasmtime import _ffi as ffi
+    from wasmtime._func import enter_wasm
+
+    context = store._context()
+    item: Any = ffi.wasmtime_extern_t()
+    if not ffi.wasmtime_instance_export_get(context, ctypes.byref(instance._instance), _START, len(_START),
+                                            ctypes.byref(item)) or item.kind != ffi.WASMTIME_EXTERN_FUNC.value:
+        raise wasmtime.WasmtimeError("the module exports no _start function")
+    with enter_wasm(store) as trap:
+        error = ffi.wasmtime_func_call(context, ctypes.byref(item.of.func), None, 0, None, 0, trap)
+        if error:
+            raise wasmtime.WasmtimeError._from_ptr(error)
