@@ -42,7 +42,7 @@ def test_project_of_two_bundles_locked_synced_and_served_through_hatch(
     fixture_crate: Any, registry: Any, repo_name: str, tmp_path: Path, ts_client: Path,
 ) -> None:
     """The example and a second crate: `hatch run mcpkit:lock`, `mcpkit:sync` into a clean MCPKIT_HOME,
-    then `mcpkit:serve` driven over stdio by the official Python client."""
+    then `mcpkit:serve` driven over stdio by the official Python and TypeScript clients, and over HTTP."""
     import asyncio
 
     from hatch_mcpkit.bundle import BundleLayout
@@ -83,7 +83,28 @@ hello = {{ ref = "oci://{registry.host}/{repo_name}/hello:1", policy = {{ limits
     hello = answers["hello"]
     assert not hello.is_error and hello.content[0].text == "hello from greet"
 
+    _typescript_over_stdio(example_copy, {**hatch_env, **env}, ts_client, answers["tools"])
     _over_http(example_copy, {**hatch_env, **env}, ts_client, answers["tools"])
+
+
+def _typescript_over_stdio(project: Path, env: dict[str, str], ts_client: Path, tools: list[str]) -> None:
+    """`hatch run mcpkit:serve` launched by the TypeScript client as an MCP host launches it."""
+    import json
+    import os
+    import shutil
+    import subprocess
+
+    hatch = shutil.which("hatch")
+    assert hatch, "hatch is not on PATH"
+    calls = json.dumps([["hello__greet", {}],
+                        ["weather__convert_temperature", {"value": 0, "from": "celsius", "to": "kelvin"}]])
+    proc = subprocess.run(["node", str(ts_client), calls, "--", hatch, "run", "mcpkit:serve", "-q"],
+                          capture_output=True, timeout=180, check=False, cwd=project, env={**os.environ, **env})
+    assert proc.returncode == 0, proc.stderr.decode(errors="replace")[-2000:]
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert lines[0]["tools"] == tools
+    assert lines[1]["ok"] and lines[1]["result"]["content"][0]["text"] == "hello from greet", lines[1]
+    assert lines[2]["ok"] and "273.15" in lines[2]["result"]["content"][0]["text"], lines[2]
 
 
 def _over_http(project: Path, env: dict[str, str], ts_client: Path, tools: list[str]) -> None:
