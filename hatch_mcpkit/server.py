@@ -162,8 +162,11 @@ def table_server(rows: Sequence[ServedTool], *, name: str, version: str,
             )
         handle = CallHandle()
         work = partial(_call, row, dict(params.arguments or {}), handle)
-        async with _progress(ctx, row):
+        if _progress_token(ctx) is None:  # the common case: no progress task, no context manager
             outcome = await _in_worker(work, handle, row.limiter, row.name)
+        else:
+            async with _progress(ctx, row):
+                outcome = await _in_worker(work, handle, row.limiter, row.name)
         if outcome.structured_content is not None and _era(ctx):  # structuredContent came with 2025-06-18
             outcome = outcome.model_copy(update={"structured_content": None})
         return outcome
@@ -204,8 +207,7 @@ async def _progress(ctx: Any, row: ServedTool) -> AsyncIterator[None]:
     progress (the TypeScript SDK's ``resetTimeoutOnProgress``) then wait for a long call
     instead of giving up after their own default (60 s).
     """
-    meta = getattr(ctx, "meta", None) or {}
-    if meta.get("progress_token") is None:
+    if _progress_token(ctx) is None:
         yield
         return
     import anyio
@@ -229,6 +231,12 @@ async def _progress(ctx: Any, row: ServedTool) -> AsyncIterator[None]:
             yield
         finally:
             tg.cancel_scope.cancel()
+
+
+def _progress_token(ctx: Any) -> Any:
+    """The call's ``_meta.progressToken``, or None when it asked for no progress."""
+    meta = getattr(ctx, "meta", None) or {}
+    return meta.get("progress_token")
 
 
 def _progress_interval() -> float:
