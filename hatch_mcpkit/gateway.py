@@ -152,17 +152,11 @@ def open_project(store: BundleCache, *, project: Path | None = None, names: Sequ
     from hatch_mcpkit.config import load_config
     from hatch_mcpkit.lock import locked_bundles
     from hatch_mcpkit.project import find_project
-    from hatch_mcpkit.store import read_metadata
-    from hatch_mcpkit.trust import KeySet, TrustPolicy, check_installed
 
     found = find_project(project)
-    policy = TrustPolicy.load(store.home, found.root)
     members = []
-    for locked in locked_bundles(found, store, list(names) or None):
-        spec = found.bundles[locked.key]
+    for locked in locked_bundles(found, store, list(names) or None, warn=warn):  # checks the trust policy
         label = f"{locked.reference}@{locked.digest}"
-        keys = KeySet(spec.keys, spec.where) if spec.keys else None
-        check_installed(policy.requirement(spec.ref, keys), read_metadata(locked.path), label, warn)
         config = locked.narrowing.apply(load_config(locked.path / "config.yaml"))
         members.append(Member(locked.key, locked.path, label, config))
     with open_gateway(members, max_concurrency=max_concurrency, code_cache=store.code_cache,

@@ -569,13 +569,20 @@ class LockedBundle:
     signers: tuple[str, ...] = ()
 
 
-def locked_bundles(project: Project, store: BundleCache, names: Sequence[str] | None = None) -> list[LockedBundle]:
-    """The project's locked bundles (those ``names``, else all), in key order, each found intact in the cache.
+def locked_bundles(project: Project, store: BundleCache, names: Sequence[str] | None = None, *,
+                   warn: Callable[[str], None] | None = None) -> list[LockedBundle]:
+    """The project's locked bundles (those ``names``, else all), in key order, each found intact in the cache
+    and still showing the signatures the trust policy (``MCPKIT_HOME/trust.yaml``, the project's
+    ``[tool.mcpkit.trust]``) and its entry's ``key`` require now -- a policy written after ``sync`` holds.
 
-    Raises :class:`StaleLockError` (exit 4) when the lock is missing or stale, and
-    :class:`BundleNotFoundError` ("run `mcpkit sync`") when a locked digest is not in the cache.
-    Nothing is fetched.
+    Raises :class:`StaleLockError` (exit 4) when the lock is missing or stale,
+    :class:`BundleNotFoundError` ("run `mcpkit sync`") when a locked digest is not in the cache, and
+    :class:`SignatureError` when a required signature is missing. ``warn`` is told of an unsigned
+    bundle the policy only warns about (default: :func:`warnings.warn`). Nothing is fetched.
     """
+    from hatch_mcpkit.store import read_metadata
+    from hatch_mcpkit.trust import TrustPolicy, check_installed
+
     specs = project.select(list(names) if names else None)
     lock = load_lock(project.lock_path)
     reasons = stale_reasons(project, lock, [s.key for s in specs])
@@ -583,6 +590,7 @@ def locked_bundles(project: Project, store: BundleCache, names: Sequence[str] | 
         raise StaleLockError(f"{project.lock_path} does not match {project.pyproject}:\n"
                              + "\n".join(f"    {r}" for r in reasons),
                              hint="run `mcpkit sync` (it locks what changed, then installs)")
+    policy = TrustPolicy.load(store.home, project.root)
     out = []
     for spec in specs:
         entry = lock.entries[spec.key]
@@ -590,6 +598,13 @@ def locked_bundles(project: Project, store: BundleCache, names: Sequence[str] | 
         if path is None:
             raise BundleNotFoundError(f"{spec.key}: {spec.reference} at {entry.digest} is not in the cache "
                                       f"({store.bundles_dir}), or no longer intact", hint=_HINT_SYNC)
+        check_installed(_requirement(policy, spec)(spec.ref), read_metadata(path),
+                        f"{spec.reference}@{entry.digest}", warn or _warn)
         out.append(LockedBundle(spec.key, spec.reference, entry.digest, path, spec.narrowing, entry.signers))
     return out
 
+
+def _warn(message: str) -> None:
+    import warnings
+
+    warnings.warn(message, stacklevel=3)

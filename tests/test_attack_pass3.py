@@ -1,0 +1,80 @@
+"""A third attack pass over this release: siblings of the second pass's findings across the whole
+code base, the foreign-bundle path, the library's project API, the HTTP transport and progress.
+
+Each test is one attack tried for real -- a cloned project, a hostile registry or bundle, raw HTTP
+sent to a running ``mcpkit server --http`` -- and asserts the *safe* outcome:
+
+* a project's trust policy (``MCPKIT_HOME/trust.yaml`` or a pyproject ``key``) written after
+  ``sync`` is enforced by ``lock.locked_bundles()`` itself, the function the docs give Python
+  callers for "what mcpkit serve starts from", not only by the CLI's gateway;
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.builders import make_project, push_project
+
+MCPKIT = [sys.executable, "-m", "hatch_mcpkit"]
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _env(home: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MCPKIT_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    env["MCPKIT_HOME"] = str(home)
+    env.update(extra)
+    return env
+
+
+def _mcpkit(*args: str, home: Path, cwd: Path | None = None, timeout: float = 60,
+            stdin: Any = subprocess.DEVNULL, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*MCPKIT, *args], capture_output=True, text=True, timeout=timeout, check=False,
+                          env=_env(home, **env), cwd=cwd, stdin=stdin)
+
+
+def _pushed(registry: Any, work: Path, repository: str, *, name: str = "fault-tool", version: str = "1.0.0",
+            tag: str = "1") -> Any:
+    slug = f"{repository.replace('/', '-')}-{version}"
+    root = make_project(work / f"src-{slug}", name=name, version=version)
+    return push_project(registry, root, work / f"out-{slug}", repository, tag)
+
+
+def _project(folder: Path, bundles: str) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "pyproject.toml").write_text(f'[project]\nname = "app"\nversion = "0"\n\n[tool.mcpkit.bundles]\n{bundles}')
+    return folder
+
+
+# --------------------------------------------------------------------------- C1: the library's project API
+
+
+@pytest.mark.registry
+def test_locked_bundles_enforces_the_trust_policy_written_after_sync(
+        registry: Any, repo_name: str, tmp_path: Path) -> None:
+    """docs/project-bundles.md: "From Python, the same list is locked_bundles(find_project(), BundleCache())".
+    A caller building its own server from that list must not serve what `mcpkit serve` refuses."""
+    from hatch_mcpkit.errors import SignatureError
+    from hatch_mcpkit.lock import locked_bundles
+    from hatch_mcpkit.project import find_project
+    from hatch_mcpkit.store import BundleCache
+
+    home = tmp_path / "home"
+    _pushed(registry, tmp_path, repo_name, name="weather")
+    app = _project(tmp_path / "app", f'weather = "oci://{registry.host}/{repo_name}:1"\n')
+    proc = _mcpkit("sync", home=home, cwd=app)
+    assert proc.returncode == 0, proc.stderr
+    assert [b.key for b in locked_bundles(find_project(app), BundleCache(home))] == ["weather"]
+    (home / "trust.yaml").write_text("default: enforce\n")
+    with pytest.raises(SignatureError, match="the trust policy requires a signature"):
+        locked_bundles(find_project(app), BundleCache(home))
+    (home / "trust.yaml").write_text("default: warn\n")
+    said: list[str] = []
+    assert len(locked_bundles(find_project(app), BundleCache(home), warn=said.append)) == 1
+    assert said and "not verified" in said[0]
