@@ -7,7 +7,8 @@ progress notifications reach the client before its result; sse-starlette's drain
 is turned off, so a graceful stop lets every answer in flight complete), its
 ``RequestBodyLimitMiddleware`` (413 past the limit), its ``TransportSecuritySettings`` (``Host`` and ``Origin`` checked against DNS rebinding:
 421 and 403), its ``BearerAuthBackend`` + ``RequireAuthMiddleware`` (401 with
-``WWW-Authenticate: Bearer``). This module only chooses their settings, checks the token
+``WWW-Authenticate: Bearer``). ``GET /mcp`` is 405: a stateless server has no stream to offer.
+This module only chooses their settings, checks the token
 in constant time and runs the app under uvicorn, with no access log (a URL or header
 never reaches a log line), a deadline on request headers (:mod:`hatch_mcpkit._h11`: a
 connection that never finishes its request is closed) and a bounded graceful shutdown on
@@ -172,6 +173,24 @@ class _Token:
         return None
 
 
+class _PostOnly:
+    """``GET /mcp`` answered 405 (the transport lets a server say so): stateless, no stream can ever carry
+    anything to a client, yet the SDK would hold one open for as long as the client likes -- the
+    TypeScript SDK opens one per session -- each a server task, every graceful stop waiting the whole
+    grace for them and logging a traceback each."""
+
+    def __init__(self, app: Any) -> None:
+        self._app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["method"] == "GET":
+            from starlette.responses import Response
+
+            await Response(status_code=405, headers={"Allow": "POST"})(scope, receive, send)
+            return
+        await self._app(scope, receive, send)
+
+
 def http_app(server: Server[Any], options: HttpOptions) -> Any:
     """The ASGI app: ``/mcp`` on the SDK's stateless session manager, behind the bearer check."""
     from mcp.server.auth.middleware.bearer_auth import BearerAuthBackend, RequireAuthMiddleware
@@ -184,7 +203,7 @@ def http_app(server: Server[Any], options: HttpOptions) -> Any:
     manager = StreamableHTTPSessionManager(app=server, stateless=True, json_response=False,
                                            security_settings=_security(options),
                                            max_request_body_size=options.max_body)
-    endpoint: Any = StreamableHTTPASGIApp(manager)
+    endpoint: Any = _PostOnly(StreamableHTTPASGIApp(manager))
     middleware = []
     if options.token is not None:
         endpoint = RequireAuthMiddleware(endpoint, required_scopes=[])

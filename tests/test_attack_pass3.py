@@ -78,3 +78,57 @@ def test_locked_bundles_enforces_the_trust_policy_written_after_sync(
     said: list[str] = []
     assert len(locked_bundles(find_project(app), BundleCache(home), warn=said.append)) == 1
     assert said and "not verified" in said[0]
+
+
+# --------------------------------------------------------------------------- C2: GET /mcp on a stateless server
+
+
+def _read_response(conn: Any, timeout: float) -> bytes:
+    """What the server sends on ``conn`` until it has sent a whole response without a body, or closes."""
+    import time
+
+    got = b""
+    deadline = time.monotonic() + timeout
+    while b"\r\n\r\n" not in got and (left := deadline - time.monotonic()) > 0:
+        conn.settimeout(left)
+        try:
+            chunk = conn.recv(4096)
+        except TimeoutError:
+            break
+        if not chunk:
+            break
+        got += chunk
+    return got
+
+
+@pytest.mark.cargo
+def test_a_get_stream_is_refused_so_it_cannot_hold_the_server(hostile_bundle_dir: Path) -> None:
+    """The TypeScript SDK opens ``GET /mcp`` after initializing. Stateless, nothing can ever be sent on it,
+    yet it was a 200 SSE stream kept open for as long as the client liked (a server task and ~85 KB each;
+    measured: 300 of them all open 15 s later), and SIGTERM then waited the whole grace and logged a
+    traceback per stream. The transport allows 405 for GET; the client then goes on without it."""
+    import socket
+
+    from tests.plugins.clients import mcpkit_http
+
+    with mcpkit_http("server", str(hostile_bundle_dir), "-q") as served:
+        conns = []
+        for _ in range(20):
+            conn = socket.create_connection(("127.0.0.1", served.port))
+            conn.sendall(f"GET /mcp HTTP/1.1\r\nHost: 127.0.0.1:{served.port}\r\nAccept: text/event-stream\r\n"
+                         f"Authorization: Bearer {served.token}\r\n\r\n".encode())
+            conns.append(conn)
+        try:
+            for conn in conns:
+                answer = _read_response(conn, 10)
+                assert answer.startswith(b"HTTP/1.1 405 "), answer[:200]
+                assert b"text/event-stream" not in answer
+            unauthenticated = socket.create_connection(("127.0.0.1", served.port))
+            unauthenticated.sendall(f"GET /mcp HTTP/1.1\r\nHost: 127.0.0.1:{served.port}\r\n\r\n".encode())
+            assert _read_response(unauthenticated, 10).startswith(b"HTTP/1.1 401 ")  # the token still comes first
+            unauthenticated.close()
+            assert served.stop() == 0
+        finally:
+            for conn in conns:
+                conn.close()
+        assert "Traceback" not in served.stderr and "graceful shutdown exceeded" not in served.stderr, served.stderr
