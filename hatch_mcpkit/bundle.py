@@ -38,6 +38,7 @@ from hatch_mcpkit import _json
 from hatch_mcpkit._archive import RESERVED_NAMES, extract, reserved_part
 from hatch_mcpkit._files import DigestCheck, file_chunks, open_regular, read_regular, read_verified
 from hatch_mcpkit._text import clean
+from hatch_mcpkit._yaml import MAX_YAML_BYTES
 from hatch_mcpkit.errors import BundleError, InvalidReferenceError
 
 if TYPE_CHECKING:
@@ -66,6 +67,7 @@ __all__ = [
     "archive_name",
     "build_bundle",
     "check_bundle_folder",
+    "check_declared_sizes",
     "derive_bundle_config",
     "file_digest",
     "is_layout_folder",
@@ -376,6 +378,24 @@ class Manifest:
         artifact_type = obj.get("artifactType")
         return cls(raw, bytes_digest(raw), config, layers, {str(k): str(v) for k, v in annotations.items()},
                    module_index, config_index, artifact_type if isinstance(artifact_type, str) else None)
+
+
+def check_declared_sizes(manifest: Manifest, limit: int, where: str, *, done: str = "nothing was downloaded") -> None:
+    """Refuse a manifest whose blobs (each, or all together) declare more than ``limit`` bytes, before any
+    of them is fetched or read; ``done`` ends each message (what was spared)."""
+    hint = "raise the limit with --max-bundle-size or MCPKIT_MAX_BUNDLE_SIZE if you trust this bundle"
+    for what, desc in [("config blob", manifest.config), *((f"layer {n!r}", d) for n, d in manifest.files)]:
+        if desc.size > limit:
+            raise BundleError(f"{where}: {what} ({desc.digest}) declares {desc.size} bytes, more than the "
+                              f"maximum bundle size of {limit} bytes; {done}", hint=hint)
+    total = sum(d.size for d in manifest.blobs)
+    if total > limit:
+        raise BundleError(f"{where}: the bundle's layers declare {total} bytes together, more than the maximum "
+                          f"bundle size of {limit} bytes; {done}", hint=hint)
+    if manifest.config_layer.size > MAX_YAML_BYTES:  # read into memory whole; the YAML reader refuses more
+        raise BundleError(f"{where}: config.yaml ({manifest.config_layer.digest}) declares {manifest.config_layer.size} "
+                          f"bytes, more than the {MAX_YAML_BYTES} a config.yaml may have; {done}",
+                          hint=ORAS_HINT)
 
 
 def _not_a_bundle(where: str, what: str) -> BundleError:
@@ -774,21 +794,21 @@ class BundleLayout:
         source = Path(path)
         if source.is_dir():
             check_bundle_folder(source)
-            return cls._from_dir(source, source, None)
+            return cls._from_dir(source, source, None, max_bundle_size(max_bytes))
         if not source.is_file():
             raise BundleError(f"{source}: no such bundle archive or layout directory")
         tempdir = tempfile.TemporaryDirectory(prefix="mcpkit-layout-")
         try:
             extract(source, Path(tempdir.name), where=str(source), max_bytes=max_bundle_size(max_bytes),
                     keep=_layout_member)
-            return cls._from_dir(Path(tempdir.name), source, tempdir)
+            return cls._from_dir(Path(tempdir.name), source, tempdir, max_bundle_size(max_bytes))
         except BaseException:
             tempdir.cleanup()
             raise
 
     @classmethod
     def _from_dir(
-        cls, root: Path, source: Path, tempdir: tempfile.TemporaryDirectory[str] | None
+        cls, root: Path, source: Path, tempdir: tempfile.TemporaryDirectory[str] | None, limit: int
     ) -> BundleLayout:
         try:
             layout_raw = read_regular(root / "oci-layout", limit=MAX_OCI_LAYOUT_BYTES, where=str(source),
@@ -820,6 +840,7 @@ class BundleLayout:
         ref_name = entry.annotations.get(REF_NAME_ANNOTATION)
         raw = _read_verified(_blob_path(root, entry.digest, source), entry, source, MAX_MANIFEST_BYTES)
         manifest = Manifest.parse(raw, str(source))
+        check_declared_sizes(manifest, limit, str(source), done="nothing was read")  # a folder's are not unpacked
         for desc in manifest.blobs:
             _verify_file(_blob_path(root, desc.digest, source), desc, source)
         if manifest.derived:  # oras' empty config: what it would say comes from config.yaml

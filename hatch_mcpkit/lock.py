@@ -279,8 +279,9 @@ def _jobs(count: int, jobs: int | None) -> int:
 
 def _resolve(spec: BundleSpec, opts: PullOptions, policy: TrustPolicy, warn: Callable[[str], None]) -> LockEntry:
     """The manifest ``spec`` resolves to now (tag resolved once), checked as a pull would check it."""
+    from hatch_mcpkit.bundle import check_declared_sizes
     from hatch_mcpkit.project import exposed_name_problem
-    from hatch_mcpkit.store import check_bundle_config_yaml, check_declared_sizes, registry_client
+    from hatch_mcpkit.store import check_bundle_config_yaml, registry_client
     from hatch_mcpkit.trust import verifier
 
     where = f"{spec.key} ({spec.reference})"

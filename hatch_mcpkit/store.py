@@ -54,14 +54,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from hatch_mcpkit import _json
 from hatch_mcpkit._files import DigestCheck, atomic_write, file_chunks, write_verified
-from hatch_mcpkit._yaml import MAX_YAML_BYTES
 from hatch_mcpkit.bundle import (
     CONFIG_TITLE,
     MODULE_TITLE,
-    ORAS_HINT,
     BundleLayout,
     Descriptor,
     Manifest,
+    check_declared_sizes,
     derive_bundle_config,
     local_bundle,
     max_bundle_size,
@@ -293,23 +292,6 @@ def _safe_parts(parts: list[str]) -> list[str]:
             continue
         out.append(part[:100])
     return out
-
-
-def check_declared_sizes(manifest: Manifest, limit: int, where: str) -> None:
-    """Refuse a manifest whose blobs (each, or all together) declare more than ``limit`` bytes."""
-    hint = "raise the limit with --max-bundle-size or MCPKIT_MAX_BUNDLE_SIZE if you trust this bundle"
-    for what, desc in [("config blob", manifest.config), *((f"layer {n!r}", d) for n, d in manifest.files)]:
-        if desc.size > limit:
-            raise BundleError(f"{where}: {what} ({desc.digest}) declares {desc.size} bytes, more than the "
-                              f"maximum bundle size of {limit} bytes; nothing was downloaded", hint=hint)
-    total = sum(d.size for d in manifest.blobs)
-    if total > limit:
-        raise BundleError(f"{where}: the bundle's layers declare {total} bytes together, more than the maximum "
-                          f"bundle size of {limit} bytes; nothing was downloaded", hint=hint)
-    if manifest.config_layer.size > MAX_YAML_BYTES:  # read into memory whole; the YAML reader refuses more
-        raise BundleError(f"{where}: config.yaml ({manifest.config_layer.digest}) declares {manifest.config_layer.size} "
-                          f"bytes, more than the {MAX_YAML_BYTES} a config.yaml may have; nothing was downloaded",
-                          hint=ORAS_HINT)
 
 
 class _BlobSource(Protocol):

@@ -132,3 +132,47 @@ def test_a_get_stream_is_refused_so_it_cannot_hold_the_server(hostile_bundle_dir
             for conn in conns:
                 conn.close()
         assert "Traceback" not in served.stderr and "graceful shutdown exceeded" not in served.stderr, served.stderr
+
+
+# --------------------------------------------------------------------------- C3: a layout folder's declared sizes
+
+
+def _layout_folder_with_a_huge_layer(tmp_path: Path, size: int) -> Path:
+    """A valid bundle's OCI layout, unpacked to a folder, with one more layer: ``size`` bytes (sparse on disk)."""
+    import hashlib
+    import json
+    import tarfile
+
+    from tests.builders import build_archive
+
+    built = build_archive(make_project(tmp_path / "src"), tmp_path / "out")
+    folder = tmp_path / "layout"
+    with tarfile.open(built.path) as tar:
+        tar.extractall(folder, filter="data")
+    blobs = folder / "blobs" / "sha256"
+    index = json.loads((folder / "index.json").read_text())
+    manifest = json.loads((blobs / index["manifests"][0]["digest"].split(":")[1]).read_bytes())
+    fake = "ab" * 32
+    with open(blobs / fake, "wb") as fh:
+        fh.truncate(size)
+    manifest["layers"].append({"mediaType": "application/octet-stream", "digest": f"sha256:{fake}", "size": size,
+                               "annotations": {"org.opencontainers.image.title": "data/big.bin"}})
+    raw = json.dumps(manifest).encode()
+    digest = hashlib.sha256(raw).hexdigest()
+    (blobs / digest).write_bytes(raw)
+    index["manifests"][0].update(digest=f"sha256:{digest}", size=len(raw))
+    (folder / "index.json").write_text(json.dumps(index))
+    return folder
+
+
+def test_a_layout_folder_declaring_more_than_the_bundle_size_is_refused_before_it_is_read(tmp_path: Path) -> None:
+    """An archive is unpacked within --max-bundle-size, and a registry's layers are checked against it
+    before download; a layout *folder* (a cloned repository, an unpacked download) had every blob hashed
+    first, whatever it declared: a 1 TiB sparse file (nothing on disk) kept `inspect`, `run` and `server`
+    reading zeros for many minutes before the digest failed."""
+    folder = _layout_folder_with_a_huge_layer(tmp_path, 1 << 40)
+    for command in (["inspect", str(folder)], ["run", str(folder)]):
+        proc = _mcpkit(*command, home=tmp_path / "home", timeout=60)
+        assert proc.returncode == 1, proc.stderr[-500:]
+        assert "maximum bundle size" in proc.stderr and "data/big.bin" in proc.stderr, proc.stderr[-500:]
+        assert "internal error" not in proc.stderr
