@@ -17,7 +17,10 @@ The bundles are pushed to a local registry (Debian's ``docker-registry`` binary)
 into a fresh MCPKIT_HOME with the lock API, and served once before measuring so that every module's
 code is in the code cache.
 
-Usage: ``python benchmarks/bench_gateway.py [--calls 200] [--clients 8] [--bundles 10]``
+With ``--compare TREE`` (another checkout of hatch-mcpkit, e.g. ``git worktree add /tmp/before
+HEAD~3``) a second gateway served from that tree joins the same rounds: a before/after in one run.
+
+Usage: ``python benchmarks/bench_gateway.py [--calls 200] [--clients 8] [--bundles 10] [--compare TREE]``
 """
 
 from __future__ import annotations
@@ -132,15 +135,15 @@ class Process:
             self.proc.wait()
 
 
-def env(home: Path) -> dict[str, str]:
+def env(home: Path, tree: Path = ROOT) -> dict[str, str]:
     out = {k: v for k, v in os.environ.items() if k != "MCPKIT_SERVER_TOKEN"}
-    out.update(MCPKIT_HOME=str(home), MCPKIT_SERVER_TOKEN=TOKEN, PYTHONPATH=str(ROOT))
+    out.update(MCPKIT_HOME=str(home), MCPKIT_SERVER_TOKEN=TOKEN, PYTHONPATH=str(tree))
     return out
 
 
-def serve(folder: Path, home: Path, work: Path, *names: str) -> Process:
+def serve(folder: Path, home: Path, work: Path, *names: str, tree: Path = ROOT) -> Process:
     return Process([sys.executable, "-m", "hatch_mcpkit", "serve", "--project", str(folder), "-q", *names,
-                    "--http", "127.0.0.1:0"], env(home), work / f"serve-{len(names)}-{time.monotonic_ns()}.log")
+                    "--http", "127.0.0.1:0"], env(home, tree), work / f"serve-{len(names)}-{time.monotonic_ns()}.log")
 
 
 # --------------------------------------------------------------------------- clients
@@ -205,6 +208,8 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--bundles", type=int, default=10)
     ap.add_argument("--rounds", type=int, default=3, help="throughput rounds per server (alternating)")
+    ap.add_argument("--compare", type=Path, metavar="TREE",
+                    help="another hatch-mcpkit checkout whose gateway joins the same rounds (before/after)")
     opts = ap.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="mcpkit-bench-gateway-") as tmp:
@@ -214,14 +219,17 @@ def main() -> None:
         serve(folder, home, work).stop()  # every module into the code cache first
 
         gateway = serve(folder, home, work)
+        other = serve(folder, home, work, tree=opts.compare.resolve()) if opts.compare else None
         echo = Process([sys.executable, "-c", ECHO_HTTP], env(home), work / "echo.log")
-        results: dict[str, list[tuple[float, list[float]]]] = {"gateway": [], "sdk": []}
-        cpu = {"gateway": 0.0, "sdk": 0.0}
+        results: dict[str, list[tuple[float, list[float]]]] = {"gateway": [], "sdk": [], "compare": []}
+        cpu = {"gateway": 0.0, "sdk": 0.0, "compare": 0.0}
+        pair = ["w0__convert_temperature", "w1__convert_temperature"]
+        contenders = [("sdk", echo, None, ["convert_temperature"]), ("gateway", gateway, TOKEN, pair)]
+        if other is not None:
+            contenders.append(("compare", other, TOKEN, pair))
         try:
-            for _ in range(opts.rounds):  # alternate, so both see the same machine
-                for key, server, token, tools in (
-                        ("sdk", echo, None, ["convert_temperature"]),
-                        ("gateway", gateway, TOKEN, ["w0__convert_temperature", "w1__convert_temperature"])):
+            for n in range(opts.rounds):  # alternate, so all see the same machine
+                for key, server, token, tools in contenders if n % 2 == 0 else contenders[::-1]:
                     before = server.cpu_s()
                     results[key].append(load(server.url, token, tools, opts.clients, opts.calls))
                     cpu[key] += server.cpu_s() - before
@@ -231,6 +239,8 @@ def main() -> None:
         finally:
             gateway.stop()
             echo.stop()
+            if other is not None:
+                other.stop()
         one = serve(folder, home, work, names[0])
         try:
             touch_all(one.url, names[:1])
@@ -243,8 +253,11 @@ def main() -> None:
           f"median of {opts.rounds} rounds\n")
     print("| server | calls/s | p50 ms | p99 ms | server CPU per call | vs SDK |")
     print("|---|---|---|---|---|---|")
-    for label, key in (("SDK streamable HTTP echo (stateless, no auth, no module)", "sdk"),
-                       (f"mcpkit serve --http, {opts.bundles} bundles, token + Host/Origin checks", "gateway")):
+    rows = [("SDK streamable HTTP echo (stateless, no auth, no module)", "sdk"),
+            (f"mcpkit serve --http, {opts.bundles} bundles, token + Host/Origin checks", "gateway")]
+    if opts.compare:
+        rows.append((f"  the same served from {opts.compare}", "compare"))
+    for label, key in rows:
         rate = statistics.median(r[0] for r in results[key])
         lat = [x for r in results[key] for x in r[1]]
         per_call = cpu[key] * 1000 / (opts.clients * (opts.calls + 10) * opts.rounds)

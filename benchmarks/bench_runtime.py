@@ -73,6 +73,13 @@ sys.stdout.write(b"".join(out).decode())
 '''
 
 
+def child_env() -> dict[str, str]:
+    """The environment of a server process: this tree first on its path (the SDK's stdio client
+    would otherwise pass only HOME, PATH and a few more, and the server would import whatever
+    hatch-mcpkit is installed instead of the one being measured)."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+
+
 def pct(samples: list[float], p: float) -> float:
     s = sorted(samples)
     return s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))]
@@ -119,7 +126,8 @@ def first_call_ms(cmd: list[str]) -> float:
         {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": TOOL, "arguments": ARGS}},
     ]
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            env=child_env())
     assert proc.stdin is not None and proc.stdout is not None
     proc.stdin.write("".join(json.dumps(m) + "\n" for m in msgs).encode())
     proc.stdin.flush()
@@ -198,7 +206,7 @@ def mcp_client_samples(cmd: list[str], n: int, *, progress: bool = False) -> lis
         pass
 
     async def go() -> None:
-        params = StdioServerParameters(command=cmd[0], args=cmd[1:])
+        params = StdioServerParameters(command=cmd[0], args=cmd[1:], env=child_env())
         with open(os.devnull, "w") as devnull:
             async with stdio_client(params, errlog=devnull) as (r, w), ClientSession(r, w) as s:
                 await s.initialize()
