@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
+from hatch_mcpkit._files import read_regular
 from hatch_mcpkit.errors import ModuleError
 
 __all__ = [
@@ -311,7 +312,11 @@ def check_guest_module(path: str | os.PathLike[str]) -> ModuleInfo:
         size = p.stat().st_size
         if size > MAX_MODULE_BYTES:
             raise ModuleError(f"{where} is {size} bytes; mcpkit modules may be at most {MAX_MODULE_BYTES} bytes")
-        data = p.read_bytes()
+        if p.is_dir():
+            raise IsADirectoryError
+        # a regular file only (a symlink to /dev/zero or a FIFO in a folder someone else made is refused
+        # without blocking), read up to the cap whatever stat said
+        data = read_regular(p, limit=MAX_MODULE_BYTES, where=where, error=ModuleError)
     except FileNotFoundError:
         raise ModuleError(f"{where}: no such module file", hint=_TARGET_HINT) from None
     except IsADirectoryError:

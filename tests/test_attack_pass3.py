@@ -176,3 +176,28 @@ def test_a_layout_folder_declaring_more_than_the_bundle_size_is_refused_before_i
         assert proc.returncode == 1, proc.stderr[-500:]
         assert "maximum bundle size" in proc.stderr and "data/big.bin" in proc.stderr, proc.stderr[-500:]
         assert "internal error" not in proc.stderr
+
+
+# --------------------------------------------------------------------------- C4: push of a folder someone else made
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero"])
+@pytest.mark.parametrize("form", ["folder", "files"])
+def test_pushing_a_folder_whose_module_is_not_a_file_is_a_clear_error(tmp_path: Path, kind: str, form: str) -> None:
+    """Mirroring a downloaded or cloned bundle folder (`mcpkit bundle push ./b oci://mine/...`): its
+    module.wasm was read with a plain read after a size check that /dev/zero (size 0) passes -- a
+    MemoryError, "internal error" (exit 70) -- and a FIFO held the command for ever. Sibling of A7/B1."""
+    folder = make_project(tmp_path / "b")
+    module = folder / "module.wasm"
+    module.unlink()
+    if kind == "fifo":
+        os.mkfifo(module)
+    else:
+        module.symlink_to("/dev/zero")
+    given = [str(folder)] if form == "folder" else [str(module), str(folder / "config.yaml")]
+    proc = subprocess.run(["bash", "-c", 'ulimit -v 4000000; exec "$@"', "-", *MCPKIT, "bundle", "push", *given,
+                           "oci://127.0.0.1:1/mirror/tool:1"], env=_env(tmp_path / "home"), capture_output=True,
+                          text=True, timeout=30, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 1, proc.stderr[-500:]
+    assert "module.wasm is a" in proc.stderr and "not a regular file" in proc.stderr, proc.stderr[-500:]
+    assert "internal error" not in proc.stderr
