@@ -7,6 +7,13 @@ sent to a running ``mcpkit server --http`` -- and asserts the *safe* outcome:
 * a project's trust policy (``MCPKIT_HOME/trust.yaml`` or a pyproject ``key``) written after
   ``sync`` is enforced by ``lock.locked_bundles()`` itself, the function the docs give Python
   callers for "what mcpkit serve starts from", not only by the CLI's gateway;
+* ``GET /mcp`` on the stateless HTTP server is 405: it was an SSE stream that never carries anything,
+  held open for as long as the client liked (the TypeScript SDK opens one per session), and every
+  graceful stop waited the whole grace for them, logging a traceback each;
+* an OCI layout folder whose manifest declares a 1 TiB (sparse) layer is refused by
+  ``--max-bundle-size`` before any blob is read, as archives and registry pulls are;
+* ``mcpkit bundle push`` of a folder someone else made, whose module.wasm is a FIFO or a symlink to
+  ``/dev/zero``: a clear error at once, not a hang or an internal error.
 """
 
 from __future__ import annotations
