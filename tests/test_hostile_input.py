@@ -134,6 +134,14 @@ class RawServer:
             msg["params"] = params
         self.send(json.dumps(msg).encode())
 
+    def initialize(self, version: str = "2025-11-25", client: str = "raw") -> dict[str, Any]:
+        """The handshake (request 1, then ``notifications/initialized``); the initialize result."""
+        self.request(1, "initialize", {"protocolVersion": version, "capabilities": {},
+                                       "clientInfo": {"name": client, "version": "0"}})
+        result: dict[str, Any] = self.read_until(1)[-1]["result"]
+        self.send(b'{"jsonrpc":"2.0","method":"notifications/initialized"}')
+        return result
+
     def read_until(self, ident: int, timeout: float = 20) -> list[dict[str, Any]]:
         """Every message up to and including the answer with ``id == ident``."""
         assert self.proc.stdout is not None
@@ -171,10 +179,7 @@ def test_raw_protocol_garbage_never_kills_the_server(example_bundle_dir: Path) -
 
     server = RawServer(example_bundle_dir)
     try:
-        server.request(1, "initialize", {"protocolVersion": LATEST_PROTOCOL_VERSION, "capabilities": {},
-                                         "clientInfo": {"name": "raw", "version": "0"}})
-        assert server.read_until(1)[-1]["result"]["serverInfo"]["name"] == "weather-tool"
-        server.send(b'{"jsonrpc":"2.0","method":"notifications/initialized"}')
+        assert server.initialize(LATEST_PROTOCOL_VERSION)["serverInfo"]["name"] == "weather-tool"
         garbage: list[tuple[bytes, bool]] = [  # (line, answered with an error)
             (b'{"jsonrpc":"2.0","id":10,"method":"tools/call","params":{"name":"get_weather","arguments":"Berlin"}}',
              True),
@@ -224,10 +229,7 @@ def test_numbers_json_cannot_carry_are_argument_errors(example_bundle_dir: Path)
     itself cannot write back: a SEP-1303 tool error naming the field, never passed on to the module."""
     server = RawServer(example_bundle_dir)
     try:
-        server.request(1, "initialize", {"protocolVersion": "2025-11-25", "capabilities": {},
-                                         "clientInfo": {"name": "raw", "version": "0"}})
-        server.read_until(1)
-        server.send(b'{"jsonrpc":"2.0","method":"notifications/initialized"}')
+        server.initialize()
         for n, (number, needle) in enumerate([(b"1e400", b"beyond the range of a 64-bit float"),
                                               (b"-1e400", b"beyond the range of a 64-bit float"),
                                               (b"NaN", b"NaN"), (b"Infinity", b"beyond the range")]):

@@ -261,10 +261,7 @@ def test_malformed_lines_get_parse_and_invalid_request_errors(example_bundle_dir
 
     server = RawServer(example_bundle_dir)
     try:
-        server.request(1, "initialize", {"protocolVersion": "2025-11-25", "capabilities": {},
-                                         "clientInfo": {"name": "raw", "version": "0"}})
-        server.read_until(1)
-        server.send(b'{"jsonrpc":"2.0","method":"notifications/initialized"}')
+        server.initialize()
         cases = [
             (b"{not json", -32700, None),
             (b'{"jsonrpc":"1.0","id":7,"method":"ping"}', -32600, 7),
@@ -370,10 +367,7 @@ def test_older_protocol_versions_get_only_their_fields(example_bundle_dir: Path,
 
     server = RawServer(example_bundle_dir)
     try:
-        server.request(1, "initialize", {"protocolVersion": version, "capabilities": {},
-                                         "clientInfo": {"name": "old", "version": "0"}})
-        assert server.read_until(1)[-1]["result"]["protocolVersion"] == version
-        server.send(b'{"jsonrpc":"2.0","method":"notifications/initialized"}')
+        assert server.initialize(version, client="old")["protocolVersion"] == version
         server.request(2, "tools/list")
         tools = {t["name"]: t for t in server.read_until(2)[-1]["result"]["tools"]}
         server.request(3, "tools/call", {"name": "get_weather", "arguments": {"location": "Berlin"}})
