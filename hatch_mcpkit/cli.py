@@ -843,10 +843,13 @@ def _announce(runtime: Runtime, label: str, quiet: bool) -> None:
 
 
 class _CleanLog(logging.Filter):
-    """Log lines quote what clients send (an ``Origin`` header, a tool's stderr): control characters escaped."""
+    """Log lines quote what clients send (an ``Origin`` header, a method name, a tool's stderr): control
+    characters escaped, and every line after a record's first marked ``  | `` as its continuation, so
+    a newline in a client's method name or a guest's stderr cannot draw a ``mcpkit: ...`` line."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.msg, record.args = clean_block(record.getMessage(), limit=None), None
+        first, *rest = clean_block(record.getMessage(), limit=None).split("\n")
+        record.msg, record.args = "\n".join([first, *(f"  | {line}" for line in rest)]), None
         return True
 
 

@@ -208,3 +208,30 @@ def test_pushing_a_folder_whose_module_is_not_a_file_is_a_clear_error(tmp_path: 
     assert proc.returncode == 1, proc.stderr[-500:]
     assert "module.wasm is a" in proc.stderr and "not a regular file" in proc.stderr, proc.stderr[-500:]
     assert "internal error" not in proc.stderr
+
+
+# --------------------------------------------------------------------------- C5: log lines under -v/-vv
+
+
+@pytest.mark.cargo
+def test_a_client_cannot_draw_a_log_line_of_its_own(hostile_bundle_dir: Path, tmp_path: Path) -> None:
+    """`mcpkit server -vv` logs the method of a notification it has no handler for; a client (or, over
+    HTTP, any token holder) naming it ``"x\\nmcpkit: ..."`` printed a line of its own: the log filter kept
+    newlines (for a guest's stderr, which is logged as a block). Now every line after a record's first is
+    marked as its continuation."""
+    import json
+
+    forged = "\nmcpkit: INFO hatch_mcpkit.server: FORGED"
+    messages = [
+        {"jsonrpc": "2.0", "id": 0, "method": "initialize",
+         "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "x", "version": "1"}}},
+        {"jsonrpc": "2.0", "method": "notifications/initialized"},
+        {"jsonrpc": "2.0", "method": "notifications/x" + forged},
+        {"jsonrpc": "2.0", "id": 1, "method": "ping"},
+    ]
+    proc = subprocess.run([*MCPKIT, "server", str(hostile_bundle_dir), "-vv"], capture_output=True, timeout=60,
+                          input=b"".join(json.dumps(m).encode() + b"\n" for m in messages),
+                          env=_env(tmp_path / "home"), check=False)
+    err = proc.stderr.decode()
+    assert "notifications/x" in err, err[-2000:]  # the record was logged ...
+    assert not [line for line in err.splitlines() if "FORGED" in line and line.startswith("mcpkit:")], err[-2000:]
