@@ -848,9 +848,15 @@ class _CleanLog(logging.Filter):
     a newline in a client's method name or a guest's stderr cannot draw a ``mcpkit: ...`` line."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        first, *rest = clean_block(record.getMessage(), limit=None).split("\n")
-        record.msg, record.args = "\n".join([first, *(f"  | {line}" for line in rest)]), None
+        record.msg, record.args = self._block(record.getMessage()), None
+        if record.exc_info and not record.exc_text:  # a traceback quotes exception text: the same rule
+            record.exc_text = "  | " + self._block(logging.Formatter().formatException(record.exc_info))
         return True
+
+    @staticmethod
+    def _block(text: str) -> str:
+        first, *rest = clean_block(text, limit=None).split("\n")
+        return "\n".join([first, *(f"  | {line}" for line in rest)])
 
 
 def _serve_logging(args: argparse.Namespace) -> None:
