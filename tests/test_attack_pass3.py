@@ -13,7 +13,8 @@ sent to a running ``mcpkit server --http`` -- and asserts the *safe* outcome:
 * an OCI layout folder whose manifest declares a 1 TiB (sparse) layer is refused by
   ``--max-bundle-size`` before any blob is read, as archives and registry pulls are;
 * ``mcpkit bundle push`` of a folder someone else made, whose module.wasm is a FIFO or a symlink to
-  ``/dev/zero``: a clear error at once, not a hang or an internal error.
+  ``/dev/zero``: a clear error at once, not a hang or an internal error;
+* under ``-vv`` a client's notification method with a newline cannot draw a log line of its own.
 """
 
 from __future__ import annotations
