@@ -259,9 +259,14 @@ async def _in_worker(work: Callable[[], CallToolResult], handle: CallHandle, lim
     """
     import anyio
 
-    finished = threading.Event()
+    finished, started, abandoned = threading.Event(), threading.Event(), threading.Event()
+    gate = threading.Lock()
 
     def run() -> CallToolResult:
+        with gate:
+            if abandoned.is_set():  # cancelled while it queued for a slot: it never runs
+                raise RuntimeError(f"call {name} was cancelled before it started")
+            started.set()
         try:
             return work()
         finally:
@@ -272,6 +277,10 @@ async def _in_worker(work: Callable[[], CallToolResult], handle: CallHandle, lim
     except anyio.get_cancelled_exc_class():
         handle.cancel()  # validation stops at its next keyword, the instance at its next epoch tick
         log.info("call %s cancelled", name)
+        with gate:
+            abandoned.set()
+            if not started.is_set():  # nothing to wait for (a thread each would be tied up for CANCEL_WAIT_S)
+                raise
         with anyio.CancelScope(shield=True):
             if not await anyio.to_thread.run_sync(finished.wait, CANCEL_WAIT_S):
                 log.warning("call %s still running %.0f s after it was cancelled", name, CANCEL_WAIT_S)

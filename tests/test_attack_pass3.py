@@ -236,3 +236,48 @@ def test_a_client_cannot_draw_a_log_line_of_its_own(hostile_bundle_dir: Path, tm
     err = proc.stderr.decode()
     assert "notifications/x" in err, err[-2000:]  # the record was logged ...
     assert not [line for line in err.splitlines() if "FORGED" in line and line.startswith("mcpkit:")], err[-2000:]
+
+
+# --------------------------------------------------------------------------- C6: cancelled while queued
+
+
+@pytest.mark.cargo
+@pytest.mark.parametrize("how", ["cancelled", "stdin-closed"])
+def test_calls_cancelled_while_queued_for_a_slot_are_not_waited_for(hostile_bundle_dir: Path, tmp_path: Path,
+                                                                    how: str) -> None:
+    """A client queues 100 calls behind `--max-concurrency 1` and cancels them (or goes away). Each one that
+    never got a slot was still "waited for" up to CANCEL_WAIT_S on a thread of anyio's default pool (40):
+    the server logged 99 false "still running 5 s after it was cancelled" warnings and took ~15 s to exit
+    (10,000 queued calls: over 20 minutes, shielded from every signal)."""
+    import json
+    import time
+
+    from hatch_mcpkit.server import CANCEL_WAIT_S
+
+    proc = subprocess.Popen([*MCPKIT, "server", str(hostile_bundle_dir), "-v", "--max-concurrency", "1"],
+                            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env=_env(tmp_path / "home"))
+    assert proc.stdin is not None and proc.stderr is not None
+    messages: list[dict[str, Any]] = [
+        {"jsonrpc": "2.0", "id": 0, "method": "initialize",
+         "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "x", "version": "1"}}},
+        {"jsonrpc": "2.0", "method": "notifications/initialized"},
+        *({"jsonrpc": "2.0", "id": i, "method": "tools/call", "params": {"name": "sleep", "arguments": {}}}
+          for i in range(1, 101)),
+    ]
+    if how == "cancelled":
+        messages += [{"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": i}}
+                     for i in range(2, 101)]
+    proc.stdin.write(b"".join(json.dumps(m).encode() + b"\n" for m in messages))
+    proc.stdin.flush()
+    time.sleep(0.5)  # the calls are queued (and cancelled)
+    start = time.monotonic()
+    proc.stdin.close()
+    try:
+        proc.wait(timeout=120)
+    finally:
+        proc.kill()
+    took = time.monotonic() - start
+    err = proc.stderr.read().decode()
+    assert "still running" not in err, err[-1500:]
+    assert took < CANCEL_WAIT_S, f"the server took {took:.1f} s to stop"
