@@ -14,7 +14,9 @@ sent to a running ``mcpkit server --http`` -- and asserts the *safe* outcome:
   ``--max-bundle-size`` before any blob is read, as archives and registry pulls are;
 * ``mcpkit bundle push`` of a folder someone else made, whose module.wasm is a FIFO or a symlink to
   ``/dev/zero``: a clear error at once, not a hang or an internal error;
-* under ``-vv`` a client's notification method with a newline cannot draw a log line of its own.
+* under ``-vv`` a client's notification method with a newline cannot draw a log line of its own;
+* calls cancelled while they queue for a concurrency slot are not waited for: no false warnings, no
+  thread tied up for seconds each, no stop held up for minutes.
 """
 
 from __future__ import annotations
