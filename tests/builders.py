@@ -269,6 +269,14 @@ def push_project(registry: Any, root: Path | str, out: Path | str, repository: s
 # --------------------------------------------------------------------------- looking at results
 
 
+def pushed_project(registry: Any, work: Path, repository: str, *, name: str = "fault-tool",
+                   version: str = "1.0.0", tag: str = "1") -> Any:
+    """A tiny project of ``name`` and ``version`` built under ``work`` and pushed as ``repository:tag``."""
+    slug = f"{repository.replace('/', '-')}-{version}"
+    root = make_project(work / f"src-{slug}", name=name, version=version)
+    return push_project(registry, root, work / f"out-{slug}", repository, tag)
+
+
 def snapshot(path: Path | str) -> dict[str, bytes]:
     """Relative path -> bytes of every file under ``path`` (empty when it does not exist)."""
     path = Path(path)

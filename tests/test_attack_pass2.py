@@ -34,39 +34,16 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.builders import make_project, push_project
+from tests._support import REPO, run_mcpkit
+from tests.builders import pushed_project
 from tests.hostile_server import BASIC, SECRET, USER, Server, needs_basic, send, servers_fixture
 
-MCPKIT = [sys.executable, "-m", "hatch_mcpkit"]
 servers = servers_fixture
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _env(home: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MCPKIT_")}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    env["MCPKIT_HOME"] = str(home)
-    env.update(extra)
-    return env
-
-
-def _mcpkit(*args: str, home: Path, cwd: Path | None = None, timeout: float = 60,
-            stdin: Any = subprocess.DEVNULL, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*MCPKIT, *args], capture_output=True, text=True, timeout=timeout, check=False,
-                          env=_env(home, **env), cwd=cwd, stdin=stdin)
-
-
-def _pushed(registry: Any, work: Path, repository: str, *, name: str = "fault-tool", version: str = "1.0.0",
-            tag: str = "1") -> Any:
-    slug = f"{repository.replace('/', '-')}-{version}"
-    root = make_project(work / f"src-{slug}", name=name, version=version)
-    return push_project(registry, root, work / f"out-{slug}", repository, tag)
 
 
 # --------------------------------------------------------------------------- key files that are not files
@@ -80,8 +57,8 @@ def test_a_cloned_projects_trust_key_that_is_not_a_file_is_refused_at_once(
     of the project's pyproject.toml names it; `mcpkit server NAME` in that folder opened it and waited:
     on a terminal for the user to type, under an MCP client reading the protocol messages meant for it."""
     home = tmp_path / "home"
-    _pushed(registry, tmp_path, repo_name, name="victim-tool")
-    assert _mcpkit("bundle", "pull", registry.ref(repo_name, "1"), home=home).returncode == 0
+    pushed_project(registry, tmp_path, repo_name, name="victim-tool")
+    assert run_mcpkit("bundle", "pull", registry.ref(repo_name, "1"), home=home).returncode == 0
     project = tmp_path / "cloned"
     (project / "keys").mkdir(parents=True)
     key = project / "keys" / "team.pub"
@@ -94,7 +71,7 @@ def test_a_cloned_projects_trust_key_that_is_not_a_file_is_refused_at_once(
         f'rules = [{{ match = "{registry.host}/**", keys = ["keys/team.pub"] }}]\n')
     reader, writer = os.pipe()  # stdin that stays open and silent, as an MCP client's is
     try:
-        proc = _mcpkit("server", "victim-tool", home=home, cwd=project, timeout=15, stdin=reader)
+        proc = run_mcpkit("server", "victim-tool", home=home, cwd=project, timeout=15, stdin=reader)
     except subprocess.TimeoutExpired:
         pytest.fail(f"mcpkit server waited on {kind} named as a public key by a cloned project")
     finally:
@@ -124,7 +101,7 @@ def test_toml_nested_past_the_reader_is_a_clear_error(tmp_path: Path, where: str
     if where == "lock":
         (project / "mcpkit.lock").write_text(f"version = 1\nbundles = {DEEP}\n")
     args = ["run", "some-tool"] if command == "run" else [command, "--frozen"] if command == "sync" else [command]
-    proc = _mcpkit(*args, home=tmp_path / "home", cwd=project)
+    proc = run_mcpkit(*args, home=tmp_path / "home", cwd=project)
     assert "internal error" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert proc.returncode == 2, proc.stderr
     name = "mcpkit.lock" if where == "lock" else "pyproject.toml"
@@ -145,31 +122,31 @@ def _project(folder: Path, bundles: str) -> Path:
 def test_prune_in_a_cloned_project_never_removes_what_another_project_locked(
         registry: Any, repo_name: str, tmp_path: Path) -> None:
     home = tmp_path / "home"
-    mine = _pushed(registry, tmp_path, repo_name, name="weather", version="1.0.0", tag="1")
-    theirs = _pushed(registry, tmp_path, repo_name, name="weather", version="2.0.0", tag="2")
+    mine = pushed_project(registry, tmp_path, repo_name, name="weather", version="1.0.0", tag="1")
+    theirs = pushed_project(registry, tmp_path, repo_name, name="weather", version="2.0.0", tag="2")
     app = _project(tmp_path / "app", f'weather = "oci://{registry.host}/{repo_name}:1"\n')
     cloned = _project(tmp_path / "cloned", f'w = "oci://{registry.host}/{repo_name}:2"\n')
-    assert _mcpkit("sync", home=home, cwd=app).returncode == 0
-    proc = _mcpkit("sync", "--prune", home=home, cwd=cloned)
+    assert run_mcpkit("sync", home=home, cwd=app).returncode == 0
+    proc = run_mcpkit("sync", "--prune", home=home, cwd=cloned)
     assert proc.returncode == 0, proc.stderr
     from hatch_mcpkit.store import BundleCache
 
     digests = {e.digest for e in BundleCache(home).entries()}
     assert {mine.digest, theirs.digest} <= digests, proc.stderr
-    assert _mcpkit("serve", home=home, cwd=app, timeout=30).returncode == 0  # stdin closed: serves, then ends
+    assert run_mcpkit("serve", home=home, cwd=app, timeout=30).returncode == 0  # stdin closed: serves, then ends
     # a lock that is gone (the other project deleted) protects nothing any more
     (app / "mcpkit.lock").unlink()
-    proc = _mcpkit("sync", "--prune", home=home, cwd=cloned)
+    proc = run_mcpkit("sync", "--prune", home=home, cwd=cloned)
     assert proc.returncode == 0 and mine.digest not in {e.digest for e in BundleCache(home).entries()}, proc.stderr
 
 
 @pytest.mark.registry
 def test_a_lock_that_is_a_folder_is_a_clear_error(registry: Any, repo_name: str, tmp_path: Path) -> None:
-    _pushed(registry, tmp_path, repo_name)
+    pushed_project(registry, tmp_path, repo_name)
     cloned = _project(tmp_path / "cloned", f'w = "oci://{registry.host}/{repo_name}:1"\n')
     (cloned / "mcpkit.lock").mkdir()
     for command in ("lock", "sync"):
-        proc = _mcpkit(command, home=tmp_path / "home", cwd=cloned)
+        proc = run_mcpkit(command, home=tmp_path / "home", cwd=cloned)
         assert "internal error" not in proc.stderr, proc.stderr
         said = "cannot write the lock" if command == "lock" else "is a folder, not a regular file"
         assert proc.returncode == 2 and "mcpkit.lock" in proc.stderr and said in proc.stderr, proc.stderr
@@ -195,12 +172,12 @@ def test_a_namespace_login_goes_only_to_that_namespace(servers: Any, tmp_path: P
     empty.mkdir()
     env = {"REGISTRY_AUTH_FILE": str(auth), "DOCKER_CONFIG": str(empty), "HOME": str(tmp_path)}
     for repository in ("orga-evil/tool", "orgb/tool", "orgb/orga/tool"):
-        proc = _mcpkit("bundle", "pull", f"oci://{server.host}/{repository}:1", home=tmp_path / "home", **env)
+        proc = run_mcpkit("bundle", "pull", f"oci://{server.host}/{repository}:1", home=tmp_path / "home", **env)
         assert proc.returncode != 0
         assert not any(SECRET in (s.authorization or "") or s.authorization == BASIC for s in server.seen), \
             (repository, [s.path for s in server.credentials_seen()])
         assert SECRET not in proc.stderr
-    proc = _mcpkit("bundle", "pull", f"oci://{server.host}/orga/tool:1", home=tmp_path / "home", **env)
+    proc = run_mcpkit("bundle", "pull", f"oci://{server.host}/orga/tool:1", home=tmp_path / "home", **env)
     assert proc.returncode == 3, proc.stderr  # the login was used here (then: no such manifest)
     assert any(s.authorization == BASIC and s.path.startswith("/v2/orga/tool/") for s in server.seen)
 
@@ -253,7 +230,7 @@ def test_connections_that_never_finish_their_headers_are_closed(hostile_bundle_d
 @pytest.mark.cargo
 def test_no_auth_needs_an_address_that_is_loopback_by_the_letter(hostile_bundle_dir: Path, tmp_path: Path) -> None:
     for address in ("localhost.:0", "127.1:0", "0:0", "[::ffff:0.0.0.0]:0", "[::ffff:7f00:1]:0"):
-        proc = _mcpkit("server", str(hostile_bundle_dir), "--http", address, "--no-auth", home=tmp_path / "home")
+        proc = run_mcpkit("server", str(hostile_bundle_dir), "--http", address, "--no-auth", home=tmp_path / "home")
         assert proc.returncode == 2 and "--no-auth is refused" in proc.stderr, (address, proc.stderr)
 
 
@@ -362,6 +339,6 @@ def test_a_cloned_project_cannot_draw_a_line_on_the_terminal(tmp_path: Path, whe
         args = ["server", str(folder)]
     else:
         args = ["sync", "--frozen"]
-    proc = _mcpkit(*args, home=tmp_path / "home", cwd=project)
+    proc = run_mcpkit(*args, home=tmp_path / "home", cwd=project)
     assert proc.returncode in (2, 4) and "mcpkit: error:" in proc.stderr, proc.stderr  # refused (4: a stale lock)
     assert not any(line.startswith(FORGED) for line in proc.stderr.splitlines()), proc.stderr

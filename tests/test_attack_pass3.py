@@ -23,37 +23,13 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.builders import make_project, push_project
-
-MCPKIT = [sys.executable, "-m", "hatch_mcpkit"]
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _env(home: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MCPKIT_")}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    env["MCPKIT_HOME"] = str(home)
-    env.update(extra)
-    return env
-
-
-def _mcpkit(*args: str, home: Path, cwd: Path | None = None, timeout: float = 60,
-            stdin: Any = subprocess.DEVNULL, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*MCPKIT, *args], capture_output=True, text=True, timeout=timeout, check=False,
-                          env=_env(home, **env), cwd=cwd, stdin=stdin)
-
-
-def _pushed(registry: Any, work: Path, repository: str, *, name: str = "fault-tool", version: str = "1.0.0",
-            tag: str = "1") -> Any:
-    slug = f"{repository.replace('/', '-')}-{version}"
-    root = make_project(work / f"src-{slug}", name=name, version=version)
-    return push_project(registry, root, work / f"out-{slug}", repository, tag)
+from tests._support import MCPKIT, mcpkit_env, run_mcpkit
+from tests.builders import make_project, pushed_project
 
 
 def _project(folder: Path, bundles: str) -> Path:
@@ -76,9 +52,9 @@ def test_locked_bundles_enforces_the_trust_policy_written_after_sync(
     from hatch_mcpkit.store import BundleCache
 
     home = tmp_path / "home"
-    _pushed(registry, tmp_path, repo_name, name="weather")
+    pushed_project(registry, tmp_path, repo_name, name="weather")
     app = _project(tmp_path / "app", f'weather = "oci://{registry.host}/{repo_name}:1"\n')
-    proc = _mcpkit("sync", home=home, cwd=app)
+    proc = run_mcpkit("sync", home=home, cwd=app)
     assert proc.returncode == 0, proc.stderr
     assert [b.key for b in locked_bundles(find_project(app), BundleCache(home))] == ["weather"]
     (home / "trust.yaml").write_text("default: enforce\n")
@@ -182,7 +158,7 @@ def test_a_layout_folder_declaring_more_than_the_bundle_size_is_refused_before_i
     reading zeros for many minutes before the digest failed."""
     folder = _layout_folder_with_a_huge_layer(tmp_path, 1 << 40)
     for command in (["inspect", str(folder)], ["run", str(folder)]):
-        proc = _mcpkit(*command, home=tmp_path / "home", timeout=60)
+        proc = run_mcpkit(*command, home=tmp_path / "home", timeout=60)
         assert proc.returncode == 1, proc.stderr[-500:]
         assert "maximum bundle size" in proc.stderr and "data/big.bin" in proc.stderr, proc.stderr[-500:]
         assert "internal error" not in proc.stderr
@@ -206,7 +182,7 @@ def test_pushing_a_folder_whose_module_is_not_a_file_is_a_clear_error(tmp_path: 
         module.symlink_to("/dev/zero")
     given = [str(folder)] if form == "folder" else [str(module), str(folder / "config.yaml")]
     proc = subprocess.run(["bash", "-c", 'ulimit -v 4000000; exec "$@"', "-", *MCPKIT, "bundle", "push", *given,
-                           "oci://127.0.0.1:1/mirror/tool:1"], env=_env(tmp_path / "home"), capture_output=True,
+                           "oci://127.0.0.1:1/mirror/tool:1"], env=mcpkit_env(tmp_path / "home"), capture_output=True,
                           text=True, timeout=30, stdin=subprocess.DEVNULL)
     assert proc.returncode == 1, proc.stderr[-500:]
     assert "module.wasm is a" in proc.stderr and "not a regular file" in proc.stderr, proc.stderr[-500:]
@@ -234,7 +210,7 @@ def test_a_client_cannot_draw_a_log_line_of_its_own(hostile_bundle_dir: Path, tm
     ]
     proc = subprocess.run([*MCPKIT, "server", str(hostile_bundle_dir), "-vv"], capture_output=True, timeout=60,
                           input=b"".join(json.dumps(m).encode() + b"\n" for m in messages),
-                          env=_env(tmp_path / "home"), check=False)
+                          env=mcpkit_env(tmp_path / "home"), check=False)
     err = proc.stderr.decode()
     assert "notifications/x" in err, err[-2000:]  # the record was logged ...
     assert not [line for line in err.splitlines() if "FORGED" in line and line.startswith("mcpkit:")], err[-2000:]
@@ -258,7 +234,7 @@ def test_calls_cancelled_while_queued_for_a_slot_are_not_waited_for(hostile_bund
 
     proc = subprocess.Popen([*MCPKIT, "server", str(hostile_bundle_dir), "-v", "--max-concurrency", "1"],
                             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            env=_env(tmp_path / "home"))
+                            env=mcpkit_env(tmp_path / "home"))
     assert proc.stdin is not None and proc.stderr is not None
     messages: list[dict[str, Any]] = [
         {"jsonrpc": "2.0", "id": 0, "method": "initialize",
