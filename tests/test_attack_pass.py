@@ -156,33 +156,6 @@ def raw_server() -> Iterator[Callable[..., RawServer]]:
 # --------------------------------------------------------------------------- output_schema of guest output
 
 
-class _Recorder(http.server.BaseHTTPRequestHandler):
-    seen: list[str]
-
-    def do_GET(self) -> None:
-        self.seen.append(self.path)
-        body = b'{"type": "integer"}'
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
-@pytest.fixture
-def schema_host() -> Iterator[tuple[str, list[str]]]:
-    seen: list[str] = []
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), type("Rec", (_Recorder,), {"seen": seen}))
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}", seen
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-
-
 def test_guest_output_check_never_fetches_a_ref_hidden_behind_a_local_one(
         tmp_path: Path, raw_server: Callable[..., RawServer], schema_host: tuple[str, list[str]]) -> None:
     """``{"$ref": "#/x"}`` where ``x`` (not a schema keyword, so no static check walks it) holds a remote

@@ -9,13 +9,10 @@ end of input still ends the process.
 
 from __future__ import annotations
 
-import http.server
 import json
 import shutil
 import subprocess
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,37 +35,6 @@ def write_bundle(dest: Path, wasm: Path, tools: list[dict[str, Any]], timeout_ms
               "mcp": {"tools": tools}, "policy": {"limits": {"timeout_ms": timeout_ms}}}
     (dest / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     return dest
-
-
-class _Recorder(http.server.BaseHTTPRequestHandler):
-    seen: list[str]
-
-    def do_GET(self) -> None:
-        self.seen.append(self.path)
-        body = json.dumps({"type": "string", "marker": "fetched-from-the-network"}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/schema+json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
-@pytest.fixture
-def schema_host() -> Iterator[tuple[str, list[str]]]:
-    """A real web server on loopback that records every request (none must arrive)."""
-    seen: list[str] = []
-    handler = type("Recorder", (_Recorder,), {"seen": seen})
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}", seen
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
 
 
 async def call(s: Any, tool: str, arguments: dict[str, Any]) -> tuple[bool, str]:
