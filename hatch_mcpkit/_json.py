@@ -5,17 +5,22 @@ hundred thousand levels deep is a ``RecursionError``, a huge one eats memory. :f
 checks the size first, parses (the C parser stops at the interpreter's recursion limit, which
 becomes a clear error), then checks the nesting depth of the result with an iterative walk --
 several times faster than scanning the text for brackets outside strings -- and turns every
-failure into the error class the caller names, with ``where``.
+failure into the error class the caller names, with ``where``. :func:`load_hint` and
+:func:`save_hint` keep mcpkit's own small records in ``MCPKIT_HOME`` (read back as JSON from outside).
 """
 
 from __future__ import annotations
 
 import json
+import logging
+from pathlib import Path
 from typing import Any
 
 from hatch_mcpkit.errors import McpkitError
 
-__all__ = ["MAX_DEPTH", "load"]
+__all__ = ["MAX_DEPTH", "load", "load_hint", "save_hint"]
+
+log = logging.getLogger(__name__)
 
 MAX_DEPTH = 64
 
@@ -56,3 +61,29 @@ def load(
     if _deeper_than(value, max_depth):
         raise error(f"{where}: JSON document is nested more than {max_depth} levels deep")
     return value
+
+
+def load_hint(path: Path, *, max_bytes: int) -> Any:
+    """A small record mcpkit keeps for itself in ``MCPKIT_HOME`` (push hints, synced locks): only a hint,
+    so ``None`` when it is missing, not a regular file, too large or not JSON -- never an error."""
+    from hatch_mcpkit._files import read_regular
+
+    try:
+        return load(read_regular(path, limit=max_bytes, where=str(path), error=McpkitError),
+                    where=str(path), error=McpkitError, max_bytes=max_bytes)
+    except (OSError, McpkitError) as exc:
+        if not isinstance(exc, FileNotFoundError):
+            log.debug("ignoring %s: %s", path, exc)
+        return None
+
+
+def save_hint(path: Path, value: Any) -> None:
+    """Replace the record at ``path`` with ``value`` atomically; best effort (a hint that cannot be
+    written only costs what it would have saved)."""
+    from hatch_mcpkit._files import atomic_write
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, json.dumps(value, indent=1).encode() + b"\n", mode=0o644)
+    except OSError as exc:
+        log.debug("cannot write %s: %s", path, exc.strerror)

@@ -19,12 +19,11 @@ OCI repository grammar are ever used.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from hatch_mcpkit.reference import is_repository_path
 
@@ -45,17 +44,9 @@ _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}\Z")
 
 def _load(path: Path) -> dict[str, dict[str, list[str]]]:
     """The record, keeping only well-formed rows; empty when it is missing or unreadable (a hint only)."""
-    from hatch_mcpkit import _json
-    from hatch_mcpkit._files import read_regular
-    from hatch_mcpkit.errors import CacheError
+    from hatch_mcpkit._json import load_hint
 
-    try:
-        data: Any = _json.load(read_regular(path, limit=MAX_BYTES, where=str(path.parent), error=CacheError),
-                               where=str(path), error=CacheError, max_bytes=MAX_BYTES)
-    except (OSError, CacheError) as exc:
-        if not isinstance(exc, FileNotFoundError):
-            log.debug("ignoring %s: %s", path, exc)
-        return {}
+    data = load_hint(path, max_bytes=MAX_BYTES)
     registries = data.get("registries") if isinstance(data, dict) else None
     record: dict[str, dict[str, list[str]]] = {}
     for host, digests in (registries or {}).items() if isinstance(registries, dict) else ():
@@ -116,7 +107,7 @@ def sources(cache: BundleCache, registry: str, repository: str, manifest: Manife
 
 def remember(cache: BundleCache, registry: str, repository: str, digests: Sequence[str]) -> None:
     """Record that ``registry``/``repository`` now holds ``digests`` (newest first; bounded; best effort)."""
-    from hatch_mcpkit._files import atomic_write
+    from hatch_mcpkit._json import save_hint
 
     record = _load(cache.pushed_path)
     hosts = record[registry] = record.pop(registry, {})  # this registry last: its digests are the newest
@@ -127,8 +118,4 @@ def remember(cache: BundleCache, registry: str, repository: str, digests: Sequen
     trimmed: dict[str, dict[str, list[str]]] = {}
     for host, digest, repos in rows[-MAX_DIGESTS:]:
         trimmed.setdefault(host, {})[digest] = repos
-    try:
-        cache.pushed_path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(cache.pushed_path, json.dumps({"registries": trimmed}, indent=1).encode() + b"\n", mode=0o644)
-    except OSError as exc:
-        log.debug("cannot record the push in %s: %s", cache.pushed_path, exc.strerror)
+    save_hint(cache.pushed_path, {"registries": trimmed})

@@ -472,15 +472,9 @@ def _synced_path(store: BundleCache) -> Path:
 
 def _synced_locks(store: BundleCache) -> list[str]:
     """The lock files synced into this cache (newest last): a hint for ``--prune``, empty when unreadable."""
-    from hatch_mcpkit import _json
-    from hatch_mcpkit._files import read_regular
+    from hatch_mcpkit._json import load_hint
 
-    path = _synced_path(store)
-    try:
-        data = _json.load(read_regular(path, limit=MAX_LOCK_BYTES, where=str(path), error=McpkitError),
-                          where=str(path), error=McpkitError, max_bytes=MAX_LOCK_BYTES)
-    except (OSError, McpkitError):
-        return []
+    data = load_hint(_synced_path(store), max_bytes=MAX_LOCK_BYTES)
     locks = data.get("locks") if isinstance(data, dict) else None
     return [p for p in locks if isinstance(p, str) and Path(p).is_absolute()] if isinstance(locks, list) else []
 
@@ -488,19 +482,11 @@ def _synced_locks(store: BundleCache) -> list[str]:
 def _remember_sync(store: BundleCache, lock_path: Path) -> None:
     """Record that ``lock_path`` was synced into this cache (best effort: a record that cannot be written
     only means ``--prune`` in another project may remove this one's bundles, which ``sync`` pulls back)."""
-    import json
-
-    from hatch_mcpkit._files import atomic_write
+    from hatch_mcpkit._json import save_hint
 
     here = str(lock_path.resolve())
     others = [p for p in _synced_locks(store) if p != here]
-    locks = [*others[len(others) - MAX_SYNCED + 1:], here]
-    path = _synced_path(store)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, json.dumps({"locks": locks}, indent=1).encode() + b"\n", mode=0o644)
-    except OSError:
-        pass
+    save_hint(_synced_path(store), {"locks": [*others[len(others) - MAX_SYNCED + 1:], here]})
 
 
 def _locked_elsewhere(store: BundleCache, lock_path: Path) -> Iterable[tuple[str, str, str]]:
