@@ -673,3 +673,37 @@ def test_a_trap_and_an_exit_through_the_bare_start_call_are_reported(tmp_path: P
         result = rt.call("run")
     assert (result.reason, result.exit_code) == ("exit", 3)
     assert "exited with status 3" in result.text
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero"])
+def test_a_module_that_is_not_a_regular_file_is_refused_at_once(tmp_path: Path, kind: str) -> None:
+    """module.wasm replaced by a FIFO (a read would wait for a writer for ever) or a symlink to /dev/zero
+    (endless): the runtime refuses it before reading, whoever built the Runtime."""
+    import threading
+
+    from hatch_mcpkit.errors import ModuleError
+
+    bundle = wat_bundle(tmp_path / "b", '(module (func (export "_start")))')
+    module = bundle / "module.wasm"
+    module.unlink()
+    if kind == "fifo":
+        os.mkfifo(module)
+    else:
+        module.symlink_to("/dev/zero")
+    outcome: list[BaseException | None] = []
+
+    def load() -> None:
+        try:
+            Runtime.from_dir(bundle, code_cache=CodeCache(tmp_path / "home")).close()
+            outcome.append(None)
+        except BaseException as exc:  # handed to the test thread
+            outcome.append(exc)
+
+    worker = threading.Thread(target=load, daemon=True)
+    worker.start()
+    worker.join(10)
+    if worker.is_alive() and kind == "fifo":
+        with open(module, "wb"):  # let the stuck reader go before failing
+            pass
+    assert not worker.is_alive() and outcome, "loading the module did not return"
+    assert isinstance(outcome[0], ModuleError) and "not a regular file" in str(outcome[0]), outcome

@@ -70,8 +70,13 @@ def make_engine(consume_fuel: bool) -> wasmtime.Engine:
 
 
 def read_module(path: Path) -> bytes:
+    """module.wasm's bytes: a regular file of at most ``MAX_MODULE_BYTES`` (a FIFO or ``/dev/zero`` in its
+    place is refused at once, as :func:`hatch_mcpkit.wasm.check_guest_module` refuses it)."""
+    from hatch_mcpkit._files import read_regular
+    from hatch_mcpkit.wasm import MAX_MODULE_BYTES
+
     try:
-        return path.read_bytes()
+        return read_regular(path, limit=MAX_MODULE_BYTES, where=str(path), error=ModuleError)
     except OSError as exc:
         raise ModuleError(f"cannot read the module {path}: {exc.strerror}",
                           hint="is this a bundle directory (module.wasm + config.yaml)?") from None
